@@ -1,0 +1,302 @@
+//! Reading Esper's answer to a runtime decision call.
+//!
+//! The response schema is not published (ESPER_API.md §1 "Response", INFERRED).
+//! Every inferred name lives in [`contract`] so that one edit follows Esper when it
+//! publishes more.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// Names inferred from Esper's recipes; the alternatives listed in ESPER_API.md
+/// are all accepted.
+pub mod contract {
+    /// JSON fields that may carry the decision id, in order of preference.
+    pub const DECISION_ID_FIELDS: [&str; 2] = ["decision_id", "id"];
+    /// Response header that may carry the decision id when the body has none.
+    pub const DECISION_ID_HEADER: &str = "x-esper-decision-id";
+    /// Largest answer body read; a decision is a few hundred bytes.
+    pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+}
+
+/// The one action Esper returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Challenge,
+    Block,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Challenge => "challenge",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// A usable decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Absolute http(s) URL of the challenge page; present exactly for `challenge`.
+    pub redirect_url: Option<String>,
+    pub decision_id: Option<String>,
+}
+
+/// Why no usable decision came back. `Display` is the reason written to the
+/// error log; it never contains the API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The whole call did not finish within `esper_timeout`.
+    Timeout,
+    /// Connecting, sending or reading failed.
+    Transport(String),
+    /// Esper refused the API key (401/403): a configuration problem.
+    Unauthorized(u16),
+    /// Any other non-2xx status.
+    Status(u16),
+    /// The answer body is larger than [`contract::MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// The answer is declared as something other than JSON.
+    ContentType(String),
+    /// The body is not a JSON object of the expected shape.
+    InvalidBody(String),
+    /// `action` is missing or not one of allow, challenge, block.
+    UnknownAction(String),
+    /// `challenge` without a usable absolute http(s) `redirect_url`.
+    BadRedirect(String),
+}
+
+impl Failure {
+    /// `$esper_result` for this failure.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Transport(e) => write!(f, "request failed: {e}"),
+            Failure::Unauthorized(s) => write!(
+                f,
+                "status {s}: Esper refused the API key, check \"esper_api_key\""
+            ),
+            Failure::Status(s) => write!(f, "unexpected status {s}"),
+            Failure::TooLarge => write!(
+                f,
+                "answer larger than {} bytes",
+                contract::MAX_ANSWER_BYTES
+            ),
+            Failure::ContentType(t) => write!(f, "answer is not JSON (content type \"{t}\")"),
+            Failure::InvalidBody(e) => write!(f, "invalid answer body: {e}"),
+            Failure::UnknownAction(a) => write!(f, "unknown action \"{a}\""),
+            Failure::BadRedirect(u) => write!(f, "challenge without a usable redirect_url ({u})"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawAnswer {
+    action: Option<serde_json::Value>,
+    redirect_url: Option<serde_json::Value>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Turns a complete HTTP answer into a decision or the reason it is unusable.
+pub fn parse_answer(
+    status: u16,
+    content_type: Option<&[u8]>,
+    decision_id_header: Option<&[u8]>,
+    body: &[u8],
+) -> Result<Decision, Failure> {
+    match status {
+        200..=299 => {}
+        401 | 403 => return Err(Failure::Unauthorized(status)),
+        _ => return Err(Failure::Status(status)),
+    }
+    if let Some(ct) = content_type {
+        if !is_json_content_type(ct) {
+            return Err(Failure::ContentType(printable(ct, 64)));
+        }
+    }
+    if body.len() > contract::MAX_ANSWER_BYTES {
+        return Err(Failure::TooLarge);
+    }
+    let raw: RawAnswer = serde_json::from_slice(body).map_err(|e| {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Failure::InvalidBody("empty body".into())
+        } else {
+            Failure::InvalidBody(e.to_string())
+        }
+    })?;
+
+    let action = match raw.action.as_ref().and_then(|v| v.as_str()) {
+        Some("allow") => Action::Allow,
+        Some("challenge") => Action::Challenge,
+        Some("block") => Action::Block,
+        Some(other) => return Err(Failure::UnknownAction(printable(other.as_bytes(), 64))),
+        None => return Err(Failure::UnknownAction("<missing>".into())),
+    };
+
+    let redirect_url = if action == Action::Challenge {
+        let url = raw.redirect_url.as_ref().and_then(|v| v.as_str());
+        Some(checked_redirect(url)?)
+    } else {
+        None
+    };
+
+    let decision_id = contract::DECISION_ID_FIELDS
+        .iter()
+        .find_map(|name| match raw.rest.get(*name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .or_else(|| {
+            decision_id_header
+                .filter(|h| !h.is_empty())
+                .map(|h| String::from_utf8_lossy(h).into_owned())
+        })
+        .filter(|id| is_header_safe(id));
+
+    Ok(Decision {
+        action,
+        redirect_url,
+        decision_id,
+    })
+}
+
+/// `application/json`, `application/problem+json` and the like, any parameters.
+fn is_json_content_type(ct: &[u8]) -> bool {
+    let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A redirect target must be an absolute http(s) URL that is safe to place in a
+/// `Location` header as it is.
+fn checked_redirect(url: Option<&str>) -> Result<String, Failure> {
+    let Some(url) = url else {
+        return Err(Failure::BadRedirect("missing".into()));
+    };
+    if !is_header_safe(url) {
+        return Err(Failure::BadRedirect("control characters".into()));
+    }
+    match url::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.has_host() => {
+            Ok(url.to_owned())
+        }
+        Ok(u) => Err(Failure::BadRedirect(format!("scheme \"{}\"", u.scheme()))),
+        Err(e) => Err(Failure::BadRedirect(e.to_string())),
+    }
+}
+
+/// Header values must not carry CR, LF or other control characters.
+fn is_header_safe(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_control())
+}
+
+/// A bounded, printable rendering of untrusted bytes for a log line.
+fn printable(bytes: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(max)])
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Result<Decision, Failure> {
+        parse_answer(200, Some(b"application/json"), None, body.as_bytes())
+    }
+
+    #[test]
+    fn reads_each_action() {
+        assert_eq!(ok(r#"{"action":"allow"}"#).unwrap().action, Action::Allow);
+        assert_eq!(ok(r#"{"action":"block","reason":"bot","score":97}"#).unwrap().action, Action::Block);
+        let d = ok(r#"{"action":"challenge","redirect_url":"https://c.esperr.com/x?y=1"}"#).unwrap();
+        assert_eq!(d.action, Action::Challenge);
+        assert_eq!(d.redirect_url.as_deref(), Some("https://c.esperr.com/x?y=1"));
+    }
+
+    #[test]
+    fn decision_id_from_body_alternatives_or_header() {
+        assert_eq!(ok(r#"{"action":"allow","decision_id":"d1"}"#).unwrap().decision_id.as_deref(), Some("d1"));
+        assert_eq!(ok(r#"{"action":"allow","id":"d2"}"#).unwrap().decision_id.as_deref(), Some("d2"));
+        assert_eq!(ok(r#"{"action":"allow","id":42}"#).unwrap().decision_id.as_deref(), Some("42"));
+        let d = parse_answer(200, None, Some(b"h3"), br#"{"action":"allow"}"#).unwrap();
+        assert_eq!(d.decision_id.as_deref(), Some("h3"));
+        let d = parse_answer(200, None, Some(b"h3"), br#"{"action":"allow","decision_id":"b"}"#).unwrap();
+        assert_eq!(d.decision_id.as_deref(), Some("b"));
+        assert_eq!(ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}").unwrap().decision_id, None);
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(parse_answer(401, None, None, b""), Err(Failure::Unauthorized(401)));
+        assert_eq!(parse_answer(403, None, None, b""), Err(Failure::Unauthorized(403)));
+        assert_eq!(parse_answer(500, None, None, b"{}"), Err(Failure::Status(500)));
+        assert_eq!(parse_answer(302, None, None, b"{}"), Err(Failure::Status(302)));
+        assert_eq!(parse_answer(204, None, None, br#"{"action":"allow"}"#).unwrap().action, Action::Allow);
+    }
+
+    #[test]
+    fn bodies_that_are_not_decisions() {
+        assert!(matches!(ok(""), Err(Failure::InvalidBody(m)) if m == "empty body"));
+        assert!(matches!(ok("{\"action\":"), Err(Failure::InvalidBody(_))));
+        assert!(matches!(ok("[1]"), Err(Failure::InvalidBody(_))));
+        assert!(matches!(ok("<html>"), Err(Failure::InvalidBody(_))));
+        assert_eq!(ok(r#"{"action":"maybe"}"#), Err(Failure::UnknownAction("maybe".into())));
+        assert_eq!(ok(r#"{"action":1}"#), Err(Failure::UnknownAction("<missing>".into())));
+        assert_eq!(ok(r#"{}"#), Err(Failure::UnknownAction("<missing>".into())));
+        let big = format!(r#"{{"action":"allow","pad":"{}"}}"#, "x".repeat(contract::MAX_ANSWER_BYTES));
+        assert_eq!(ok(&big), Err(Failure::TooLarge));
+    }
+
+    #[test]
+    fn content_types() {
+        let body = br#"{"action":"allow"}"#;
+        assert!(parse_answer(200, Some(b"application/json; charset=utf-8"), None, body).is_ok());
+        assert!(parse_answer(200, Some(b"Application/JSON"), None, body).is_ok());
+        assert!(parse_answer(200, Some(b"application/problem+json"), None, body).is_ok());
+        assert!(parse_answer(200, None, None, body).is_ok());
+        assert_eq!(
+            parse_answer(200, Some(b"text/html"), None, body),
+            Err(Failure::ContentType("text/html".into()))
+        );
+    }
+
+    #[test]
+    fn challenge_needs_absolute_http_redirect() {
+        for bad in [
+            r#"{"action":"challenge"}"#,
+            r#"{"action":"challenge","redirect_url":""}"#,
+            r#"{"action":"challenge","redirect_url":"/relative"}"#,
+            r#"{"action":"challenge","redirect_url":"javascript:alert(1)"}"#,
+            r#"{"action":"challenge","redirect_url":"ftp://x.example/"}"#,
+            "{\"action\":\"challenge\",\"redirect_url\":\"https://x.example/\\r\\nSet-Cookie: a=b\"}",
+            r#"{"action":"challenge","redirect_url":7}"#,
+        ] {
+            assert!(matches!(ok(bad), Err(Failure::BadRedirect(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_printable() {
+        assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
+        assert_eq!(Failure::Timeout.result(), "timeout");
+        assert_eq!(Failure::Status(502).result(), "error");
+        assert_eq!(ok("{\"action\":\"a\\nb\"}"), Err(Failure::UnknownAction("a?b".into())));
+    }
+}

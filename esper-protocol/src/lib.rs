@@ -1,0 +1,11 @@
+//! The Esper runtime contract as plain Rust: what the module sends, how it reads
+//! the answer, and the configuration values it accepts. Nothing here knows about
+//! nginx, so every rule is unit-tested without a server.
+
+pub mod answer;
+pub mod config;
+pub mod payload;
+
+pub use answer::{parse_answer, Action, Decision, Failure};
+pub use config::{ApiUrl, ConfigError};
+pub use payload::{build_payload, PayloadSettings, RequestView};

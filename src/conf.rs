@@ -1,0 +1,515 @@
+//! The `esper_*` directives: their table, how each one is parsed, and how a
+//! location inherits them. Values with rules of their own are checked by
+//! `esper_protocol::config`; nginx's own slots parse flags, times and enums so
+//! that errors read exactly like nginx's.
+
+use std::ffi::{c_char, c_void};
+use std::mem::{offset_of, zeroed};
+use std::ptr::{addr_of, null_mut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use esper_protocol::config::{self as values, ApiUrl};
+use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
+    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_t, ngx_flag_t,
+    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
+    ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG, NGX_OK,
+};
+use ngx::http::HttpModuleMainConf;
+use ngx::ngx_string;
+
+use crate::ffi::{bytes, guard};
+use crate::Module;
+
+pub const FAILURE_ALLOW: ngx_uint_t = 0;
+pub const FAILURE_BLOCK: ngx_uint_t = 1;
+pub const MODE_ENFORCE: ngx_uint_t = 0;
+pub const MODE_MONITOR: ngx_uint_t = 1;
+
+const UNSET_FLAG: ngx_flag_t = -1;
+const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const DEFAULT_TIMEOUT_MS: ngx_msec_t = 300;
+const DEFAULT_SOURCE: &str = "nginx";
+
+/// Server-wide state gathered while the configuration is read.
+#[derive(Default)]
+pub struct MainConf {
+    /// Distinct TLS settings among `esper on` locations; each worker builds one
+    /// HTTP client per entry.
+    pub tls_profiles: Vec<TlsProfile>,
+    /// Index of `$request_id`, the idempotency key.
+    pub request_id_index: ngx_uint_t,
+}
+
+impl MainConf {
+    /// True when some location judges requests, so workers need a runtime.
+    pub fn in_use(&self) -> bool {
+        !self.tls_profiles.is_empty()
+    }
+}
+
+/// `esper_ssl_verify` and `esper_ssl_trusted_certificate` of a location.
+#[derive(Clone)]
+pub struct TlsProfile {
+    pub verify: bool,
+    pub ca_file: Option<String>,
+    /// The bundle as read at configuration time, so workers never touch the file.
+    pub ca_pem: Option<Arc<Vec<u8>>>,
+}
+
+/// Where and how a location asks Esper; shared by its requests.
+pub struct Target {
+    pub decision_url: reqwest::Url,
+    pub api_key: reqwest::header::HeaderValue,
+    pub tls_profile: usize,
+    pub timeout: Duration,
+}
+
+/// One `esper_field NAME VALUE`.
+pub struct Field {
+    pub name: String,
+    pub value: *mut ngx_http_complex_value_t,
+}
+
+/// Directives of one http, server or location block, mirrored field by field.
+pub struct LocConf {
+    /// `esper`
+    pub enable: ngx_flag_t,
+    /// File and line of the `esper on` in effect, for error messages.
+    enabled_at: Option<String>,
+    /// `esper_api_url`
+    api_url: Option<ApiUrl>,
+    /// `esper_api_key`
+    api_key: Option<String>,
+    /// `esper_timeout`
+    pub timeout: ngx_msec_t,
+    /// `esper_failure_action`
+    pub failure_action: ngx_uint_t,
+    /// `esper_mode`
+    pub mode: ngx_uint_t,
+    /// `esper_block_status`
+    pub block_status: ngx_uint_t,
+    /// `esper_challenge_status`
+    pub challenge_status: ngx_uint_t,
+    /// `esper_return_url`
+    pub return_url: *mut ngx_http_complex_value_t,
+    /// `esper_field`, in order
+    pub fields: Option<Vec<Field>>,
+    /// `esper_source`
+    pub source: Option<String>,
+    /// `esper_send_cookies`
+    pub send_cookies: ngx_flag_t,
+    /// `esper_ssl_trusted_certificate`
+    ssl_trusted_certificate: Option<(String, Arc<Vec<u8>>)>,
+    /// `esper_ssl_verify`
+    ssl_verify: ngx_flag_t,
+    /// Built at merge time where `esper on`.
+    pub target: Option<Arc<Target>>,
+}
+
+impl LocConf {
+    fn unset() -> LocConf {
+        LocConf {
+            enable: UNSET_FLAG,
+            enabled_at: None,
+            api_url: None,
+            api_key: None,
+            timeout: UNSET_MSEC,
+            failure_action: UNSET_UINT,
+            mode: UNSET_UINT,
+            block_status: UNSET_UINT,
+            challenge_status: UNSET_UINT,
+            return_url: null_mut(),
+            fields: None,
+            source: None,
+            send_cookies: UNSET_FLAG,
+            ssl_trusted_certificate: None,
+            ssl_verify: UNSET_FLAG,
+            target: None,
+        }
+    }
+}
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+const fn command(
+    name: ngx_str_t,
+    args: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    offset: usize,
+    post: *mut c_void,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (ANY_LEVEL | args) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset,
+        post,
+    }
+}
+
+static mut FAILURE_ACTIONS: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t { name: ngx_string!("allow"), value: FAILURE_ALLOW },
+    ngx_conf_enum_t { name: ngx_string!("block"), value: FAILURE_BLOCK },
+    ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
+];
+
+static mut MODES: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t { name: ngx_string!("enforce"), value: MODE_ENFORCE },
+    ngx_conf_enum_t { name: ngx_string!("monitor"), value: MODE_MONITOR },
+    ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
+];
+
+pub static mut COMMANDS: [ngx_command_t; 15] = [
+    command(ngx_string!("esper"), NGX_CONF_FLAG, set_enable, offset_of!(LocConf, enable), null_mut()),
+    command(ngx_string!("esper_api_url"), NGX_CONF_TAKE1, set_api_url, 0, null_mut()),
+    command(ngx_string!("esper_api_key"), NGX_CONF_TAKE1, set_api_key, 0, null_mut()),
+    command(ngx_string!("esper_timeout"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, offset_of!(LocConf, timeout), null_mut()),
+    command(
+        ngx_string!("esper_failure_action"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, failure_action),
+        addr_of!(FAILURE_ACTIONS) as *mut c_void,
+    ),
+    command(ngx_string!("esper_mode"), NGX_CONF_TAKE1, ngx_conf_set_enum_slot, offset_of!(LocConf, mode), addr_of!(MODES) as *mut c_void),
+    command(ngx_string!("esper_block_status"), NGX_CONF_TAKE1, set_block_status, 0, null_mut()),
+    command(ngx_string!("esper_challenge_status"), NGX_CONF_TAKE1, set_challenge_status, 0, null_mut()),
+    command(ngx_string!("esper_return_url"), NGX_CONF_TAKE1, set_return_url, 0, null_mut()),
+    command(ngx_string!("esper_field"), NGX_CONF_TAKE2, set_field, 0, null_mut()),
+    command(ngx_string!("esper_source"), NGX_CONF_TAKE1, set_source, 0, null_mut()),
+    command(ngx_string!("esper_send_cookies"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, offset_of!(LocConf, send_cookies), null_mut()),
+    command(ngx_string!("esper_ssl_trusted_certificate"), NGX_CONF_TAKE1, set_trusted_certificate, 0, null_mut()),
+    command(ngx_string!("esper_ssl_verify"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, offset_of!(LocConf, ssl_verify), null_mut()),
+    ngx_command_t::empty(),
+];
+
+pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    guard(null_mut(), || {
+        // SAFETY: nginx passes a live configuration context; the pool frees
+        // (and drops) the value with the configuration cycle.
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        pool.allocate(MainConf::default()).cast()
+    })
+}
+
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    guard(null_mut(), || {
+        // SAFETY: as in create_main_conf.
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        pool.allocate(LocConf::unset()).cast()
+    })
+}
+
+/// Result of a directive handler: `Err` carries the message `nginx -t` prints.
+type SetResult = Result<(), String>;
+
+/// Runs a directive body with the configuration and its arguments, turning an
+/// error into nginx's "message in file:line".
+///
+/// # Safety
+/// `cf` and `conf` must be what nginx passes to a directive handler of a
+/// location-level directive of this module.
+unsafe fn directive(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    body: impl FnOnce(&mut LocConf, &[ngx_str_t]) -> SetResult,
+) -> *mut c_char {
+    guard(NGX_CONF_ERROR, || {
+        // SAFETY: the caller guarantees a live ngx_conf_t whose args array
+        // holds ngx_str_t values, and `conf` a LocConf made by create_loc_conf.
+        let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), (*(*cf).args).as_slice::<ngx_str_t>()) };
+        match body(conf, args) {
+            Ok(()) => NGX_CONF_OK,
+            Err(message) => {
+                ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", message);
+                NGX_CONF_ERROR
+            }
+        }
+    })
+}
+
+fn text(arg: &ngx_str_t) -> Result<&str, String> {
+    std::str::from_utf8(bytes(arg)).map_err(|_| "argument is not valid UTF-8".to_owned())
+}
+
+fn once<T>(slot: &Option<T>) -> SetResult {
+    match slot {
+        Some(_) => Err("is duplicate".to_owned()),
+        None => Ok(()),
+    }
+}
+
+unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx's own flag slot with the arguments nginx passed us.
+    let rv = unsafe { ngx_conf_set_flag_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: nginx passed a live configuration; see `directive`.
+    unsafe {
+        let file = &(*(*cf).conf_file).file;
+        let at = format!("{}:{}", String::from_utf8_lossy(bytes(&file.name)), (*(*cf).conf_file).line);
+        directive(cf, conf, |conf, _| {
+            conf.enabled_at = Some(at);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_api_url(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            once(&conf.api_url)?;
+            conf.api_url = Some(ApiUrl::parse(text(&args[1])?).map_err(|e| e.to_string())?);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_api_key(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            once(&conf.api_key)?;
+            let key = text(&args[1])?;
+            values::check_api_key(key).map_err(|e| e.to_string())?;
+            conf.api_key = Some(key.to_owned());
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_block_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            if conf.block_status != UNSET_UINT {
+                return Err("is duplicate".to_owned());
+            }
+            conf.block_status = values::parse_block_status(text(&args[1])?).map_err(|e| e.to_string())?.into();
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_challenge_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            if conf.challenge_status != UNSET_UINT {
+                return Err("is duplicate".to_owned());
+            }
+            conf.challenge_status = values::parse_challenge_status(text(&args[1])?).map_err(|e| e.to_string())?.into();
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_return_url(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            if !conf.return_url.is_null() {
+                return Err("is duplicate".to_owned());
+            }
+            conf.return_url = compile(cf, args[1])?;
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            let name = text(&args[1])?;
+            values::check_name("field name", name).map_err(|e| e.to_string())?;
+            let fields = conf.fields.get_or_insert_with(Vec::new);
+            if fields.iter().any(|f| f.name == name) {
+                return Err(format!("duplicate field \"{name}\""));
+            }
+            fields.push(Field { name: name.to_owned(), value: compile(cf, args[2])? });
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_source(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            once(&conf.source)?;
+            let source = text(&args[1])?;
+            values::check_name("source", source).map_err(|e| e.to_string())?;
+            conf.source = Some(source.to_owned());
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_trusted_certificate(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler; ngx_conf_full_name
+    // resolves the name against the prefix in the cycle's pool.
+    unsafe {
+        directive(cf, conf, |conf, args| {
+            once(&conf.ssl_trusted_certificate)?;
+            let mut name = args[1];
+            if ngx_conf_full_name((*cf).cycle, &mut name, 1) != NGX_OK as isize {
+                return Err("cannot resolve the certificate path".to_owned());
+            }
+            let path = String::from_utf8_lossy(bytes(&name)).into_owned();
+            let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => {}
+                Ok(_) => return Err(format!("no certificate found in \"{path}\"")),
+                Err(e) => return Err(format!("cannot load \"{path}\": {e}")),
+            }
+            conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
+            Ok(())
+        })
+    }
+}
+
+/// Compiles a value that may hold variables.
+///
+/// # Safety
+/// `cf` must be the live configuration context; `value` must live as long as
+/// the configuration (directive arguments and statics do).
+unsafe fn compile(cf: *mut ngx_conf_t, mut value: ngx_str_t) -> Result<*mut ngx_http_complex_value_t, String> {
+    // SAFETY: per the function contract; the compiled value is allocated in the
+    // configuration pool and lives as long as the configuration.
+    unsafe {
+        let cv: *mut ngx_http_complex_value_t =
+            ngx_pcalloc((*cf).pool, size_of::<ngx_http_complex_value_t>()).cast();
+        if cv.is_null() {
+            return Err("out of memory".to_owned());
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as isize {
+            return Err(format!("invalid value \"{}\"", String::from_utf8_lossy(bytes(&value))));
+        }
+        Ok(cv)
+    }
+}
+
+pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, parent: *mut c_void, child: *mut c_void) -> *mut c_char {
+    guard(NGX_CONF_ERROR, || {
+        // SAFETY: nginx passes two LocConf values made by create_loc_conf and a
+        // live configuration context.
+        let (prev, conf) = unsafe { (&*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
+        // SAFETY: as above.
+        match unsafe { merge(cf, prev, conf) } {
+            Ok(()) => NGX_CONF_OK,
+            Err(message) => {
+                // SAFETY: cf is live; the message names its own file and line.
+                unsafe { crate::ffi::log_error(NGX_LOG_EMERG, (*cf).log, &message) };
+                NGX_CONF_ERROR
+            }
+        }
+    })
+}
+
+fn inherit<T: Copy + PartialEq>(value: &mut T, prev: T, unset: T, default: T) {
+    if *value == unset {
+        *value = if prev == unset { default } else { prev };
+    }
+}
+
+fn inherit_clone<T: Clone>(value: &mut Option<T>, prev: &Option<T>) {
+    if value.is_none() {
+        value.clone_from(prev);
+    }
+}
+
+static mut DEFAULT_RETURN_URL: ngx_str_t = ngx_string!("$scheme://$host$request_uri");
+static mut DEFAULT_FIELD_VALUE: ngx_str_t = ngx_string!("$host");
+
+/// # Safety
+/// `cf` must be the live configuration context.
+unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Result<(), String> {
+    inherit(&mut conf.enable, prev.enable, UNSET_FLAG, 0);
+    inherit_clone(&mut conf.enabled_at, &prev.enabled_at);
+    inherit_clone(&mut conf.api_url, &prev.api_url);
+    inherit_clone(&mut conf.api_key, &prev.api_key);
+    inherit(&mut conf.timeout, prev.timeout, UNSET_MSEC, DEFAULT_TIMEOUT_MS);
+    inherit(&mut conf.failure_action, prev.failure_action, UNSET_UINT, FAILURE_ALLOW);
+    inherit(&mut conf.mode, prev.mode, UNSET_UINT, MODE_ENFORCE);
+    inherit(&mut conf.block_status, prev.block_status, UNSET_UINT, 403);
+    inherit(&mut conf.challenge_status, prev.challenge_status, UNSET_UINT, 302);
+    inherit(&mut conf.return_url, prev.return_url, null_mut(), null_mut());
+    if conf.fields.is_none() {
+        conf.fields = prev.fields.as_ref().map(|fields| {
+            fields.iter().map(|f| Field { name: f.name.clone(), value: f.value }).collect()
+        });
+    }
+    inherit_clone(&mut conf.source, &prev.source);
+    inherit(&mut conf.send_cookies, prev.send_cookies, UNSET_FLAG, 0);
+    inherit_clone(&mut conf.ssl_trusted_certificate, &prev.ssl_trusted_certificate);
+    inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
+
+    if conf.enable != 1 {
+        return Ok(());
+    }
+    let at = conf.enabled_at.clone().unwrap_or_default();
+    let Some(key) = conf.api_key.as_deref() else {
+        return Err(format!("\"esper on\" needs \"esper_api_key\" in {at}"));
+    };
+    if conf.timeout == 0 {
+        return Err(format!("\"esper_timeout\" must be more than 0 for \"esper on\" in {at}"));
+    }
+    // SAFETY: the defaults are statics, so they outlive the configuration.
+    unsafe {
+        if conf.return_url.is_null() {
+            conf.return_url = compile(cf, *addr_of!(DEFAULT_RETURN_URL))?;
+        }
+        if conf.fields.is_none() {
+            let host = compile(cf, *addr_of!(DEFAULT_FIELD_VALUE))?;
+            conf.fields = Some(vec![Field { name: "host".to_owned(), value: host }]);
+        }
+    }
+    conf.source.get_or_insert_with(|| DEFAULT_SOURCE.to_owned());
+
+    let api_url = conf.api_url.clone().unwrap_or_default();
+    let decision_url = reqwest::Url::parse(&api_url.decision_url()).map_err(|e| e.to_string())?;
+    let mut api_key = reqwest::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
+    api_key.set_sensitive(true);
+
+    let profile = TlsProfile {
+        verify: conf.ssl_verify == 1,
+        ca_file: conf.ssl_trusted_certificate.as_ref().map(|(path, _)| path.clone()),
+        ca_pem: conf.ssl_trusted_certificate.as_ref().map(|(_, pem)| pem.clone()),
+    };
+    // SAFETY: cf is live and belongs to the http block, whose main
+    // configuration of this module exists.
+    let main = unsafe { Module::main_conf_mut(&*cf) }.ok_or("no main configuration")?;
+    let tls_profile = match main
+        .tls_profiles
+        .iter()
+        .position(|p| p.verify == profile.verify && p.ca_file == profile.ca_file)
+    {
+        Some(index) => index,
+        None => {
+            main.tls_profiles.push(profile);
+            main.tls_profiles.len() - 1
+        }
+    };
+
+    conf.target = Some(Arc::new(Target {
+        decision_url,
+        api_key,
+        tls_profile,
+        timeout: Duration::from_millis(conf.timeout as u64),
+    }));
+    Ok(())
+}

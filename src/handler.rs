@@ -1,0 +1,329 @@
+//! The access-phase handler. A main request goes through these states, once:
+//!
+//! 1. not judged here (`esper off`) or already decided: continue;
+//! 2. first visit: read the request, start the call, arm the deadline timer and
+//!    wait (the worker keeps serving other connections);
+//! 3. woken by the outcome or by the timer: apply it (continue, redirect to the
+//!    challenge, or answer the block status) and remember it for variables and
+//!    for internal redirects, which are never judged again.
+
+use std::ffi::c_void;
+use std::ptr::fn_addr_eq;
+
+use esper_protocol::{Action, Failure};
+use ngx::ffi::{
+    ngx_array_push, ngx_conf_t, ngx_current_msec, ngx_event_t, ngx_http_block_reading,
+    ngx_http_core_run_phases, ngx_http_get_variable_index, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::ngx_string;
+
+use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
+use crate::ffi::{guard, log_error, push_header};
+use crate::worker::{self, CallId, Outcome};
+use crate::{request, Module};
+
+/// What the module knows about one main request; lives in the request pool
+/// and is found again after internal redirects through its pool cleanup.
+pub struct RequestState {
+    request: *mut ngx_http_request_t,
+    /// Fires at `esper_timeout` even if the background runtime stalls.
+    deadline: ngx_event_t,
+    call: Option<CallId>,
+    /// Arrived but not yet applied.
+    outcome: Option<Outcome>,
+    started: ngx_msec_t,
+    /// `$esper_latency`, in milliseconds.
+    pub latency: Option<ngx_msec_t>,
+    /// `$esper_action`
+    pub action: Option<Action>,
+    /// `$esper_result`
+    pub result: &'static str,
+    /// `$esper_decision_id`
+    pub decision_id: Option<String>,
+}
+
+/// Registers the access-phase handler and looks up `$request_id`
+/// (postconfiguration).
+pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+    guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the live http configuration context.
+        unsafe {
+            let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
+                return NGX_ERROR as ngx_int_t;
+            };
+            let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
+            let h: *mut ngx_http_handler_pt = ngx_array_push(&mut phase.handlers).cast();
+            if h.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            *h = Some(access_handler);
+
+            let Some(main) = Module::main_conf_mut(&*cf) else {
+                return NGX_ERROR as ngx_int_t;
+            };
+            let mut name = ngx_string!("request_id");
+            let index = ngx_http_get_variable_index(cf, &mut name);
+            if index == NGX_ERROR as ngx_int_t {
+                return NGX_ERROR as ngx_int_t;
+            }
+            main.request_id_index = index as ngx_uint_t;
+        }
+        NGX_OK as ngx_int_t
+    })
+}
+
+extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls access handlers with a live main request on its thread.
+        unsafe { access(r) }
+    })
+}
+
+/// # Safety
+/// `r` must be a live main request on the nginx thread.
+unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    let Some(conf) = (unsafe { Module::location_conf(&*r) }) else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+
+    // SAFETY: per the function contract.
+    if let Some(state) = unsafe { find(r) } {
+        // SAFETY: the state lives until the request pool is destroyed.
+        let state = unsafe { &mut *state };
+        return match state.outcome.take() {
+            // SAFETY: per the function contract.
+            Some(outcome) => unsafe { apply(r, conf, state, outcome) },
+            None if state.call.is_some() => NGX_DONE as ngx_int_t,
+            None => NGX_DECLINED as ngx_int_t,
+        };
+    }
+
+    let Some(target) = conf.target.as_ref() else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    // SAFETY: per the function contract.
+    let Some(state) = (unsafe { attach(r) }) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    // SAFETY: attach returned a live state owned by the request pool.
+    let state = unsafe { &mut *state };
+    // SAFETY: per the function contract; the main configuration exists
+    // whenever a location has a target.
+    let body = unsafe { request::payload(r, conf, Module::main_conf(&*r).expect("main conf")) };
+
+    match worker::call(target, body, on_outcome, (state as *mut RequestState).cast()) {
+        Some(id) => state.call = Some(id),
+        None => {
+            let failure = Failure::Transport("no runtime in this worker process".to_owned());
+            // SAFETY: per the function contract.
+            return unsafe { apply(r, conf, state, Err(failure)) };
+        }
+    }
+    // SAFETY: the timer event lives in the state, which removes it from the
+    // timer tree before it is freed (`cleanup`).
+    unsafe {
+        ngx::ffi::ngx_add_timer(&mut state.deadline, conf.timeout);
+        // Notice a client that goes away while its decision is pending.
+        (*r).read_event_handler = Some(ngx_http_test_reading);
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// Applies an outcome and returns the access-phase result.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, outcome: Outcome) -> ngx_int_t {
+    let monitor = conf.mode == MODE_MONITOR;
+    let decision = match outcome {
+        Ok(decision) => decision,
+        Err(failure) => {
+            state.result = failure.result();
+            let applied = if monitor {
+                "monitor mode, request continues"
+            } else if conf.failure_action == FAILURE_ALLOW {
+                "failure action allow"
+            } else {
+                "failure action block"
+            };
+            // SAFETY: per the function contract; the connection log adds the
+            // client and the request to the line.
+            let log = unsafe { (*(*r).connection).log };
+            log_error(NGX_LOG_ERR, log, &format!("esper decision failed: {failure}; {applied}"));
+            return if monitor || conf.failure_action == FAILURE_ALLOW {
+                NGX_DECLINED as ngx_int_t
+            } else {
+                conf.block_status as ngx_int_t
+            };
+        }
+    };
+
+    state.action = Some(decision.action);
+    state.decision_id = decision.decision_id;
+    state.result = if monitor { "monitor" } else { "decided" };
+    if monitor {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    match decision.action {
+        // Esper has no objection; other access checks (and `satisfy`) still apply.
+        Action::Allow => NGX_DECLINED as ngx_int_t,
+        Action::Block => conf.block_status as ngx_int_t,
+        Action::Challenge => {
+            let url = decision.redirect_url.unwrap_or_default();
+            // SAFETY: per the function contract.
+            unsafe {
+                let out = &mut (*r).headers_out;
+                let Some(location) = push_header(&mut out.headers, (*r).pool, "Location", url.as_bytes()) else {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                };
+                out.location = location;
+                if push_header(&mut out.headers, (*r).pool, "Cache-Control", b"no-store").is_none() {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                }
+            }
+            conf.challenge_status as ngx_int_t
+        }
+    }
+}
+
+impl RequestState {
+    /// Records an outcome (call finished or deadline reached) and stops the timer.
+    fn finish(&mut self, outcome: Outcome) {
+        if self.deadline.timer_set() != 0 {
+            // SAFETY: the timer was armed by `access` on this thread.
+            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
+        }
+        // SAFETY: reading nginx's cached clock on its own thread.
+        let now = unsafe { ngx_current_msec };
+        self.latency = Some(now.wrapping_sub(self.started));
+        self.outcome = Some(outcome);
+    }
+}
+
+/// The worker's callback for a finished call.
+///
+/// # Safety
+/// `data` must be a live `RequestState` whose call is still registered.
+unsafe fn on_outcome(data: *mut c_void, outcome: Outcome) {
+    let request = {
+        // SAFETY: per the function contract.
+        let state = unsafe { &mut *data.cast::<RequestState>() };
+        state.call = None;
+        state.finish(outcome);
+        state.request
+    };
+    // SAFETY: the request owns the state, so it is alive too.
+    unsafe { resume(request) };
+}
+
+/// The deadline timer's handler.
+extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+    guard((), || {
+        let request = {
+            // SAFETY: the timer's data is its RequestState, alive while armed.
+            let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
+            if let Some(id) = state.call.take() {
+                worker::forget(id);
+            }
+            state.finish(Err(Failure::Timeout));
+            state.request
+        };
+        // SAFETY: the request owns the state, so it is alive too.
+        unsafe { resume(request) };
+    })
+}
+
+/// Runs the request's phases again from the access phase.
+///
+/// # Safety
+/// `r` must be a live main request waiting in the access phase.
+unsafe fn resume(r: *mut ngx_http_request_t) {
+    // SAFETY: per the function contract; the connection outlives this call
+    // (nginx marks it destroyed rather than freeing it).
+    unsafe {
+        let c = (*r).connection;
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        ngx_http_core_run_phases(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// Creates the state of `r` in its pool.
+///
+/// # Safety
+/// `r` must be a live main request.
+unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
+    // SAFETY: per the function contract.
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            return None;
+        }
+        let state = Box::into_raw(Box::new(RequestState {
+            request: r,
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
+            deadline: std::mem::zeroed(),
+            call: None,
+            outcome: None,
+            started: ngx_current_msec,
+            latency: None,
+            action: None,
+            result: "",
+            decision_id: None,
+        }));
+        (*state).deadline.handler = Some(on_deadline);
+        (*state).deadline.data = state.cast();
+        (*state).deadline.log = (*(*r).connection).log;
+        (*cln).handler = Some(cleanup);
+        (*cln).data = state.cast();
+        *(*r).ctx.add(Module::module().ctx_index) = state.cast();
+        Some(state)
+    }
+}
+
+/// The state of `r`'s main request, if it has been judged here.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn find(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
+    // SAFETY: per the function contract.
+    unsafe {
+        let r = (*r).main;
+        let slot = (*r).ctx.add(Module::module().ctx_index);
+        if !(*slot).is_null() {
+            return Some((*slot).cast());
+        }
+        // An internal redirect clears module contexts but not pool cleanups;
+        // nginx's realip module finds its state the same way.
+        let mut cln = (*(*r).pool).cleanup;
+        while let Some(c) = cln.as_ref() {
+            if c.handler.is_some_and(|h| fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void))) {
+                *slot = c.data;
+                return Some(c.data.cast());
+            }
+            cln = c.next;
+        }
+        None
+    }
+}
+
+/// Pool cleanup: the request is being freed, possibly with its call pending.
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    guard((), || {
+        // SAFETY: `data` is the Box made by `attach`, freed only here.
+        let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
+        if state.deadline.timer_set() != 0 {
+            // SAFETY: the timer was armed on this thread and is still in the tree.
+            unsafe { ngx::ffi::ngx_del_timer(&mut state.deadline) };
+        }
+        if let Some(id) = state.call.take() {
+            worker::forget(id);
+        }
+    })
+}
+

@@ -1,0 +1,78 @@
+//! ngx_http_esper_module: asks Esper's runtime decision API about each request
+//! at nginx's access phase and applies the answer (allow, challenge, block).
+//!
+//! This file only registers the module; each concern has its own file:
+//! `conf` (directives), `handler` (the access phase), `worker` (the background
+//! runtime and its event-loop wake-up), `request` (reading the request),
+//! `variables` ($esper_*), `ffi` (small shared helpers around nginx types).
+
+mod conf;
+mod ffi;
+mod handler;
+mod request;
+mod variables;
+mod worker;
+
+use std::ffi::c_void;
+use std::ptr::addr_of;
+
+use ngx::ffi::{
+    ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_HTTP_MODULE,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+
+pub(crate) struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module descriptor is a static that nginx only writes while
+        // loading the module, before any request or configuration code runs.
+        unsafe { &*addr_of!(ngx_http_esper_module) }
+    }
+}
+
+// SAFETY: the main and location configurations are created by `conf` as these types.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = conf::MainConf;
+}
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = conf::LocConf;
+}
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: Some(variables::register),
+    postconfiguration: Some(handler::register),
+    create_main_conf: Some(conf::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(conf::create_loc_conf),
+    merge_loc_conf: Some(conf::merge_loc_conf),
+};
+
+ngx::ngx_modules!(ngx_http_esper_module);
+
+#[used]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as *mut c_void,
+    commands: addr_of!(conf::COMMANDS) as *mut _,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
+    ..ngx_module_t::default()
+};
+
+extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    ffi::guard(ngx::ffi::NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the live cycle of this worker process.
+        unsafe { worker::start(cycle) }
+    })
+}
+
+extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    ffi::guard((), worker::stop);
+}
+

@@ -1,0 +1,302 @@
+//! The background side of a worker process: one tokio runtime thread that makes
+//! the decision calls, and the way their results come back into nginx's event
+//! loop.
+//!
+//! A finished call pushes its outcome onto a queue and writes an eventfd that is
+//! registered in nginx's own event loop, so the worker wakes at once and applies
+//! the outcome on the nginx thread. Requests are known to the background only by
+//! a number: a request that ends first is forgotten here, and its late outcome is
+//! dropped.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
+use esper_protocol::{parse_answer, Decision, Failure};
+use ngx::ffi::{
+    ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
+    ngx_handle_read_event, ngx_int_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+};
+use ngx::http::HttpModuleMainConf;
+use tokio::task::AbortHandle;
+
+use crate::conf::{MainConf, Target, TlsProfile};
+use crate::ffi::{guard, log_error};
+use crate::Module;
+
+/// What a decision call produced.
+pub type Outcome = Result<Decision, Failure>;
+
+/// Identifies a pending call between the nginx thread and the runtime.
+pub type CallId = u64;
+
+/// Receives, on the nginx thread, the outcome of a call that is still wanted.
+/// `data` is what was given to [`call`].
+pub type Waiter = unsafe fn(data: *mut c_void, outcome: Outcome);
+
+/// Outcomes waiting for the nginx thread, and the eventfd that wakes it.
+struct Completions {
+    queue: Mutex<Vec<(CallId, Outcome)>>,
+    eventfd: OwnedFd,
+}
+
+impl Completions {
+    fn push(&self, id: CallId, outcome: Outcome) {
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.push((id, outcome));
+            queue.len() == 1
+        };
+        // One wake-up per batch: the nginx thread reads the eventfd before it
+        // takes the queue, so a push onto a non-empty queue is always seen.
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn take(&self) -> Vec<(CallId, Outcome)> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *queue)
+    }
+}
+
+struct Worker {
+    runtime: tokio::runtime::Runtime,
+    clients: Vec<reqwest::Client>,
+    completions: Arc<Completions>,
+    /// The nginx connection that watches a duplicate of the eventfd.
+    notifier: *mut ngx_connection_t,
+    pending: HashMap<CallId, (Waiter, *mut c_void, AbortHandle)>,
+    next_id: CallId,
+}
+
+thread_local! {
+    /// Only the nginx thread of a worker process touches this.
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Starts the runtime of this worker process, if any location uses Esper.
+///
+/// # Safety
+/// `cycle` must be the live cycle passed to `init_process`.
+pub unsafe fn start(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    let Some(main) = (unsafe { Module::main_conf(&*cycle) }) else {
+        return NGX_OK as ngx_int_t;
+    };
+    if !main.in_use() {
+        return NGX_OK as ngx_int_t;
+    }
+    // SAFETY: per the function contract.
+    let log = unsafe { (*cycle).log };
+    match build(main) {
+        Ok(worker) => {
+            WORKER.with(|w| *w.borrow_mut() = Some(worker));
+            NGX_OK as ngx_int_t
+        }
+        Err(message) => {
+            log_error(NGX_LOG_EMERG, log, &format!("esper: cannot start: {message}"));
+            NGX_ERROR as ngx_int_t
+        }
+    }
+}
+
+fn build(main: &MainConf) -> Result<Worker, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("esper")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let clients = main
+        .tls_profiles
+        .iter()
+        .map(client)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let watched = eventfd.try_clone().map_err(|e| format!("dup: {e}"))?;
+    // SAFETY: registering a descriptor we own in this worker's event loop.
+    let notifier = unsafe { watch(watched) }?;
+
+    Ok(Worker {
+        runtime,
+        clients,
+        completions: Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd }),
+        notifier,
+        pending: HashMap::new(),
+        next_id: 0,
+    })
+}
+
+fn client(profile: &TlsProfile) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .user_agent(concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION")))
+        .danger_accept_invalid_certs(!profile.verify);
+    if let Some(pem) = &profile.ca_pem {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// Puts `fd` into nginx's event loop with [`on_wake`] as its read handler.
+///
+/// # Safety
+/// Must run on the nginx thread of a worker, after its event module started.
+unsafe fn watch(fd: OwnedFd) -> Result<*mut ngx_connection_t, String> {
+    // SAFETY: per the function contract; nginx owns the descriptor from here on
+    // and closes it with the connection.
+    unsafe {
+        let log = (*ngx::ffi::ngx_cycle).log;
+        let raw = fd.as_raw_fd();
+        let c = ngx_get_connection(raw, log);
+        if c.is_null() {
+            return Err("no free connection for the notification descriptor".to_owned());
+        }
+        std::mem::forget(fd);
+        let rev = (*c).read;
+        (*rev).handler = Some(on_wake);
+        (*rev).log = log;
+        (*c).log = log;
+        if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
+            ngx_close_connection(c);
+            return Err("cannot watch the notification descriptor".to_owned());
+        }
+        Ok(c)
+    }
+}
+
+/// Read handler of the eventfd: hands every queued outcome to its request.
+extern "C" fn on_wake(ev: *mut ngx_event_t) {
+    guard((), || {
+        // SAFETY: nginx calls this with the read event of our notifier connection.
+        let fd = unsafe { (*(*ev).data.cast::<ngx_connection_t>()).fd };
+        let mut counter = 0u64;
+        // SAFETY: reading 8 bytes into a live u64; the descriptor is non-blocking.
+        while unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) } == 8 {}
+
+        let ready: Vec<(Waiter, *mut c_void, Outcome)> = WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            let Some(worker) = w.as_mut() else { return Vec::new() };
+            worker
+                .completions
+                .take()
+                .into_iter()
+                .filter_map(|(id, outcome)| {
+                    let (waiter, data, _) = worker.pending.remove(&id)?;
+                    Some((waiter, data, outcome))
+                })
+                .collect()
+        });
+        // The borrow is released: completing a request may start another call.
+        for (waiter, data, outcome) in ready {
+            // SAFETY: a call stays registered only while its data is alive: the
+            // owner unregisters it (`forget`) before freeing the data.
+            unsafe { waiter(data, outcome) };
+        }
+    })
+}
+
+/// Starts a decision call. `waiter` gets the outcome unless it is forgotten
+/// first. Returns `None` when this process has no runtime.
+pub fn call(target: &Arc<Target>, body: Vec<u8>, waiter: Waiter, data: *mut c_void) -> Option<CallId> {
+    WORKER.with(|w| {
+        let mut w = w.borrow_mut();
+        let worker = w.as_mut()?;
+        let id = worker.next_id;
+        worker.next_id += 1;
+        let client = worker.clients.get(target.tls_profile)?.clone();
+        let completions = worker.completions.clone();
+        let target = target.clone();
+        let task = worker.runtime.spawn(async move {
+            let outcome = decide(&client, &target, body).await;
+            completions.push(id, outcome);
+        });
+        worker.pending.insert(id, (waiter, data, task.abort_handle()));
+        Some(id)
+    })
+}
+
+/// Drops interest in a call (its request ended or timed out) and cancels it.
+pub fn forget(id: CallId) {
+    WORKER.with(|w| {
+        if let Some(worker) = w.borrow_mut().as_mut() {
+            if let Some((_, _, task)) = worker.pending.remove(&id) {
+                task.abort();
+            }
+        }
+    })
+}
+
+/// Shuts the runtime down and closes the notifier (`exit_process`).
+pub fn stop() {
+    let Some(worker) = WORKER.with(|w| w.borrow_mut().take()) else {
+        return;
+    };
+    // Pending calls are cancelled; their requests are gone with the process.
+    worker.runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    // SAFETY: the notifier connection was opened by `watch` in this process.
+    unsafe { ngx_close_connection(worker.notifier) };
+}
+
+/// One decision call, bounded by the location's timeout as a whole.
+async fn decide(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> Outcome {
+    match tokio::time::timeout(target.timeout, exchange(client, target, body)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+async fn exchange(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> Outcome {
+    let mut response = client
+        .post(target.decision_url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("x-esper-api-key", target.api_key.clone())
+        .body(body)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let headers = response.headers();
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).map(|v| v.as_bytes().to_vec());
+    let decision_id = headers.get(DECISION_ID_HEADER).map(|v| v.as_bytes().to_vec());
+
+    let mut answer = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::TooLarge);
+        }
+        answer.extend_from_slice(&chunk);
+    }
+    parse_answer(status, content_type.as_deref(), decision_id.as_deref(), &answer)
+}
+
+/// The reason of a transport error, without the URL and from the root cause.
+fn transport(error: reqwest::Error) -> Failure {
+    let error = error.without_url();
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason = format!("{reason}: {cause}");
+        source = cause.source();
+    }
+    Failure::Transport(reason)
+}
