@@ -207,8 +207,25 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     })
 }
 
-/// Result of a directive handler: `Err` carries the message `nginx -t` prints.
-type SetResult = Result<(), String>;
+/// Why a directive was refused; `nginx -t` prints it with the file and line.
+enum SetError {
+    Duplicate,
+    Invalid(String),
+}
+
+impl From<String> for SetError {
+    fn from(message: String) -> Self {
+        SetError::Invalid(message)
+    }
+}
+
+impl From<values::ConfigError> for SetError {
+    fn from(error: values::ConfigError) -> Self {
+        SetError::Invalid(error.to_string())
+    }
+}
+
+type SetResult = Result<(), SetError>;
 
 /// Runs a directive body with the configuration and its arguments, turning an
 /// error into nginx's "message in file:line".
@@ -218,6 +235,7 @@ type SetResult = Result<(), String>;
 /// location-level directive of this module.
 unsafe fn directive(
     cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
     body: impl FnOnce(&mut LocConf, &[ngx_str_t]) -> SetResult,
 ) -> *mut c_char {
@@ -227,7 +245,13 @@ unsafe fn directive(
         let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), (*(*cf).args).as_slice::<ngx_str_t>()) };
         match body(conf, args) {
             Ok(()) => NGX_CONF_OK,
-            Err(message) => {
+            Err(SetError::Duplicate) => {
+                // SAFETY: nginx passes the command being parsed.
+                let name = String::from_utf8_lossy(bytes(unsafe { &(*cmd).name })).into_owned();
+                ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{}\" directive is duplicate", name);
+                NGX_CONF_ERROR
+            }
+            Err(SetError::Invalid(message)) => {
                 ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", message);
                 NGX_CONF_ERROR
             }
@@ -235,14 +259,15 @@ unsafe fn directive(
     })
 }
 
-fn text(arg: &ngx_str_t) -> Result<&str, String> {
-    std::str::from_utf8(bytes(arg)).map_err(|_| "argument is not valid UTF-8".to_owned())
+fn text(arg: &ngx_str_t) -> Result<&str, SetError> {
+    std::str::from_utf8(bytes(arg)).map_err(|_| SetError::Invalid("argument is not valid UTF-8".to_owned()))
 }
 
-fn once<T>(slot: &Option<T>) -> SetResult {
-    match slot {
-        Some(_) => Err("is duplicate".to_owned()),
-        None => Ok(()),
+fn once(is_set: bool) -> SetResult {
+    if is_set {
+        Err(SetError::Duplicate)
+    } else {
+        Ok(())
     }
 }
 
@@ -256,85 +281,79 @@ unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, co
     unsafe {
         let file = &(*(*cf).conf_file).file;
         let at = format!("{}:{}", String::from_utf8_lossy(bytes(&file.name)), (*(*cf).conf_file).line);
-        directive(cf, conf, |conf, _| {
+        directive(cf, cmd, conf, |conf, _| {
             conf.enabled_at = Some(at);
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_api_url(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_api_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            once(&conf.api_url)?;
-            conf.api_url = Some(ApiUrl::parse(text(&args[1])?).map_err(|e| e.to_string())?);
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.api_url.is_some())?;
+            conf.api_url = Some(ApiUrl::parse(text(&args[1])?)?);
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_api_key(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_api_key(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            once(&conf.api_key)?;
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.api_key.is_some())?;
             let key = text(&args[1])?;
-            values::check_api_key(key).map_err(|e| e.to_string())?;
+            values::check_api_key(key)?;
             conf.api_key = Some(key.to_owned());
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_block_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_block_status(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            if conf.block_status != UNSET_UINT {
-                return Err("is duplicate".to_owned());
-            }
-            conf.block_status = values::parse_block_status(text(&args[1])?).map_err(|e| e.to_string())?.into();
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.block_status != UNSET_UINT)?;
+            conf.block_status = values::parse_block_status(text(&args[1])?)?.into();
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_challenge_status(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_challenge_status(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            if conf.challenge_status != UNSET_UINT {
-                return Err("is duplicate".to_owned());
-            }
-            conf.challenge_status = values::parse_challenge_status(text(&args[1])?).map_err(|e| e.to_string())?.into();
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.challenge_status != UNSET_UINT)?;
+            conf.challenge_status = values::parse_challenge_status(text(&args[1])?)?.into();
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_return_url(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_return_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            if !conf.return_url.is_null() {
-                return Err("is duplicate".to_owned());
-            }
+        directive(cf, cmd, conf, |conf, args| {
+            once(!conf.return_url.is_null())?;
             conf.return_url = compile(cf, args[1])?;
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
+        directive(cf, cmd, conf, |conf, args| {
             let name = text(&args[1])?;
-            values::check_name("field name", name).map_err(|e| e.to_string())?;
+            values::check_name("field name", name)?;
             let fields = conf.fields.get_or_insert_with(Vec::new);
             if fields.iter().any(|f| f.name == name) {
-                return Err(format!("duplicate field \"{name}\""));
+                return Err(format!("duplicate field \"{name}\"").into());
             }
             fields.push(Field { name: name.to_owned(), value: compile(cf, args[2])? });
             Ok(())
@@ -342,35 +361,35 @@ unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf:
     }
 }
 
-unsafe extern "C" fn set_source(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_source(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            once(&conf.source)?;
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.source.is_some())?;
             let source = text(&args[1])?;
-            values::check_name("source", source).map_err(|e| e.to_string())?;
+            values::check_name("source", source)?;
             conf.source = Some(source.to_owned());
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_trusted_certificate(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_trusted_certificate(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler; ngx_conf_full_name
     // resolves the name against the prefix in the cycle's pool.
     unsafe {
-        directive(cf, conf, |conf, args| {
-            once(&conf.ssl_trusted_certificate)?;
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.ssl_trusted_certificate.is_some())?;
             let mut name = args[1];
             if ngx_conf_full_name((*cf).cycle, &mut name, 1) != NGX_OK as isize {
-                return Err("cannot resolve the certificate path".to_owned());
+                return Err("cannot resolve the certificate path".to_owned().into());
             }
             let path = String::from_utf8_lossy(bytes(&name)).into_owned();
             let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
             match reqwest::Certificate::from_pem_bundle(&pem) {
                 Ok(certs) if !certs.is_empty() => {}
-                Ok(_) => return Err(format!("no certificate found in \"{path}\"")),
-                Err(e) => return Err(format!("cannot load \"{path}\": {e}")),
+                Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
+                Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),
             }
             conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
             Ok(())

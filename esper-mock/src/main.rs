@@ -1,0 +1,297 @@
+//! A small, fast mock of Esper's runtime decision API for the module's
+//! integration tests and benchmarks. See `USAGE` and `route` for what it does.
+
+mod plan;
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    HeaderMap, Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+};
+
+use plan::{Outcome, Payload};
+
+const USAGE: &str = "usage: esper-mock [--listen IP:PORT] [--api-key KEY] \
+    [--default-action allow|challenge|block] [--no-record] [--threads N]";
+const RUNTIME_PATH: &str = "/api/v1/runtime/mitigation";
+const API_KEY_HEADER: &str = "x-esper-api-key";
+const MAX_BODY: usize = 1024 * 1024;
+
+type Body = Full<Bytes>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Options {
+    listen: SocketAddr,
+    api_key: Option<String>,
+    default_action: &'static str,
+    record: bool,
+    threads: usize,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_key: None,
+        default_action: "allow",
+        record: true,
+        threads: 1,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--listen" => opts.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--api-key" => opts.api_key = Some(value()?),
+            "--default-action" => {
+                opts.default_action = match value()?.as_str() {
+                    "allow" => "allow",
+                    "challenge" => "challenge",
+                    "block" => "block",
+                    other => return Err(format!("--default-action: unknown action {other:?}")),
+                }
+            }
+            "--no-record" => opts.record = false,
+            "--threads" => {
+                opts.threads = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--threads needs a positive number")?
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(opts) => opts,
+        Err(msg) => {
+            eprintln!("esper-mock: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = if opts.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(opts.threads);
+        builder
+    };
+    let result = builder
+        .enable_all()
+        .build()
+        .and_then(|runtime| runtime.block_on(run(opts)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("esper-mock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(opts: Options) -> io::Result<()> {
+    let listener = TcpListener::bind(opts.listen).await?;
+    let listen = listener.local_addr()?;
+    // Registered before announcing the port, so a test may stop us right away.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    println!("listening on {listen}");
+    io::stdout().flush()?;
+
+    let mock = Arc::new(Mock {
+        listen,
+        api_key: opts.api_key,
+        default_action: opts.default_action,
+        record: opts.record,
+        runtime_calls: AtomicU64::new(0),
+        records: Mutex::new(Vec::new()),
+    });
+    tokio::select! {
+        () = serve(listener, mock) => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, mock: Arc<Mock>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically out of file descriptors: back off rather than spin.
+                eprintln!("esper-mock: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Small request/response exchanges: don't let Nagle delay them.
+        let _ = stream.set_nodelay(true);
+        let mock = Arc::clone(&mock);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| Arc::clone(&mock).route(req));
+            // Errors here are clients going away or a deliberate `mock_close`.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+struct Mock {
+    listen: SocketAddr,
+    api_key: Option<String>,
+    default_action: &'static str,
+    record: bool,
+    runtime_calls: AtomicU64,
+    records: Mutex<Vec<Value>>,
+}
+
+impl Mock {
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let response = match (req.method(), req.uri().path()) {
+            (&Method::POST, RUNTIME_PATH) => return self.runtime_call(req).await,
+            (_, RUNTIME_PATH) => {
+                let mut response = json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    r#"{"error":"method not allowed"}"#,
+                );
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                response
+            }
+            (&Method::GET, "/__mock/requests") => {
+                let records = serde_json::to_vec(&*self.records.lock().unwrap())?;
+                json_response(StatusCode::OK, records)
+            }
+            (&Method::GET, "/__mock/count") => {
+                let count = json!({"runtime": self.runtime_calls.load(Ordering::Relaxed)});
+                json_response(StatusCode::OK, count.to_string())
+            }
+            (&Method::POST, "/__mock/reset") => {
+                let mut records = self.records.lock().unwrap();
+                records.clear();
+                self.runtime_calls.store(0, Ordering::Relaxed);
+                json_response(StatusCode::OK, r#"{"ok":true}"#)
+            }
+            (&Method::GET, "/challenge") => respond(
+                StatusCode::OK,
+                HeaderValue::from_static("text/html"),
+                "<html>esper challenge</html>",
+            ),
+            _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
+        };
+        Ok(response)
+    }
+
+    async fn runtime_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => {
+                return Ok(json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    r#"{"error":"body too large"}"#,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let seq = self.runtime_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.record {
+            let entry = record_entry(seq, &parts.headers, &body);
+            self.records.lock().unwrap().push(entry);
+        }
+        if let Some(key) = &self.api_key {
+            if parts.headers.get(API_KEY_HEADER).map(HeaderValue::as_bytes) != Some(key.as_bytes())
+            {
+                return Ok(json_response(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized"}"#,
+                ));
+            }
+        }
+
+        let plan = plan::plan(
+            &Payload::parse(&body),
+            seq,
+            self.listen,
+            self.default_action,
+        );
+        if let Some(delay) = plan.delay {
+            tokio::time::sleep(delay).await;
+        }
+        match plan.outcome {
+            // hyper drops this future when the client closes the connection.
+            Outcome::Hang => std::future::pending().await,
+            // A service error makes hyper close the connection without a response.
+            Outcome::Close => Err("mock_close".into()),
+            Outcome::Answer(answer) => {
+                let mut response = respond(answer.status, answer.content_type, answer.body);
+                if let Some(id) = answer.decision_id_header {
+                    response.headers_mut().insert("x-esper-decision-id", id);
+                }
+                Ok(response)
+            }
+        }
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+}
+
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    respond(status, HeaderValue::from_static("application/json"), body)
+}
+
+/// One entry of `/__mock/requests`.
+fn record_entry(seq: u64, headers: &HeaderMap, body: &[u8]) -> Value {
+    let headers: Map<String, Value> = headers
+        .keys()
+        .map(|name| {
+            let values: Vec<_> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect();
+            (name.to_string(), Value::String(values.join(", ")))
+        })
+        .collect();
+    let body = serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+    let received_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({"seq": seq, "headers": headers, "body": body, "received_at_ms": received_at_ms})
+}

@@ -1,0 +1,300 @@
+//! Choosing the answer to a runtime call from the `mock_*` query parameters that
+//! the nginx module forwards in `request.query_params`.
+
+use std::{borrow::Cow, net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use hyper::{header::HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The parts of the module's payload the mock looks at; serde skips the rest
+/// without building values for it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Payload {
+    return_url: Option<String>,
+    request: Request,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Request {
+    query_params: Map<String, Value>,
+}
+
+impl Payload {
+    /// Anything unreadable (not JSON, unexpected shape) behaves like a payload
+    /// without `mock_` keys, so the mock still answers.
+    pub fn parse(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
+    /// A `mock_` parameter as text; numbers and booleans are accepted too, for
+    /// payloads written by hand.
+    fn param(&self, name: &str) -> Option<Cow<'_, str>> {
+        match self.request.query_params.get(name)? {
+            Value::String(s) => Some(Cow::Borrowed(s)),
+            Value::Null => None,
+            other => Some(Cow::Owned(other.to_string())),
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        matches!(self.param(name).as_deref(), Some("1" | "true"))
+    }
+}
+
+/// What to do with one runtime call.
+#[derive(Debug, PartialEq)]
+pub struct Plan {
+    /// Waited before anything else happens.
+    pub delay: Option<Duration>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Never answer; the connection stays open until the client goes away.
+    Hang,
+    /// Close the connection without a response.
+    Close,
+    Answer(Answer),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    /// Set when the decision id travels in `X-Esper-Decision-ID`.
+    pub decision_id_header: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+#[derive(Serialize)]
+struct Decision<'a> {
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_url: Option<&'a str>,
+    reason: &'static str,
+}
+
+/// `seq` is the 1-based number of this runtime call; `listen` is the address
+/// the mock is bound to, used for the default challenge page.
+pub fn plan(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Plan {
+    let delay = payload
+        .param("mock_delay_ms")
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    let outcome = if payload.flag("mock_hang") {
+        Outcome::Hang
+    } else if payload.flag("mock_close") {
+        Outcome::Close
+    } else {
+        Outcome::Answer(answer(payload, seq, listen, default_action))
+    };
+    Plan { delay, outcome }
+}
+
+/// Unusable values (a status that is not a number, a header value with control
+/// characters) fall back to the default rather than failing the call.
+fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Answer {
+    let status = payload
+        .param("mock_status")
+        .and_then(|s| s.parse().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK);
+    let content_type = payload
+        .param("mock_content_type")
+        .and_then(|ct| HeaderValue::from_str(&ct).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let decision_id = payload
+        .param("mock_decision_id")
+        .unwrap_or_else(|| Cow::Owned(format!("dec-{seq}")));
+    let id_in_header = payload.flag("mock_id_in_header");
+    let decision_id_header = id_in_header
+        .then(|| HeaderValue::from_str(&decision_id).ok())
+        .flatten();
+
+    let body = match payload.param("mock_body") {
+        Some(raw) => Bytes::from(raw.into_owned()),
+        None => {
+            let action = payload.param("mock_action");
+            let action = action.as_deref().unwrap_or(default_action);
+            let redirect_url = match payload.param("mock_redirect") {
+                Some(url) => Some(url),
+                None if action == "challenge" => Some(Cow::Owned(challenge_url(payload, listen))),
+                None => None,
+            };
+            let decision = Decision {
+                action,
+                decision_id: (!id_in_header).then_some(&*decision_id),
+                redirect_url: redirect_url.as_deref(),
+                reason: "mock",
+            };
+            Bytes::from(serde_json::to_vec(&decision).expect("a decision always serialises"))
+        }
+    };
+
+    Answer {
+        status,
+        content_type,
+        decision_id_header,
+        body,
+    }
+}
+
+/// The mock's own `/challenge` page, carrying the payload's `return_url` along.
+fn challenge_url(payload: &Payload, listen: SocketAddr) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("return_url", payload.return_url.as_deref().unwrap_or(""))
+        .finish();
+    format!("http://{listen}/challenge?{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn listen() -> SocketAddr {
+        "127.0.0.1:4242".parse().unwrap()
+    }
+
+    fn plan_for(payload: Value) -> Plan {
+        plan(
+            &Payload::parse(payload.to_string().as_bytes()),
+            7,
+            listen(),
+            "allow",
+        )
+    }
+
+    fn with_params(params: Value) -> Plan {
+        plan_for(json!({
+            "return_url": "https://shop.example.com/a?b=1&c=d e",
+            "request": {"method": "GET", "query_params": params}
+        }))
+    }
+
+    fn answer_of(plan: Plan) -> Answer {
+        match plan.outcome {
+            Outcome::Answer(a) => a,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    fn body_json(answer: &Answer) -> Value {
+        serde_json::from_slice(&answer.body).unwrap()
+    }
+
+    #[test]
+    fn plain_payload_is_allowed_with_sequential_id() {
+        let plan = with_params(json!({"page": "2"}));
+        assert_eq!(plan.delay, None);
+        let a = answer_of(plan);
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.content_type, "application/json");
+        assert_eq!(a.decision_id_header, None);
+        assert_eq!(
+            body_json(&a),
+            json!({"action": "allow", "decision_id": "dec-7", "reason": "mock"})
+        );
+    }
+
+    #[test]
+    fn default_action_applies_without_mock_action() {
+        let a = answer_of(plan(&Payload::default(), 1, listen(), "block"));
+        assert_eq!(body_json(&a)["action"], "block");
+    }
+
+    #[test]
+    fn unreadable_payload_gets_the_default_answer() {
+        for body in [&b"not json"[..], b"", br#"{"request":"x"}"#] {
+            let a = answer_of(plan(&Payload::parse(body), 3, listen(), "allow"));
+            assert_eq!(body_json(&a)["decision_id"], "dec-3");
+        }
+    }
+
+    #[test]
+    fn challenge_points_at_the_mock_with_encoded_return_url() {
+        let a = answer_of(with_params(json!({"mock_action": "challenge"})));
+        assert_eq!(
+            body_json(&a)["redirect_url"],
+            "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e"
+        );
+        let a = answer_of(plan_for(
+            json!({"request": {"query_params": {"mock_action": "challenge"}}}),
+        ));
+        assert_eq!(
+            body_json(&a)["redirect_url"],
+            "http://127.0.0.1:4242/challenge?return_url="
+        );
+    }
+
+    #[test]
+    fn explicit_redirect_is_sent_whatever_the_action() {
+        let a = answer_of(with_params(json!({"mock_redirect": "https://c.example/x"})));
+        assert_eq!(
+            body_json(&a),
+            json!({"action": "allow", "decision_id": "dec-7", "redirect_url": "https://c.example/x", "reason": "mock"})
+        );
+    }
+
+    #[test]
+    fn decision_id_can_move_to_a_header() {
+        let a = answer_of(with_params(
+            json!({"mock_decision_id": "abc", "mock_id_in_header": "1"}),
+        ));
+        assert_eq!(a.decision_id_header, Some(HeaderValue::from_static("abc")));
+        assert_eq!(body_json(&a), json!({"action": "allow", "reason": "mock"}));
+    }
+
+    #[test]
+    fn raw_body_status_and_content_type() {
+        let a = answer_of(with_params(json!({
+            "mock_body": "oops", "mock_status": "503", "mock_content_type": "text/plain"
+        })));
+        assert_eq!(
+            (a.status, a.content_type, a.body),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                HeaderValue::from_static("text/plain"),
+                Bytes::from("oops")
+            )
+        );
+    }
+
+    #[test]
+    fn numbers_are_accepted_and_garbage_ignored() {
+        let a = answer_of(with_params(
+            json!({"mock_status": 500, "mock_delay_ms": "x"}),
+        ));
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let plan = with_params(json!({"mock_status": "abc", "mock_delay_ms": 250}));
+        assert_eq!(plan.delay, Some(Duration::from_millis(250)));
+        assert_eq!(answer_of(plan).status, StatusCode::OK);
+    }
+
+    #[test]
+    fn hang_wins_over_close_and_keeps_the_delay() {
+        let plan = with_params(json!({"mock_hang": "1", "mock_close": "1", "mock_delay_ms": "5"}));
+        assert_eq!(
+            plan,
+            Plan {
+                delay: Some(Duration::from_millis(5)),
+                outcome: Outcome::Hang
+            }
+        );
+        assert_eq!(
+            with_params(json!({"mock_close": "1"})).outcome,
+            Outcome::Close
+        );
+        assert!(matches!(
+            with_params(json!({"mock_close": "0"})).outcome,
+            Outcome::Answer(_)
+        ));
+    }
+}

@@ -1,0 +1,67 @@
+# Invalid configurations fail `nginx -t` with a clear message and file:line;
+# valid ones pass, and settings inherit from http to server to location.
+use strict;
+use warnings;
+use lib 't/lib';
+use Test::More;
+use EsperTest;
+
+my $t = EsperTest->new;
+
+sub check_fails {
+    my ($http, $message, $what) = @_;
+    my ($status, $output, $file) = $t->test_config($http);
+    isnt($status, 0, "$what: nginx -t fails");
+    my $where = $message =~ /variable$/ ? '' : qr/ in \Q$file\E:\d+/;
+    like($output, qr/\[emerg\] .*\Q$message\E.*$where/, "$what: message" . ($where ? ' with file and line' : ''))
+        or diag $output;
+}
+
+sub in_location { "server { listen 127.0.0.1:%%PORT%%; location / { $_[0] } }" }
+
+check_fails(in_location('esper on;'), '"esper on" needs "esper_api_key"', 'esper on without a key');
+check_fails("esper on;\n" . in_location('esper_api_key k;'), '"esper on" needs "esper_api_key"', 'key only below esper on');
+check_fails(in_location('esper maybe;'), 'invalid value "maybe" in "esper" directive, it must be "on" or "off"', 'bad flag');
+check_fails(in_location('esper_api_url ftp://x/;'), 'invalid Esper API URL "ftp://x/": scheme must be http or https', 'bad URL scheme');
+check_fails(in_location('esper_api_url api.esperr.com;'), 'invalid Esper API URL "api.esperr.com"', 'relative URL');
+check_fails(in_location('esper_api_url https://x/?a=1;'), 'query and fragment are not allowed', 'URL with query');
+check_fails(in_location('esper_api_key "a b";'), 'invalid API key: it must be non-empty visible ASCII', 'bad key');
+check_fails(in_location('esper_timeout 3x;'), '"esper_timeout" directive invalid value', 'bad time');
+check_fails(in_location('esper_timeout 0; esper on; esper_api_key k;'), '"esper_timeout" must be more than 0', 'zero timeout');
+check_fails(in_location('esper_failure_action deny;'), 'invalid value "deny"', 'bad failure action');
+check_fails(in_location('esper_mode watch;'), 'invalid value "watch"', 'bad mode');
+check_fails(in_location('esper_block_status 200;'), 'invalid block status "200": use a code from 400 to 599', 'bad block status');
+check_fails(in_location('esper_challenge_status 200;'), 'invalid challenge status "200": use 301, 302, 303, 307 or 308', 'bad challenge status');
+check_fails(in_location('esper_field "" x;'), 'invalid field name ""', 'empty field name');
+check_fails(in_location('esper_field a x; esper_field a y;'), 'duplicate field "a"', 'duplicate field');
+check_fails(in_location('esper_field a $no_such_variable;'), 'unknown "no_such_variable" variable', 'unknown variable');
+check_fails(in_location('esper_source "a b";'), 'invalid source "a b"', 'bad source');
+check_fails(in_location('esper_api_key a; esper_api_key b;'), '"esper_api_key" directive is duplicate', 'duplicate key');
+check_fails(in_location('esper_ssl_trusted_certificate /nonexistent.pem;'), 'cannot read "/nonexistent.pem"', 'missing CA file');
+$t->write_file('bad.pem', "not a certificate\n");
+check_fails(in_location('esper_ssl_trusted_certificate bad.pem;'), 'no certificate found in', 'CA file without certificates');
+check_fails(in_location('esper_ssl_verify sometimes;'), 'it must be "on" or "off"', 'bad ssl_verify');
+
+my ($status, $output) = $t->test_config(<<'EOF');
+    esper_api_key k;
+    esper_api_url https://esper.internal.example/prefix;
+    esper_timeout 1s;
+    esper_failure_action block;
+    esper_mode monitor;
+    esper_block_status 444;
+    esper_challenge_status 303;
+    esper_return_url https://$host$request_uri;
+    esper_field host $host;
+    esper_field ua_hash $http_user_agent;
+    esper_source nginx-edge;
+    esper_send_cookies on;
+    esper_ssl_verify off;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        esper on;
+        location / { }
+        location /static/ { esper off; }
+    }
+EOF
+is($status, 0, 'every directive at http level passes nginx -t') or diag $output;
+done_testing;
