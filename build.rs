@@ -20,7 +20,9 @@ fn main() {
 
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out.
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    if let (Some(profile_dir), Ok(build_dir)) = (out_dir.ancestors().nth(3), env::var("DEP_NGINX_BUILD_DIR")) {
+    if let (Some(profile_dir), Ok(build_dir)) =
+        (out_dir.ancestors().nth(3), env::var("DEP_NGINX_BUILD_DIR"))
+    {
         std::fs::write(profile_dir.join("nginx-build-dir"), build_dir + "\n")
             .expect("cannot record the nginx build directory");
     }

@@ -155,22 +155,64 @@ const fn command(
 }
 
 static mut FAILURE_ACTIONS: [ngx_conf_enum_t; 3] = [
-    ngx_conf_enum_t { name: ngx_string!("allow"), value: FAILURE_ALLOW },
-    ngx_conf_enum_t { name: ngx_string!("block"), value: FAILURE_BLOCK },
-    ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
+    ngx_conf_enum_t {
+        name: ngx_string!("allow"),
+        value: FAILURE_ALLOW,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("block"),
+        value: FAILURE_BLOCK,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
 ];
 
 static mut MODES: [ngx_conf_enum_t; 3] = [
-    ngx_conf_enum_t { name: ngx_string!("enforce"), value: MODE_ENFORCE },
-    ngx_conf_enum_t { name: ngx_string!("monitor"), value: MODE_MONITOR },
-    ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
+    ngx_conf_enum_t {
+        name: ngx_string!("enforce"),
+        value: MODE_ENFORCE,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("monitor"),
+        value: MODE_MONITOR,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
 ];
 
 pub static mut COMMANDS: [ngx_command_t; 15] = [
-    command(ngx_string!("esper"), NGX_CONF_FLAG, set_enable, offset_of!(LocConf, enable), null_mut()),
-    command(ngx_string!("esper_api_url"), NGX_CONF_TAKE1, set_api_url, 0, null_mut()),
-    command(ngx_string!("esper_api_key"), NGX_CONF_TAKE1, set_api_key, 0, null_mut()),
-    command(ngx_string!("esper_timeout"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, offset_of!(LocConf, timeout), null_mut()),
+    command(
+        ngx_string!("esper"),
+        NGX_CONF_FLAG,
+        set_enable,
+        offset_of!(LocConf, enable),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_api_url"),
+        NGX_CONF_TAKE1,
+        set_api_url,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_api_key"),
+        NGX_CONF_TAKE1,
+        set_api_key,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_timeout"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, timeout),
+        null_mut(),
+    ),
     command(
         ngx_string!("esper_failure_action"),
         NGX_CONF_TAKE1,
@@ -178,15 +220,69 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         offset_of!(LocConf, failure_action),
         addr_of!(FAILURE_ACTIONS) as *mut c_void,
     ),
-    command(ngx_string!("esper_mode"), NGX_CONF_TAKE1, ngx_conf_set_enum_slot, offset_of!(LocConf, mode), addr_of!(MODES) as *mut c_void),
-    command(ngx_string!("esper_block_status"), NGX_CONF_TAKE1, set_block_status, 0, null_mut()),
-    command(ngx_string!("esper_challenge_status"), NGX_CONF_TAKE1, set_challenge_status, 0, null_mut()),
-    command(ngx_string!("esper_return_url"), NGX_CONF_TAKE1, set_return_url, 0, null_mut()),
-    command(ngx_string!("esper_field"), NGX_CONF_TAKE2, set_field, 0, null_mut()),
-    command(ngx_string!("esper_source"), NGX_CONF_TAKE1, set_source, 0, null_mut()),
-    command(ngx_string!("esper_send_cookies"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, offset_of!(LocConf, send_cookies), null_mut()),
-    command(ngx_string!("esper_ssl_trusted_certificate"), NGX_CONF_TAKE1, set_trusted_certificate, 0, null_mut()),
-    command(ngx_string!("esper_ssl_verify"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, offset_of!(LocConf, ssl_verify), null_mut()),
+    command(
+        ngx_string!("esper_mode"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, mode),
+        addr_of!(MODES) as *mut c_void,
+    ),
+    command(
+        ngx_string!("esper_block_status"),
+        NGX_CONF_TAKE1,
+        set_block_status,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_challenge_status"),
+        NGX_CONF_TAKE1,
+        set_challenge_status,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_return_url"),
+        NGX_CONF_TAKE1,
+        set_return_url,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_field"),
+        NGX_CONF_TAKE2,
+        set_field,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_source"),
+        NGX_CONF_TAKE1,
+        set_source,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_send_cookies"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, send_cookies),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_ssl_trusted_certificate"),
+        NGX_CONF_TAKE1,
+        set_trusted_certificate,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_ssl_verify"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, ssl_verify),
+        null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -242,7 +338,12 @@ unsafe fn directive(
     guard(NGX_CONF_ERROR, || {
         // SAFETY: the caller guarantees a live ngx_conf_t whose args array
         // holds ngx_str_t values, and `conf` a LocConf made by create_loc_conf.
-        let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), (*(*cf).args).as_slice::<ngx_str_t>()) };
+        let (conf, args) = unsafe {
+            (
+                &mut *conf.cast::<LocConf>(),
+                (*(*cf).args).as_slice::<ngx_str_t>(),
+            )
+        };
         match body(conf, args) {
             Ok(()) => NGX_CONF_OK,
             Err(SetError::Duplicate) => {
@@ -260,7 +361,8 @@ unsafe fn directive(
 }
 
 fn text(arg: &ngx_str_t) -> Result<&str, SetError> {
-    std::str::from_utf8(bytes(arg)).map_err(|_| SetError::Invalid("argument is not valid UTF-8".to_owned()))
+    std::str::from_utf8(bytes(arg))
+        .map_err(|_| SetError::Invalid("argument is not valid UTF-8".to_owned()))
 }
 
 fn once(is_set: bool) -> SetResult {
@@ -271,7 +373,11 @@ fn once(is_set: bool) -> SetResult {
     }
 }
 
-unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_enable(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx's own flag slot with the arguments nginx passed us.
     let rv = unsafe { ngx_conf_set_flag_slot(cf, cmd, conf) };
     if rv != NGX_CONF_OK {
@@ -280,7 +386,11 @@ unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, co
     // SAFETY: nginx passed a live configuration; see `directive`.
     unsafe {
         let file = &(*(*cf).conf_file).file;
-        let at = format!("{}:{}", String::from_utf8_lossy(bytes(&file.name)), (*(*cf).conf_file).line);
+        let at = format!(
+            "{}:{}",
+            String::from_utf8_lossy(bytes(&file.name)),
+            (*(*cf).conf_file).line
+        );
         directive(cf, cmd, conf, |conf, _| {
             conf.enabled_at = Some(at);
             Ok(())
@@ -288,7 +398,11 @@ unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, co
     }
 }
 
-unsafe extern "C" fn set_api_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_api_url(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -299,7 +413,11 @@ unsafe extern "C" fn set_api_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, c
     }
 }
 
-unsafe extern "C" fn set_api_key(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_api_key(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -312,7 +430,11 @@ unsafe extern "C" fn set_api_key(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, c
     }
 }
 
-unsafe extern "C" fn set_block_status(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_block_status(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -323,7 +445,11 @@ unsafe extern "C" fn set_block_status(cf: *mut ngx_conf_t, cmd: *mut ngx_command
     }
 }
 
-unsafe extern "C" fn set_challenge_status(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_challenge_status(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -334,7 +460,11 @@ unsafe extern "C" fn set_challenge_status(cf: *mut ngx_conf_t, cmd: *mut ngx_com
     }
 }
 
-unsafe extern "C" fn set_return_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_return_url(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -345,7 +475,11 @@ unsafe extern "C" fn set_return_url(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t
     }
 }
 
-unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_field(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -355,13 +489,20 @@ unsafe extern "C" fn set_field(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, con
             if fields.iter().any(|f| f.name == name) {
                 return Err(format!("duplicate field \"{name}\"").into());
             }
-            fields.push(Field { name: name.to_owned(), value: compile(cf, args[2])? });
+            fields.push(Field {
+                name: name.to_owned(),
+                value: compile(cf, args[2])?,
+            });
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_source(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_source(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -374,7 +515,11 @@ unsafe extern "C" fn set_source(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, co
     }
 }
 
-unsafe extern "C" fn set_trusted_certificate(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_trusted_certificate(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler; ngx_conf_full_name
     // resolves the name against the prefix in the cycle's pool.
     unsafe {
@@ -402,7 +547,10 @@ unsafe extern "C" fn set_trusted_certificate(cf: *mut ngx_conf_t, cmd: *mut ngx_
 /// # Safety
 /// `cf` must be the live configuration context; `value` must live as long as
 /// the configuration (directive arguments and statics do).
-unsafe fn compile(cf: *mut ngx_conf_t, mut value: ngx_str_t) -> Result<*mut ngx_http_complex_value_t, String> {
+unsafe fn compile(
+    cf: *mut ngx_conf_t,
+    mut value: ngx_str_t,
+) -> Result<*mut ngx_http_complex_value_t, String> {
     // SAFETY: per the function contract; the compiled value is allocated in the
     // configuration pool and lives as long as the configuration.
     unsafe {
@@ -416,13 +564,20 @@ unsafe fn compile(cf: *mut ngx_conf_t, mut value: ngx_str_t) -> Result<*mut ngx_
         ccv.value = &mut value;
         ccv.complex_value = cv;
         if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as isize {
-            return Err(format!("invalid value \"{}\"", String::from_utf8_lossy(bytes(&value))));
+            return Err(format!(
+                "invalid value \"{}\"",
+                String::from_utf8_lossy(bytes(&value))
+            ));
         }
         Ok(cv)
     }
 }
 
-pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, parent: *mut c_void, child: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
     guard(NGX_CONF_ERROR, || {
         // SAFETY: nginx passes two LocConf values made by create_loc_conf and a
         // live configuration context.
@@ -461,20 +616,49 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     inherit_clone(&mut conf.enabled_at, &prev.enabled_at);
     inherit_clone(&mut conf.api_url, &prev.api_url);
     inherit_clone(&mut conf.api_key, &prev.api_key);
-    inherit(&mut conf.timeout, prev.timeout, UNSET_MSEC, DEFAULT_TIMEOUT_MS);
-    inherit(&mut conf.failure_action, prev.failure_action, UNSET_UINT, FAILURE_ALLOW);
+    inherit(
+        &mut conf.timeout,
+        prev.timeout,
+        UNSET_MSEC,
+        DEFAULT_TIMEOUT_MS,
+    );
+    inherit(
+        &mut conf.failure_action,
+        prev.failure_action,
+        UNSET_UINT,
+        FAILURE_ALLOW,
+    );
     inherit(&mut conf.mode, prev.mode, UNSET_UINT, MODE_ENFORCE);
     inherit(&mut conf.block_status, prev.block_status, UNSET_UINT, 403);
-    inherit(&mut conf.challenge_status, prev.challenge_status, UNSET_UINT, 302);
-    inherit(&mut conf.return_url, prev.return_url, null_mut(), null_mut());
+    inherit(
+        &mut conf.challenge_status,
+        prev.challenge_status,
+        UNSET_UINT,
+        302,
+    );
+    inherit(
+        &mut conf.return_url,
+        prev.return_url,
+        null_mut(),
+        null_mut(),
+    );
     if conf.fields.is_none() {
         conf.fields = prev.fields.as_ref().map(|fields| {
-            fields.iter().map(|f| Field { name: f.name.clone(), value: f.value }).collect()
+            fields
+                .iter()
+                .map(|f| Field {
+                    name: f.name.clone(),
+                    value: f.value,
+                })
+                .collect()
         });
     }
     inherit_clone(&mut conf.source, &prev.source);
     inherit(&mut conf.send_cookies, prev.send_cookies, UNSET_FLAG, 0);
-    inherit_clone(&mut conf.ssl_trusted_certificate, &prev.ssl_trusted_certificate);
+    inherit_clone(
+        &mut conf.ssl_trusted_certificate,
+        &prev.ssl_trusted_certificate,
+    );
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
 
     if conf.enable != 1 {
@@ -485,7 +669,9 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         return Err(format!("\"esper on\" needs \"esper_api_key\" in {at}"));
     };
     if conf.timeout == 0 {
-        return Err(format!("\"esper_timeout\" must be more than 0 for \"esper on\" in {at}"));
+        return Err(format!(
+            "\"esper_timeout\" must be more than 0 for \"esper on\" in {at}"
+        ));
     }
     // SAFETY: the defaults are statics, so they outlive the configuration.
     unsafe {
@@ -494,7 +680,10 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         }
         if conf.fields.is_none() {
             let host = compile(cf, *addr_of!(DEFAULT_FIELD_VALUE))?;
-            conf.fields = Some(vec![Field { name: "host".to_owned(), value: host }]);
+            conf.fields = Some(vec![Field {
+                name: "host".to_owned(),
+                value: host,
+            }]);
         }
     }
     conf.source.get_or_insert_with(|| DEFAULT_SOURCE.to_owned());
@@ -506,8 +695,14 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
 
     let profile = TlsProfile {
         verify: conf.ssl_verify == 1,
-        ca_file: conf.ssl_trusted_certificate.as_ref().map(|(path, _)| path.clone()),
-        ca_pem: conf.ssl_trusted_certificate.as_ref().map(|(_, pem)| pem.clone()),
+        ca_file: conf
+            .ssl_trusted_certificate
+            .as_ref()
+            .map(|(path, _)| path.clone()),
+        ca_pem: conf
+            .ssl_trusted_certificate
+            .as_ref()
+            .map(|(_, pem)| pem.clone()),
     };
     // SAFETY: cf is live and belongs to the http block, whose main
     // configuration of this module exists.

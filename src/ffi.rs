@@ -17,7 +17,11 @@ pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
                 .unwrap_or_default();
             // SAFETY: ngx_cycle is set for the whole life of an nginx process.
             let log = unsafe { (*ngx::ffi::ngx_cycle).log };
-            log_error(NGX_LOG_ALERT, log, &format!("esper: internal error: {what}"));
+            log_error(
+                NGX_LOG_ALERT,
+                log,
+                &format!("esper: internal error: {what}"),
+            );
             fallback
         }
     }

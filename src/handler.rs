@@ -116,7 +116,12 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     // whenever a location has a target.
     let body = unsafe { request::payload(r, conf, Module::main_conf(&*r).expect("main conf")) };
 
-    match worker::call(target, body, on_outcome, (state as *mut RequestState).cast()) {
+    match worker::call(
+        target,
+        body,
+        on_outcome,
+        (state as *mut RequestState).cast(),
+    ) {
         Some(id) => state.call = Some(id),
         None => {
             let failure = Failure::Transport("no runtime in this worker process".to_owned());
@@ -138,7 +143,12 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, outcome: Outcome) -> ngx_int_t {
+unsafe fn apply(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+    outcome: Outcome,
+) -> ngx_int_t {
     let monitor = conf.mode == MODE_MONITOR;
     let decision = match outcome {
         Ok(decision) => decision,
@@ -154,7 +164,11 @@ unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
             // SAFETY: per the function contract; the connection log adds the
             // client and the request to the line.
             let log = unsafe { (*(*r).connection).log };
-            log_error(NGX_LOG_ERR, log, &format!("esper decision failed: {failure}; {applied}"));
+            log_error(
+                NGX_LOG_ERR,
+                log,
+                &format!("esper decision failed: {failure}; {applied}"),
+            );
             return if monitor || conf.failure_action == FAILURE_ALLOW {
                 NGX_DECLINED as ngx_int_t
             } else {
@@ -178,11 +192,14 @@ unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
             // SAFETY: per the function contract.
             unsafe {
                 let out = &mut (*r).headers_out;
-                let Some(location) = push_header(&mut out.headers, (*r).pool, "Location", url.as_bytes()) else {
+                let Some(location) =
+                    push_header(&mut out.headers, (*r).pool, "Location", url.as_bytes())
+                else {
                     return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
                 };
                 out.location = location;
-                if push_header(&mut out.headers, (*r).pool, "Cache-Control", b"no-store").is_none() {
+                if push_header(&mut out.headers, (*r).pool, "Cache-Control", b"no-store").is_none()
+                {
                     return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
                 }
             }
@@ -302,7 +319,9 @@ pub unsafe fn find(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
         // nginx's realip module finds its state the same way.
         let mut cln = (*(*r).pool).cleanup;
         while let Some(c) = cln.as_ref() {
-            if c.handler.is_some_and(|h| fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void))) {
+            if c.handler
+                .is_some_and(|h| fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void)))
+            {
                 *slot = c.data;
                 return Some(c.data.cast());
             }
@@ -326,4 +345,3 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
         }
     })
 }
-

@@ -75,4 +75,3 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     ffi::guard((), worker::stop);
 }
-

@@ -48,7 +48,12 @@ pub unsafe fn payload(r: *mut ngx_http_request_t, conf: &LocConf, main: &MainCon
             send_cookies: conf.send_cookies == 1,
         };
         let mut body = Vec::with_capacity(1024);
-        build_payload(&view, headers(&req.headers_in.headers), &settings, &mut body);
+        build_payload(
+            &view,
+            headers(&req.headers_in.headers),
+            &settings,
+            &mut body,
+        );
         body
     }
 }
@@ -63,7 +68,9 @@ unsafe fn headers<'a>(list: &'a ngx_list_t) -> impl Iterator<Item = (&'a [u8], &
         let current = part?;
         part = unsafe { current.next.as_ref() };
         // SAFETY: a list part holds `nelts` initialized header elements.
-        Some(unsafe { std::slice::from_raw_parts(current.elts.cast::<ngx_table_elt_t>(), current.nelts) })
+        Some(unsafe {
+            std::slice::from_raw_parts(current.elts.cast::<ngx_table_elt_t>(), current.nelts)
+        })
     })
     .flatten()
     .filter(|h| h.hash != 0)
@@ -74,7 +81,10 @@ unsafe fn headers<'a>(list: &'a ngx_list_t) -> impl Iterator<Item = (&'a [u8], &
 ///
 /// # Safety
 /// `r` must be a live request and `cv` null or compiled for this configuration.
-unsafe fn evaluate<'a>(r: *mut ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> Option<&'a [u8]> {
+unsafe fn evaluate<'a>(
+    r: *mut ngx_http_request_t,
+    cv: *mut ngx_http_complex_value_t,
+) -> Option<&'a [u8]> {
     if cv.is_null() {
         return None;
     }
@@ -95,12 +105,17 @@ unsafe fn evaluate<'a>(r: *mut ngx_http_request_t, cv: *mut ngx_http_complex_val
 ///
 /// # Safety
 /// `r` must be a live request and `index` a variable index of this configuration.
-unsafe fn indexed_variable<'a>(r: *mut ngx_http_request_t, index: ngx::ffi::ngx_uint_t) -> &'a [u8] {
+unsafe fn indexed_variable<'a>(
+    r: *mut ngx_http_request_t,
+    index: ngx::ffi::ngx_uint_t,
+) -> &'a [u8] {
     // SAFETY: per the function contract.
     let v = unsafe { ngx_http_get_indexed_variable(r, index) };
     // SAFETY: a non-null variable value is valid for the request's lifetime.
     match unsafe { v.as_ref() } {
-        Some(v) if v.not_found() == 0 && !v.data.is_null() => unsafe { std::slice::from_raw_parts(v.data, v.len() as usize) },
+        Some(v) if v.not_found() == 0 && !v.data.is_null() => unsafe {
+            std::slice::from_raw_parts(v.data, v.len() as usize)
+        },
         _ => &[],
     }
 }

@@ -100,7 +100,11 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             NGX_OK as ngx_int_t
         }
         Err(message) => {
-            log_error(NGX_LOG_EMERG, log, &format!("esper: cannot start: {message}"));
+            log_error(
+                NGX_LOG_EMERG,
+                log,
+                &format!("esper: cannot start: {message}"),
+            );
             NGX_ERROR as ngx_int_t
         }
     }
@@ -134,7 +138,10 @@ fn build(main: &MainConf) -> Result<Worker, String> {
     Ok(Worker {
         runtime,
         clients,
-        completions: Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd }),
+        completions: Arc::new(Completions {
+            queue: Mutex::new(Vec::new()),
+            eventfd,
+        }),
         notifier,
         pending: HashMap::new(),
         next_id: 0,
@@ -195,7 +202,9 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
 
         let ready: Vec<(Waiter, *mut c_void, Outcome)> = WORKER.with(|w| {
             let mut w = w.borrow_mut();
-            let Some(worker) = w.as_mut() else { return Vec::new() };
+            let Some(worker) = w.as_mut() else {
+                return Vec::new();
+            };
             worker
                 .completions
                 .take()
@@ -217,7 +226,12 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
 
 /// Starts a decision call. `waiter` gets the outcome unless it is forgotten
 /// first. Returns `None` when this process has no runtime.
-pub fn call(target: &Arc<Target>, body: Vec<u8>, waiter: Waiter, data: *mut c_void) -> Option<CallId> {
+pub fn call(
+    target: &Arc<Target>,
+    body: Vec<u8>,
+    waiter: Waiter,
+    data: *mut c_void,
+) -> Option<CallId> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let worker = w.as_mut()?;
@@ -230,7 +244,9 @@ pub fn call(target: &Arc<Target>, body: Vec<u8>, waiter: Waiter, data: *mut c_vo
             let outcome = decide(&client, &target, body).await;
             completions.push(id, outcome);
         });
-        worker.pending.insert(id, (waiter, data, task.abort_handle()));
+        worker
+            .pending
+            .insert(id, (waiter, data, task.abort_handle()));
         Some(id)
     })
 }
@@ -252,7 +268,9 @@ pub fn stop() {
         return;
     };
     // Pending calls are cancelled; their requests are gone with the process.
-    worker.runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    worker
+        .runtime
+        .shutdown_timeout(std::time::Duration::from_millis(500));
     // SAFETY: the notifier connection was opened by `watch` in this process.
     unsafe { ngx_close_connection(worker.notifier) };
 }
@@ -276,8 +294,12 @@ async fn exchange(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> O
         .map_err(transport)?;
     let status = response.status().as_u16();
     let headers = response.headers();
-    let content_type = headers.get(reqwest::header::CONTENT_TYPE).map(|v| v.as_bytes().to_vec());
-    let decision_id = headers.get(DECISION_ID_HEADER).map(|v| v.as_bytes().to_vec());
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().to_vec());
+    let decision_id = headers
+        .get(DECISION_ID_HEADER)
+        .map(|v| v.as_bytes().to_vec());
 
     let mut answer = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -286,7 +308,12 @@ async fn exchange(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> O
         }
         answer.extend_from_slice(&chunk);
     }
-    parse_answer(status, content_type.as_deref(), decision_id.as_deref(), &answer)
+    parse_answer(
+        status,
+        content_type.as_deref(),
+        decision_id.as_deref(),
+        &answer,
+    )
 }
 
 /// The reason of a transport error, without the URL and from the root cause.

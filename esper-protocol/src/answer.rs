@@ -90,11 +90,9 @@ impl fmt::Display for Failure {
                 "status {s}: Esper refused the API key, check \"esper_api_key\""
             ),
             Failure::Status(s) => write!(f, "unexpected status {s}"),
-            Failure::TooLarge => write!(
-                f,
-                "answer larger than {} bytes",
-                contract::MAX_ANSWER_BYTES
-            ),
+            Failure::TooLarge => {
+                write!(f, "answer larger than {} bytes", contract::MAX_ANSWER_BYTES)
+            }
             Failure::ContentType(t) => write!(f, "answer is not JSON (content type \"{t}\")"),
             Failure::InvalidBody(e) => write!(f, "invalid answer body: {e}"),
             Failure::UnknownAction(a) => write!(f, "unknown action \"{a}\""),
@@ -179,7 +177,8 @@ pub fn parse_answer(
 fn is_json_content_type(ct: &[u8]) -> bool {
     let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A redirect target must be an absolute http(s) URL that is safe to place in a
@@ -224,31 +223,86 @@ mod tests {
     #[test]
     fn reads_each_action() {
         assert_eq!(ok(r#"{"action":"allow"}"#).unwrap().action, Action::Allow);
-        assert_eq!(ok(r#"{"action":"block","reason":"bot","score":97}"#).unwrap().action, Action::Block);
-        let d = ok(r#"{"action":"challenge","redirect_url":"https://c.esperr.com/x?y=1"}"#).unwrap();
+        assert_eq!(
+            ok(r#"{"action":"block","reason":"bot","score":97}"#)
+                .unwrap()
+                .action,
+            Action::Block
+        );
+        let d =
+            ok(r#"{"action":"challenge","redirect_url":"https://c.esperr.com/x?y=1"}"#).unwrap();
         assert_eq!(d.action, Action::Challenge);
-        assert_eq!(d.redirect_url.as_deref(), Some("https://c.esperr.com/x?y=1"));
+        assert_eq!(
+            d.redirect_url.as_deref(),
+            Some("https://c.esperr.com/x?y=1")
+        );
     }
 
     #[test]
     fn decision_id_from_body_alternatives_or_header() {
-        assert_eq!(ok(r#"{"action":"allow","decision_id":"d1"}"#).unwrap().decision_id.as_deref(), Some("d1"));
-        assert_eq!(ok(r#"{"action":"allow","id":"d2"}"#).unwrap().decision_id.as_deref(), Some("d2"));
-        assert_eq!(ok(r#"{"action":"allow","id":42}"#).unwrap().decision_id.as_deref(), Some("42"));
+        assert_eq!(
+            ok(r#"{"action":"allow","decision_id":"d1"}"#)
+                .unwrap()
+                .decision_id
+                .as_deref(),
+            Some("d1")
+        );
+        assert_eq!(
+            ok(r#"{"action":"allow","id":"d2"}"#)
+                .unwrap()
+                .decision_id
+                .as_deref(),
+            Some("d2")
+        );
+        assert_eq!(
+            ok(r#"{"action":"allow","id":42}"#)
+                .unwrap()
+                .decision_id
+                .as_deref(),
+            Some("42")
+        );
         let d = parse_answer(200, None, Some(b"h3"), br#"{"action":"allow"}"#).unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("h3"));
-        let d = parse_answer(200, None, Some(b"h3"), br#"{"action":"allow","decision_id":"b"}"#).unwrap();
+        let d = parse_answer(
+            200,
+            None,
+            Some(b"h3"),
+            br#"{"action":"allow","decision_id":"b"}"#,
+        )
+        .unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("b"));
-        assert_eq!(ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}").unwrap().decision_id, None);
+        assert_eq!(
+            ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}")
+                .unwrap()
+                .decision_id,
+            None
+        );
     }
 
     #[test]
     fn statuses() {
-        assert_eq!(parse_answer(401, None, None, b""), Err(Failure::Unauthorized(401)));
-        assert_eq!(parse_answer(403, None, None, b""), Err(Failure::Unauthorized(403)));
-        assert_eq!(parse_answer(500, None, None, b"{}"), Err(Failure::Status(500)));
-        assert_eq!(parse_answer(302, None, None, b"{}"), Err(Failure::Status(302)));
-        assert_eq!(parse_answer(204, None, None, br#"{"action":"allow"}"#).unwrap().action, Action::Allow);
+        assert_eq!(
+            parse_answer(401, None, None, b""),
+            Err(Failure::Unauthorized(401))
+        );
+        assert_eq!(
+            parse_answer(403, None, None, b""),
+            Err(Failure::Unauthorized(403))
+        );
+        assert_eq!(
+            parse_answer(500, None, None, b"{}"),
+            Err(Failure::Status(500))
+        );
+        assert_eq!(
+            parse_answer(302, None, None, b"{}"),
+            Err(Failure::Status(302))
+        );
+        assert_eq!(
+            parse_answer(204, None, None, br#"{"action":"allow"}"#)
+                .unwrap()
+                .action,
+            Action::Allow
+        );
     }
 
     #[test]
@@ -257,10 +311,19 @@ mod tests {
         assert!(matches!(ok("{\"action\":"), Err(Failure::InvalidBody(_))));
         assert!(matches!(ok("[1]"), Err(Failure::InvalidBody(_))));
         assert!(matches!(ok("<html>"), Err(Failure::InvalidBody(_))));
-        assert_eq!(ok(r#"{"action":"maybe"}"#), Err(Failure::UnknownAction("maybe".into())));
-        assert_eq!(ok(r#"{"action":1}"#), Err(Failure::UnknownAction("<missing>".into())));
+        assert_eq!(
+            ok(r#"{"action":"maybe"}"#),
+            Err(Failure::UnknownAction("maybe".into()))
+        );
+        assert_eq!(
+            ok(r#"{"action":1}"#),
+            Err(Failure::UnknownAction("<missing>".into()))
+        );
         assert_eq!(ok(r#"{}"#), Err(Failure::UnknownAction("<missing>".into())));
-        let big = format!(r#"{{"action":"allow","pad":"{}"}}"#, "x".repeat(contract::MAX_ANSWER_BYTES));
+        let big = format!(
+            r#"{{"action":"allow","pad":"{}"}}"#,
+            "x".repeat(contract::MAX_ANSWER_BYTES)
+        );
         assert_eq!(ok(&big), Err(Failure::TooLarge));
     }
 
@@ -297,6 +360,9 @@ mod tests {
         assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
         assert_eq!(Failure::Timeout.result(), "timeout");
         assert_eq!(Failure::Status(502).result(), "error");
-        assert_eq!(ok("{\"action\":\"a\\nb\"}"), Err(Failure::UnknownAction("a?b".into())));
+        assert_eq!(
+            ok("{\"action\":\"a\\nb\"}"),
+            Err(Failure::UnknownAction("a?b".into()))
+        );
     }
 }

@@ -118,11 +118,15 @@ mod tests {
             "https://api.esperr.com/api/v1/runtime/mitigation"
         );
         assert_eq!(
-            ApiUrl::parse("http://127.0.0.1:8081/").unwrap().decision_url(),
+            ApiUrl::parse("http://127.0.0.1:8081/")
+                .unwrap()
+                .decision_url(),
             "http://127.0.0.1:8081/api/v1/runtime/mitigation"
         );
         assert_eq!(
-            ApiUrl::parse("https://gw.example/esper").unwrap().decision_url(),
+            ApiUrl::parse("https://gw.example/esper")
+                .unwrap()
+                .decision_url(),
             "https://gw.example/esper/api/v1/runtime/mitigation"
         );
         assert!(ApiUrl::parse("https://gw.example").unwrap().is_https());
@@ -166,6 +170,9 @@ mod tests {
         assert!(check_name("field name", "a b").is_err());
         assert!(check_api_key("sk_live_123").is_ok());
         assert!(check_api_key("a\nb").is_err());
-        assert!(!check_api_key("bad key").unwrap_err().to_string().contains("bad key"));
+        assert!(!check_api_key("bad key")
+            .unwrap_err()
+            .to_string()
+            .contains("bad key"));
     }
 }

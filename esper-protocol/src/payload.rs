@@ -76,7 +76,10 @@ pub fn build_payload<'a>(
 
     let mut fields = Pairs::default();
     for (name, value) in settings.fields {
-        fields.set(text(name.as_bytes(), MAX_NAME_BYTES), text(value, MAX_VALUE_BYTES));
+        fields.set(
+            text(name.as_bytes(), MAX_NAME_BYTES),
+            text(value, MAX_VALUE_BYTES),
+        );
     }
     if fields.entries.is_empty() {
         // Esper rejects an empty `fields` map.
@@ -106,7 +109,9 @@ pub fn build_payload<'a>(
 
 /// RFC 3339 UTC with milliseconds, as Esper's recipes send `observed_at`.
 pub fn format_observed_at(at: SystemTime) -> String {
-    let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let millis = Duration::from_millis(since_epoch.as_millis() as u64);
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + millis).to_string()
 }
@@ -278,7 +283,11 @@ mod tests {
         }
     }
 
-    fn build(req: &RequestView<'_>, headers: &[(&'static [u8], &'static [u8])], cookies: bool) -> Value {
+    fn build(
+        req: &RequestView<'_>,
+        headers: &[(&'static [u8], &'static [u8])],
+        cookies: bool,
+    ) -> Value {
         let fields: [(&str, &[u8]); 1] = [("host", b"shop.example.com")];
         let settings = PayloadSettings {
             source: "nginx",
@@ -335,9 +344,15 @@ mod tests {
     #[test]
     fn cookies_only_when_asked() {
         let req = view(b"/", None);
-        let headers: &[(&[u8], &[u8])] = &[(b"Cookie", b"a=1; b=\"two\"; junk; a=3"), (b"cookie", b"c=4")];
+        let headers: &[(&[u8], &[u8])] = &[
+            (b"Cookie", b"a=1; b=\"two\"; junk; a=3"),
+            (b"cookie", b"c=4"),
+        ];
         let v = build(&req, headers, true);
-        assert_eq!(v["request"]["cookies"], json!({"a": "3", "b": "two", "c": "4"}));
+        assert_eq!(
+            v["request"]["cookies"],
+            json!({"a": "3", "b": "two", "c": "4"})
+        );
         assert!(v["request"]["headers"].get("cookie").is_none());
         assert_eq!(v["request"]["user_agent"], "");
         let v = build(&req, headers, false);
@@ -347,10 +362,17 @@ mod tests {
     #[test]
     fn any_bytes_give_valid_json() {
         let req = view(b"/\xff\xfe?k\xff=%ZZ%&=v&\"=\\", Some(b"bot\x00\xc3"));
-        let v = build(&req, &[(b"X-B\xffd", b"\x01\x02\"\\\xe9"), (b"", b"")], false);
+        let v = build(
+            &req,
+            &[(b"X-B\xffd", b"\x01\x02\"\\\xe9"), (b"", b"")],
+            false,
+        );
         assert_eq!(v["request"]["path"], "/\u{fffd}\u{fffd}");
         assert_eq!(v["request"]["user_agent"], "bot\u{0}\u{fffd}");
-        assert_eq!(v["request"]["headers"]["x-b\u{fffd}d"], "\u{1}\u{2}\"\\\u{fffd}");
+        assert_eq!(
+            v["request"]["headers"]["x-b\u{fffd}d"],
+            "\u{1}\u{2}\"\\\u{fffd}"
+        );
         assert_eq!(v["request"]["query_params"]["k\u{fffd}"], "%ZZ%");
         assert_eq!(v["request"]["query_params"]["\""], "\\");
     }
@@ -361,7 +383,8 @@ mod tests {
         let long: &'static [u8] = Box::leak(long.into_boxed_slice());
         let many: Vec<(&'static [u8], &'static [u8])> = (0..500)
             .map(|i| {
-                let name: &'static [u8] = Box::leak(format!("x-h{i}").into_bytes().into_boxed_slice());
+                let name: &'static [u8] =
+                    Box::leak(format!("x-h{i}").into_bytes().into_boxed_slice());
                 (name, long)
             })
             .collect();
@@ -372,21 +395,36 @@ mod tests {
         let uri: &'static [u8] = Box::leak(uri.into_boxed_slice());
         let req = view(uri, Some(long));
         let fields: [(&str, &[u8]); 1] = [("host", b"h")];
-        let settings = PayloadSettings { source: "nginx", return_url: Some(long), fields: &fields, send_cookies: true };
+        let settings = PayloadSettings {
+            source: "nginx",
+            return_url: Some(long),
+            fields: &fields,
+            send_cookies: true,
+        };
         let mut out = Vec::new();
         build_payload(&req, many.iter().copied(), &settings, &mut out);
         assert!(out.len() < 64 * 1024, "payload is {} bytes", out.len());
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["request"]["user_agent"].as_str().unwrap().len(), MAX_VALUE_BYTES);
+        assert_eq!(
+            v["request"]["user_agent"].as_str().unwrap().len(),
+            MAX_VALUE_BYTES
+        );
         let headers = v["request"]["headers"].as_object().unwrap();
         assert!(headers.len() <= MAX_ENTRIES && !headers.is_empty());
-        assert_eq!(v["request"]["query_params"].as_object().unwrap().len(), MAX_ENTRIES);
+        assert_eq!(
+            v["request"]["query_params"].as_object().unwrap().len(),
+            MAX_ENTRIES
+        );
     }
 
     #[test]
     fn repeated_headers_stay_within_the_value_limit() {
         let long: &'static [u8] = Box::leak(vec![b'b'; MAX_VALUE_BYTES - 10].into_boxed_slice());
-        let v = build(&view(b"/", None), &[(b"X-A", long), (b"X-A", long), (b"X-A", b"c")], false);
+        let v = build(
+            &view(b"/", None),
+            &[(b"X-A", long), (b"X-A", long), (b"X-A", b"c")],
+            false,
+        );
         let joined = v["request"]["headers"]["x-a"].as_str().unwrap();
         assert!(joined.len() <= MAX_VALUE_BYTES);
         assert!(joined.starts_with("bbbb") && joined.contains(", b"));
@@ -395,7 +433,12 @@ mod tests {
     #[test]
     fn fields_are_never_empty() {
         let req = view(b"/", None);
-        let settings = PayloadSettings { source: "edge-1", return_url: None, fields: &[], send_cookies: false };
+        let settings = PayloadSettings {
+            source: "edge-1",
+            return_url: None,
+            fields: &[],
+            send_cookies: false,
+        };
         let mut out = Vec::new();
         build_payload(&req, std::iter::empty(), &settings, &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -407,6 +450,9 @@ mod tests {
     fn cuts_on_character_boundaries() {
         assert_eq!(cut_str("aé", 2), "a");
         assert_eq!(cut_str("aé", 3), "aé");
-        assert_eq!(format_observed_at(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_observed_at(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }
