@@ -4,7 +4,7 @@
 CARGO ?= cargo
 NGINX_BUILD_DIR_FILE := target/release/nginx-build-dir
 
-.PHONY: all deps build run test unit integration clean
+.PHONY: all deps build run test unit integration external clean
 
 all: build
 
@@ -17,13 +17,17 @@ build: deps
 run: build
 	scripts/run-demo.sh
 
-test: build unit integration
+test: build unit integration external
 
 unit:
 	$(CARGO) test --release --workspace
 
 integration:
 	prove -r t/
+
+# The module built against a separate nginx source tree (NGINX_SOURCE_DIR).
+external:
+	scripts/check-external-build.sh
 
 clean:
 	$(CARGO) clean

@@ -200,25 +200,21 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
         // SAFETY: reading 8 bytes into a live u64; the descriptor is non-blocking.
         while unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) } == 8 {}
 
-        let ready: Vec<(Waiter, *mut c_void, Outcome)> = WORKER.with(|w| {
-            let mut w = w.borrow_mut();
-            let Some(worker) = w.as_mut() else {
-                return Vec::new();
+        let batch = WORKER.with(|w| w.borrow().as_ref().map(|worker| worker.completions.take()));
+        for (id, outcome) in batch.into_iter().flatten() {
+            // Look each call up only now: resuming an earlier request of the
+            // batch may have freed this one (an HTTP/2 connection closing), and
+            // a freed request has already forgotten its call.
+            let Some((waiter, data)) = WORKER.with(|w| {
+                let mut w = w.borrow_mut();
+                let (waiter, data, _) = w.as_mut()?.pending.remove(&id)?;
+                Some((waiter, data))
+            }) else {
+                continue;
             };
-            worker
-                .completions
-                .take()
-                .into_iter()
-                .filter_map(|(id, outcome)| {
-                    let (waiter, data, _) = worker.pending.remove(&id)?;
-                    Some((waiter, data, outcome))
-                })
-                .collect()
-        });
-        // The borrow is released: completing a request may start another call.
-        for (waiter, data, outcome) in ready {
             // SAFETY: a call stays registered only while its data is alive: the
-            // owner unregisters it (`forget`) before freeing the data.
+            // owner unregisters it (`forget`) before freeing the data. The
+            // borrow is released, so the waiter may start or forget calls.
             unsafe { waiter(data, outcome) };
         }
     })
