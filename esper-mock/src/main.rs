@@ -113,7 +113,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(opts: Options) -> io::Result<()> {
-    let listener = TcpListener::bind(opts.listen).await?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("listen on {}: {e}", opts.listen)))?;
     let listen = listener.local_addr()?;
     // Registered before announcing the port, so a test may stop us right away.
     let mut term = signal(SignalKind::terminate())?;
