@@ -1,9 +1,11 @@
 //! A small, fast mock of Esper's runtime decision API for the module's
 //! integration tests and benchmarks. See `USAGE` and `route` for what it does.
 
+mod challenge;
 mod plan;
 
 use std::{
+    collections::HashMap,
     io::{self, Write},
     net::SocketAddr,
     process::ExitCode,
@@ -35,6 +37,7 @@ use plan::{Outcome, Payload};
 const USAGE: &str = "usage: esper-mock [--listen IP:PORT] [--api-key KEY] \
     [--default-action allow|challenge|block] [--no-record] [--threads N]";
 const RUNTIME_PATH: &str = "/api/v1/runtime/mitigation";
+const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -129,7 +132,10 @@ async fn run(opts: Options) -> io::Result<()> {
         default_action: opts.default_action,
         record: opts.record,
         runtime_calls: AtomicU64::new(0),
+        verify_calls: AtomicU64::new(0),
         records: Mutex::new(Vec::new()),
+        tokens: Mutex::new(HashMap::new()),
+        issued: AtomicU64::new(0),
     });
     tokio::select! {
         () = serve(listener, mock) => {}
@@ -169,13 +175,19 @@ struct Mock {
     default_action: &'static str,
     record: bool,
     runtime_calls: AtomicU64,
+    verify_calls: AtomicU64,
     records: Mutex<Vec<Value>>,
+    /// Tokens issued by `/challenge/solve`, with the lifetime to report.
+    tokens: Mutex<HashMap<String, Option<u64>>>,
+    issued: AtomicU64,
 }
 
 impl Mock {
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
         let response = match (req.method(), req.uri().path()) {
             (&Method::POST, RUNTIME_PATH) => return self.runtime_call(req).await,
+            (&Method::POST, VERIFY_PATH) => return self.verify_call(req).await,
+            (&Method::GET, "/challenge/solve") => self.solve(req.uri().query().unwrap_or("")),
             (_, RUNTIME_PATH) => {
                 let mut response = json_response(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -191,13 +203,17 @@ impl Mock {
                 json_response(StatusCode::OK, records)
             }
             (&Method::GET, "/__mock/count") => {
-                let count = json!({"runtime": self.runtime_calls.load(Ordering::Relaxed)});
+                let count = json!({
+                    "runtime": self.runtime_calls.load(Ordering::Relaxed),
+                    "verify": self.verify_calls.load(Ordering::Relaxed),
+                });
                 json_response(StatusCode::OK, count.to_string())
             }
             (&Method::POST, "/__mock/reset") => {
                 let mut records = self.records.lock().unwrap();
                 records.clear();
                 self.runtime_calls.store(0, Ordering::Relaxed);
+                self.verify_calls.store(0, Ordering::Relaxed);
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             }
             (&Method::GET, "/challenge") => respond(
@@ -224,7 +240,7 @@ impl Mock {
         };
         let seq = self.runtime_calls.fetch_add(1, Ordering::Relaxed) + 1;
         if self.record {
-            let entry = record_entry(seq, &parts.headers, &body);
+            let entry = record_entry(seq, RUNTIME_PATH, &parts.headers, &body);
             self.records.lock().unwrap().push(entry);
         }
         if let Some(key) = &self.api_key {
@@ -262,6 +278,68 @@ impl Mock {
     }
 }
 
+impl Mock {
+    /// `/challenge/solve?return_url=U[&ttl=N]`: the visitor passed; send them
+    /// back with a fresh proof token.
+    fn solve(&self, query: &str) -> Response<Body> {
+        let mut return_url = None;
+        let mut ttl = None;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "return_url" => return_url = Some(value.into_owned()),
+                "ttl" => ttl = value.parse().ok(),
+                _ => {}
+            }
+        }
+        let Some(return_url) = return_url else {
+            return json_response(StatusCode::BAD_REQUEST, r#"{"error":"return_url needed"}"#);
+        };
+        let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
+        self.tokens.lock().unwrap().insert(token.clone(), ttl);
+        let location = challenge::return_location(&return_url, &token);
+        let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
+        match HeaderValue::from_str(&location) {
+            Ok(location) => {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::LOCATION, location);
+                response
+            }
+            Err(_) => json_response(StatusCode::BAD_REQUEST, r#"{"error":"bad return_url"}"#),
+        }
+    }
+
+    async fn verify_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
+        let seq = self.verify_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.record {
+            let entry = record_entry(seq, VERIFY_PATH, &parts.headers, &body);
+            self.records.lock().unwrap().push(entry);
+        }
+        if let Some(key) = &self.api_key {
+            if parts.headers.get(API_KEY_HEADER).map(HeaderValue::as_bytes) != Some(key.as_bytes())
+            {
+                return Ok(json_response(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized"}"#,
+                ));
+            }
+        }
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let token = challenge::token_of(&body).unwrap_or_default();
+        let issued = self.tokens.lock().unwrap().get(token).copied();
+        Ok(match challenge::verdict(token, issued) {
+            challenge::Verdict::Answer(answer) => json_response(StatusCode::OK, answer.to_string()),
+            challenge::Verdict::Fail => {
+                json_response(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"mock"}"#)
+            }
+            challenge::Verdict::Junk => json_response(StatusCode::OK, "not json"),
+            challenge::Verdict::Hang => std::future::pending().await,
+        })
+    }
+}
+
 fn respond(
     status: StatusCode,
     content_type: HeaderValue,
@@ -278,7 +356,7 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// One entry of `/__mock/requests`.
-fn record_entry(seq: u64, headers: &HeaderMap, body: &[u8]) -> Value {
+fn record_entry(seq: u64, path: &str, headers: &HeaderMap, body: &[u8]) -> Value {
     let headers: Map<String, Value> = headers
         .keys()
         .map(|name| {
@@ -295,5 +373,5 @@ fn record_entry(seq: u64, headers: &HeaderMap, body: &[u8]) -> Value {
     let received_at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    json!({"seq": seq, "headers": headers, "body": body, "received_at_ms": received_at_ms})
+    json!({"seq": seq, "path": path, "headers": headers, "body": body, "received_at_ms": received_at_ms})
 }

@@ -5,6 +5,7 @@
 //! publishes more.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
@@ -17,6 +18,11 @@ pub mod contract {
     pub const DECISION_ID_HEADER: &str = "x-esper-decision-id";
     /// Largest answer body read; a decision is a few hundred bytes.
     pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+    /// Proof verification answer (ESPER_API.md §2, INFERRED): `valid` must be
+    /// `true`; the proof's lifetime may come as either of these.
+    pub const VERIFY_VALID_FIELD: &str = "valid";
+    pub const VERIFY_EXPIRES_AT_FIELD: &str = "expires_at";
+    pub const VERIFY_TTL_FIELD: &str = "ttl_seconds";
 }
 
 /// The one action Esper returns.
@@ -171,6 +177,61 @@ pub fn parse_answer(
         redirect_url,
         decision_id,
     })
+}
+
+/// What Esper said about a challenge proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofCheck {
+    /// Valid; `lifetime` is how long Esper says it stays valid, if it says.
+    Verified { lifetime: Option<Duration> },
+    /// Anything but an explicit `"valid": true` with a lifetime still ahead.
+    Refused,
+}
+
+/// Reads the answer of `POST /api/v1/challenge/proof/verify`. Transport-level
+/// problems (status, content type, size, unreadable JSON) are failures like
+/// those of a decision; a readable answer that does not say valid is `Refused`.
+pub fn parse_verify_answer(
+    status: u16,
+    content_type: Option<&[u8]>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<ProofCheck, Failure> {
+    match status {
+        200..=299 => {}
+        401 | 403 => return Err(Failure::Unauthorized(status)),
+        _ => return Err(Failure::Status(status)),
+    }
+    if let Some(ct) = content_type {
+        if !is_json_content_type(ct) {
+            return Err(Failure::ContentType(printable(ct, 64)));
+        }
+    }
+    if body.len() > contract::MAX_ANSWER_BYTES {
+        return Err(Failure::TooLarge);
+    }
+    let answer: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| Failure::InvalidBody(e.to_string()))?;
+    if answer.get(contract::VERIFY_VALID_FIELD) != Some(&serde_json::Value::Bool(true)) {
+        return Ok(ProofCheck::Refused);
+    }
+    let until_expiry = answer
+        .get(contract::VERIFY_EXPIRES_AT_FIELD)
+        .and_then(|v| v.as_str())
+        .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+        .map(|at| at.duration_since(now).unwrap_or_default());
+    let ttl = answer
+        .get(contract::VERIFY_TTL_FIELD)
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_secs);
+    let lifetime = match (until_expiry, ttl) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if lifetime.is_some_and(|l| l.as_secs() == 0) {
+        return Ok(ProofCheck::Refused);
+    }
+    Ok(ProofCheck::Verified { lifetime })
 }
 
 /// `application/json`, `application/problem+json` and the like, any parameters.
@@ -353,6 +414,49 @@ mod tests {
         ] {
             assert!(matches!(ok(bad), Err(Failure::BadRedirect(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn proof_answers() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_526_400);
+        let check =
+            |body: &str| parse_verify_answer(200, Some(b"application/json"), body.as_bytes(), now);
+        assert_eq!(
+            check(r#"{"valid":true}"#),
+            Ok(ProofCheck::Verified { lifetime: None })
+        );
+        assert_eq!(
+            check(r#"{"valid":true,"ttl_seconds":60}"#),
+            Ok(ProofCheck::Verified {
+                lifetime: Some(Duration::from_secs(60))
+            })
+        );
+        assert_eq!(
+            check(r#"{"valid":true,"expires_at":"2026-03-26T12:05:00Z","ttl_seconds":600}"#),
+            Ok(ProofCheck::Verified {
+                lifetime: Some(Duration::from_secs(300))
+            })
+        );
+        assert_eq!(
+            check(r#"{"valid":true,"expires_at":"2026-03-26T11:00:00Z"}"#),
+            Ok(ProofCheck::Refused)
+        );
+        assert_eq!(
+            check(r#"{"valid":true,"ttl_seconds":0}"#),
+            Ok(ProofCheck::Refused)
+        );
+        assert_eq!(check(r#"{"valid":false}"#), Ok(ProofCheck::Refused));
+        assert_eq!(check(r#"{"valid":"true"}"#), Ok(ProofCheck::Refused));
+        assert_eq!(check(r#"{}"#), Ok(ProofCheck::Refused));
+        assert!(matches!(check("nope"), Err(Failure::InvalidBody(_))));
+        assert_eq!(
+            parse_verify_answer(500, None, b"{}", now),
+            Err(Failure::Status(500))
+        );
+        assert_eq!(
+            parse_verify_answer(401, None, b"{}", now),
+            Err(Failure::Unauthorized(401))
+        );
     }
 
     #[test]

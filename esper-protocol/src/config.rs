@@ -6,6 +6,9 @@ use std::fmt;
 /// Path of the runtime decision endpoint below `esper_api_url`.
 pub const DECISION_PATH: &str = "/api/v1/runtime/mitigation";
 
+/// Path of the challenge proof verification endpoint (ESPER_API.md §2).
+pub const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
+
 /// `esper_api_url` when none is set.
 pub const DEFAULT_API_URL: &str = "https://api.esperr.com";
 
@@ -48,6 +51,11 @@ impl ApiUrl {
     /// `{base}/api/v1/runtime/mitigation`, whether or not the base ends in `/`.
     pub fn decision_url(&self) -> String {
         self.endpoint(DECISION_PATH)
+    }
+
+    /// `{base}/api/v1/challenge/proof/verify`.
+    pub fn verify_url(&self) -> String {
+        self.endpoint(VERIFY_PATH)
     }
 
     fn endpoint(&self, path: &str) -> String {
@@ -97,6 +105,15 @@ pub fn check_name(what: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `esper_pass_cookie`: an RFC 6265 cookie name (an HTTP token).
+pub fn check_cookie_name(value: &str) -> Result<(), ConfigError> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if value.is_empty() || value.len() > 128 || !value.bytes().all(token) {
+        return Err(ConfigError(format!("invalid cookie name \"{value}\"")));
+    }
+    Ok(())
+}
+
 /// The API key goes into a header as it is.
 pub fn check_api_key(value: &str) -> Result<(), ConfigError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
@@ -130,6 +147,12 @@ mod tests {
             "https://gw.example/esper/api/v1/runtime/mitigation"
         );
         assert!(ApiUrl::parse("https://gw.example").unwrap().is_https());
+        assert_eq!(
+            ApiUrl::parse("https://gw.example/esper/")
+                .unwrap()
+                .verify_url(),
+            "https://gw.example/esper/api/v1/challenge/proof/verify"
+        );
         for bad in [
             "api.esperr.com",
             "ftp://x/",
@@ -168,6 +191,10 @@ mod tests {
         assert!(check_name("field name", "host").is_ok());
         assert!(check_name("field name", "").is_err());
         assert!(check_name("field name", "a b").is_err());
+        assert!(check_cookie_name("esper_challenge").is_ok());
+        assert!(check_cookie_name("a=b").is_err());
+        assert!(check_cookie_name("a;b").is_err());
+        assert!(check_cookie_name("").is_err());
         assert!(check_api_key("sk_live_123").is_ok());
         assert!(check_api_key("a\nb").is_err());
         assert!(!check_api_key("bad key")

@@ -4,8 +4,10 @@
 
 pub mod answer;
 pub mod config;
+pub mod pass;
 pub mod payload;
+pub mod query;
 
-pub use answer::{parse_answer, Action, Decision, Failure};
+pub use answer::{parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck};
 pub use config::{ApiUrl, ConfigError};
-pub use payload::{build_payload, PayloadSettings, RequestView};
+pub use payload::{build_payload, verify_body, PayloadSettings, RequestView};

@@ -107,6 +107,14 @@ pub fn build_payload<'a>(
     serde_json::to_writer(&mut *out, &payload).expect("serializing to a Vec cannot fail");
 }
 
+/// Body of the proof verification call. Esper's field name is not published
+/// (ESPER_API.md §2, INFERRED): the token goes under both candidate names.
+pub fn verify_body(token: &str) -> Vec<u8> {
+    let token = text(token.as_bytes(), MAX_VALUE_BYTES);
+    serde_json::to_vec(&serde_json::json!({ "proof": token, "token": token }))
+        .expect("serializing to a Vec cannot fail")
+}
+
 /// RFC 3339 UTC with milliseconds, as Esper's recipes send `observed_at`.
 pub fn format_observed_at(at: SystemTime) -> String {
     let since_epoch = at
@@ -444,6 +452,12 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["fields"], json!({"source": "edge-1"}));
         assert!(v.get("return_url").is_none());
+    }
+
+    #[test]
+    fn verify_body_names_the_token_twice() {
+        let v: Value = serde_json::from_slice(&verify_body("tok\"en")).unwrap();
+        assert_eq!(v, json!({"proof": "tok\"en", "token": "tok\"en"}));
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! The pass cookie: proof that this visitor (client IP and user agent, Esper's
+//! default entity) solved a challenge, valid until its expiry.
+//!
+//! The module issues it itself and checks it locally: the value is
+//! `v1.<expiry>.<mac>`, where `mac` is HMAC-SHA256 over the version, the expiry
+//! and the entity, so it cannot be forged, extended, or moved to another client.
+
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Shortest accepted signing key.
+pub const MIN_KEY_BYTES: usize = 32;
+
+const VERSION: &str = "v1";
+
+/// The signing key of pass cookies.
+#[derive(Clone)]
+pub struct PassKey(Vec<u8>);
+
+impl PassKey {
+    pub fn new(key: Vec<u8>) -> Result<PassKey, String> {
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "the key has {} bytes, at least {MIN_KEY_BYTES} are needed",
+                key.len()
+            ));
+        }
+        Ok(PassKey(key))
+    }
+
+    fn mac(&self, expiry: u64, client_ip: &[u8], user_agent: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        // Lengths make the fields unambiguous whatever bytes they hold.
+        for part in [
+            VERSION.as_bytes(),
+            expiry.to_string().as_bytes(),
+            client_ip,
+            user_agent,
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// A cookie value for this entity that expires at `expiry`.
+    pub fn issue(&self, expiry: SystemTime, client_ip: &[u8], user_agent: &[u8]) -> String {
+        let expiry = unix_seconds(expiry);
+        let tag = self
+            .mac(expiry, client_ip, user_agent)
+            .finalize()
+            .into_bytes();
+        format!("{VERSION}.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// True when `value` was issued with this key for this entity and has not
+    /// expired at `now`. The tag comparison is constant-time.
+    pub fn verify(
+        &self,
+        value: &[u8],
+        now: SystemTime,
+        client_ip: &[u8],
+        user_agent: &[u8],
+    ) -> bool {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return false;
+        };
+        let mut parts = value.splitn(3, '.');
+        let (Some(VERSION), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Ok(expiry) = expiry.parse::<u64>() else {
+            return false;
+        };
+        if expiry <= unix_seconds(now) {
+            return false;
+        }
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        self.mac(expiry, client_ip, user_agent)
+            .verify_slice(&tag)
+            .is_ok()
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `Set-Cookie` value for a pass cookie that lives `max_age`.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        max_age.as_secs()
+    )
+}
+
+/// Every value of cookie `name` in a `Cookie` header; a client may send several.
+pub fn cookie_values<'a>(header: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    header.split(|&b| b == b';').filter_map(move |pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PassKey {
+        PassKey::new(vec![7; 32]).unwrap()
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn round_trip() {
+        let value = key().issue(at(1_000_900), b"203.0.113.7", b"Mozilla/5.0");
+        assert!(value.starts_with("v1.1000900."));
+        assert!(key().verify(
+            value.as_bytes(),
+            at(1_000_000),
+            b"203.0.113.7",
+            b"Mozilla/5.0"
+        ));
+    }
+
+    #[test]
+    fn refuses_expired_moved_forged_and_tampered() {
+        let value = key().issue(at(1_000_900), b"203.0.113.7", b"UA");
+        let v = value.as_bytes();
+        assert!(
+            !key().verify(v, at(1_000_900), b"203.0.113.7", b"UA"),
+            "expired"
+        );
+        assert!(
+            !key().verify(v, at(1_000_000), b"203.0.113.8", b"UA"),
+            "other IP"
+        );
+        assert!(
+            !key().verify(v, at(1_000_000), b"203.0.113.7", b"UA2"),
+            "other user agent"
+        );
+        let other = PassKey::new(vec![8; 32]).unwrap();
+        assert!(
+            !other.verify(v, at(1_000_000), b"203.0.113.7", b"UA"),
+            "other key"
+        );
+        let extended = value.replacen("1000900", "9999999", 1);
+        assert!(
+            !key().verify(extended.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"),
+            "extended"
+        );
+        let mut flipped = value.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(
+            !key().verify(&flipped, at(1_000_000), b"203.0.113.7", b"UA"),
+            "tampered tag"
+        );
+        for junk in [
+            &b""[..],
+            b"v1",
+            b"v1.x.y",
+            b"v2.1000900.abc",
+            b"v1.1000900.!!!",
+            b"\xff\xfe",
+        ] {
+            assert!(!key().verify(junk, at(1_000_000), b"203.0.113.7", b"UA"));
+        }
+    }
+
+    #[test]
+    fn entity_fields_cannot_be_shifted() {
+        let value = key().issue(at(2_000_000), b"1.2.3.4", b"5UA");
+        assert!(!key().verify(value.as_bytes(), at(1), b"1.2.3.45", b"UA"));
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(PassKey::new(vec![1; 31]).is_err());
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        assert_eq!(
+            set_cookie("esper_challenge", "v1.1.x", Duration::from_secs(900), false),
+            "esper_challenge=v1.1.x; Path=/; Max-Age=900; HttpOnly; SameSite=Lax"
+        );
+        assert!(set_cookie("n", "v", Duration::from_secs(1), true).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn finds_cookie_values() {
+        let found: Vec<_> = cookie_values(
+            b"a=1; esper_challenge=x; b=2;esper_challenge = y ",
+            "esper_challenge",
+        )
+        .collect();
+        assert_eq!(found, vec![&b"x"[..], b"y"]);
+        assert_eq!(
+            cookie_values(b"xesper_challenge=1", "esper_challenge").count(),
+            0
+        );
+    }
+}
