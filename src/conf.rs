@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esper_protocol::config::{self as values, ApiUrl};
+use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
-    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_t, ngx_flag_t,
+    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_sec_slot, time_t, ngx_conf_t, ngx_flag_t,
     ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
     ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
     NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
@@ -33,7 +34,10 @@ pub const MODE_MONITOR: ngx_uint_t = 1;
 const UNSET_FLAG: ngx_flag_t = -1;
 const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_TIME: time_t = -1;
 const DEFAULT_TIMEOUT_MS: ngx_msec_t = 300;
+const DEFAULT_PASS_COOKIE: &str = "esper_challenge";
+const DEFAULT_PASS_TTL_SECS: time_t = 15 * 60;
 const DEFAULT_SOURCE: &str = "nginx";
 
 /// Server-wide state gathered while the configuration is read.
@@ -44,6 +48,9 @@ pub struct MainConf {
     pub tls_profiles: Vec<TlsProfile>,
     /// Index of `$request_id`, the idempotency key.
     pub request_id_index: ngx_uint_t,
+    /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
+    /// made once per configuration (so shared by all workers, new on reload).
+    random_pass_key: Option<Arc<PassKey>>,
 }
 
 impl MainConf {
@@ -65,9 +72,17 @@ pub struct TlsProfile {
 /// Where and how a location asks Esper; shared by its requests.
 pub struct Target {
     pub decision_url: reqwest::Url,
+    pub verify_url: reqwest::Url,
     pub api_key: reqwest::header::HeaderValue,
     pub tls_profile: usize,
     pub timeout: Duration,
+}
+
+/// The pass cookie of a location.
+pub struct PassSettings {
+    pub cookie: String,
+    pub ttl: Duration,
+    pub key: Arc<PassKey>,
 }
 
 /// One `esper_field NAME VALUE`.
@@ -108,8 +123,20 @@ pub struct LocConf {
     ssl_trusted_certificate: Option<(String, Arc<Vec<u8>>)>,
     /// `esper_ssl_verify`
     ssl_verify: ngx_flag_t,
+    /// `esper_pass_cookie`
+    pass_cookie: Option<String>,
+    /// `esper_pass_ttl`, in seconds
+    pass_ttl: time_t,
+    /// `esper_pass_secret_file`
+    pass_secret: Option<Arc<PassKey>>,
+    /// `esper_hybrid_key`
+    pub hybrid_key: *mut ngx_http_complex_value_t,
+    /// `esper_forward_decision_id`
+    pub forward_decision_id: ngx_flag_t,
     /// Built at merge time where `esper on`.
     pub target: Option<Arc<Target>>,
+    /// Built at merge time where `esper on`.
+    pub pass: Option<PassSettings>,
 }
 
 impl LocConf {
@@ -130,7 +157,13 @@ impl LocConf {
             send_cookies: UNSET_FLAG,
             ssl_trusted_certificate: None,
             ssl_verify: UNSET_FLAG,
+            pass_cookie: None,
+            pass_ttl: UNSET_TIME,
+            pass_secret: None,
+            hybrid_key: null_mut(),
+            forward_decision_id: UNSET_FLAG,
             target: None,
+            pass: None,
         }
     }
 }
@@ -184,7 +217,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -281,6 +314,23 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         NGX_CONF_FLAG,
         ngx_conf_set_flag_slot,
         offset_of!(LocConf, ssl_verify),
+        null_mut(),
+    ),
+    command(ngx_string!("esper_pass_cookie"), NGX_CONF_TAKE1, set_pass_cookie, 0, null_mut()),
+    command(
+        ngx_string!("esper_pass_ttl"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, pass_ttl),
+        null_mut(),
+    ),
+    command(ngx_string!("esper_pass_secret_file"), NGX_CONF_TAKE1, set_pass_secret_file, 0, null_mut()),
+    command(ngx_string!("esper_hybrid_key"), NGX_CONF_TAKE1, set_hybrid_key, 0, null_mut()),
+    command(
+        ngx_string!("esper_forward_decision_id"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, forward_decision_id),
         null_mut(),
     ),
     ngx_command_t::empty(),
@@ -520,16 +570,11 @@ unsafe extern "C" fn set_trusted_certificate(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler; ngx_conf_full_name
-    // resolves the name against the prefix in the cycle's pool.
+    // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
             once(conf.ssl_trusted_certificate.is_some())?;
-            let mut name = args[1];
-            if ngx_conf_full_name((*cf).cycle, &mut name, 1) != NGX_OK as isize {
-                return Err("cannot resolve the certificate path".to_owned().into());
-            }
-            let path = String::from_utf8_lossy(bytes(&name)).into_owned();
+            let path = full_name(cf, args[1])?;
             let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
             match reqwest::Certificate::from_pem_bundle(&pem) {
                 Ok(certs) if !certs.is_empty() => {}
@@ -540,6 +585,60 @@ unsafe extern "C" fn set_trusted_certificate(
             Ok(())
         })
     }
+}
+
+unsafe extern "C" fn set_pass_cookie(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.pass_cookie.is_some())?;
+            let name = text(&args[1])?;
+            values::check_cookie_name(name)?;
+            conf.pass_cookie = Some(name.to_owned());
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_pass_secret_file(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, cmd, conf, |conf, args| {
+            once(conf.pass_secret.is_some())?;
+            let path = full_name(cf, args[1])?;
+            let mut secret = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+            // A key written by `openssl rand -hex 32 > file` ends in a newline.
+            while secret.last().is_some_and(u8::is_ascii_whitespace) {
+                secret.pop();
+            }
+            let key = PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
+            conf.pass_secret = Some(Arc::new(key));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn set_hybrid_key(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    unsafe {
+        directive(cf, cmd, conf, |conf, args| {
+            once(!conf.hybrid_key.is_null())?;
+            conf.hybrid_key = compile(cf, args[1])?;
+            Ok(())
+        })
+    }
+}
+
+/// A file name relative to nginx's configuration prefix, made absolute.
+///
+/// # Safety
+/// `cf` must be the live configuration context.
+unsafe fn full_name(cf: *mut ngx_conf_t, mut name: ngx_str_t) -> Result<String, SetError> {
+    // SAFETY: per the function contract; the result lives in the cycle pool.
+    if unsafe { ngx_conf_full_name((*cf).cycle, &mut name, 1) } != NGX_OK as isize {
+        return Err("cannot resolve the file name".to_owned().into());
+    }
+    Ok(String::from_utf8_lossy(bytes(&name)).into_owned())
 }
 
 /// Compiles a value that may hold variables.
@@ -660,6 +759,11 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         &prev.ssl_trusted_certificate,
     );
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
+    inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
+    inherit(&mut conf.pass_ttl, prev.pass_ttl, UNSET_TIME, DEFAULT_PASS_TTL_SECS);
+    inherit_clone(&mut conf.pass_secret, &prev.pass_secret);
+    inherit(&mut conf.hybrid_key, prev.hybrid_key, null_mut(), null_mut());
+    inherit(&mut conf.forward_decision_id, prev.forward_decision_id, UNSET_FLAG, 0);
 
     if conf.enable != 1 {
         return Ok(());
@@ -690,6 +794,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
 
     let api_url = conf.api_url.clone().unwrap_or_default();
     let decision_url = reqwest::Url::parse(&api_url.decision_url()).map_err(|e| e.to_string())?;
+    let verify_url = reqwest::Url::parse(&api_url.verify_url()).map_err(|e| e.to_string())?;
     let mut api_key = reqwest::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
     api_key.set_sensitive(true);
 
@@ -719,8 +824,28 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         }
     };
 
+    let key = match &conf.pass_secret {
+        Some(key) => key.clone(),
+        None => match &main.random_pass_key {
+            Some(key) => key.clone(),
+            None => {
+                let mut random = vec![0u8; MIN_KEY_BYTES];
+                getrandom::fill(&mut random).map_err(|e| format!("cannot make a pass cookie key: {e}"))?;
+                let key = Arc::new(PassKey::new(random)?);
+                main.random_pass_key = Some(key.clone());
+                key
+            }
+        },
+    };
+    conf.pass = Some(PassSettings {
+        cookie: conf.pass_cookie.clone().unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
+        ttl: Duration::from_secs(conf.pass_ttl.max(0) as u64),
+        key,
+    });
+
     conf.target = Some(Arc::new(Target {
         decision_url,
+        verify_url,
         api_key,
         tls_profile,
         timeout: Duration::from_millis(conf.timeout as u64),

@@ -10,21 +10,38 @@
 use std::ffi::c_void;
 use std::ptr::fn_addr_eq;
 
-use esper_protocol::{Action, Failure};
+use std::time::{Duration, SystemTime};
+
+use esper_protocol::pass::set_cookie;
+use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_current_msec, ngx_event_t, ngx_http_block_reading,
     ngx_http_core_run_phases, ngx_http_get_variable_index, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_OK,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
-use crate::ffi::{guard, log_error, push_header};
-use crate::worker::{self, CallId, Outcome};
+use crate::ffi::{guard, log_error, push_header, remove_headers};
+use crate::worker::{self, Call, CallId, Outcome, Reply};
 use crate::{request, Module};
+
+/// Which call a request waits for.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// The challenge proof the visitor came back with.
+    Verifying,
+    /// The runtime decision.
+    Deciding,
+}
+
+/// Request headers that only Esper and this module may set.
+const HYBRID_KEY_HEADER: &str = "X-Esper-Hybrid-Key";
+const DECISION_ID_HEADER: &str = "X-Esper-Decision-ID";
+const ESPER_REQUEST_HEADERS: [&str; 2] = [HYBRID_KEY_HEADER, DECISION_ID_HEADER];
 
 /// What the module knows about one main request; lives in the request pool
 /// and is found again after internal redirects through its pool cleanup.
@@ -33,6 +50,8 @@ pub struct RequestState {
     /// Fires at `esper_timeout` even if the background runtime stalls.
     deadline: ngx_event_t,
     call: Option<CallId>,
+    /// What the pending or arrived outcome answers.
+    stage: Stage,
     /// Arrived but not yet applied.
     outcome: Option<Outcome>,
     started: ngx_msec_t,
@@ -97,63 +116,126 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
         let state = unsafe { &mut *state };
         return match state.outcome.take() {
             // SAFETY: per the function contract.
-            Some(outcome) => unsafe { apply(r, conf, state, outcome) },
+            Some(outcome) => unsafe { resumed(r, conf, state, outcome) },
             None if state.call.is_some() => NGX_DONE as ngx_int_t,
             None => NGX_DECLINED as ngx_int_t,
         };
     }
 
-    let Some(target) = conf.target.as_ref() else {
+    let (Some(_), Some(pass)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
         return NGX_DECLINED as ngx_int_t;
     };
+    // SAFETY: per the function contract.
+    unsafe {
+        // Only Esper and this module may set these for the application.
+        let forged = |name: &[u8]| ESPER_REQUEST_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+        if remove_headers(&mut (*r).headers_in.headers, (*r).pool, forged).is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+    }
     // SAFETY: per the function contract.
     let Some(state) = (unsafe { attach(r) }) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     // SAFETY: attach returned a live state owned by the request pool.
     let state = unsafe { &mut *state };
+
+    // A visitor back from a challenge: verify the proof first. The proof is
+    // taken out of the request whatever happens next.
+    // SAFETY: per the function contract.
+    if let Some(proof) = unsafe { request::take_challenge_proof(r) } {
+        if let Some(token) = proof {
+            state.stage = Stage::Verifying;
+            // SAFETY: per the function contract.
+            return unsafe { start(r, conf, state, Call::Verify(verify_body(&token))) };
+        }
+    }
+
+    // SAFETY: per the function contract.
+    if unsafe { request::has_valid_pass(r, pass) } {
+        state.result = "pass";
+        // SAFETY: per the function contract.
+        return unsafe { proceed(r, conf, state) };
+    }
+    // SAFETY: per the function contract.
+    unsafe { start_decision(r, conf, state) }
+}
+
+/// Asks Esper for the runtime decision.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn start_decision(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+    state.stage = Stage::Deciding;
     // SAFETY: per the function contract; the main configuration exists
     // whenever a location has a target.
     let body = unsafe { request::payload(r, conf, Module::main_conf(&*r).expect("main conf")) };
+    // SAFETY: per the function contract.
+    unsafe { start(r, conf, state, Call::Decide(body)) }
+}
 
-    match worker::call(
-        target,
-        body,
-        on_outcome,
-        (state as *mut RequestState).cast(),
-    ) {
+/// Starts a call and makes the request wait for it, up to `esper_timeout`.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn start(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, call: Call) -> ngx_int_t {
+    let target = conf.target.as_ref().expect("only called where esper is on");
+    match worker::call(target, call, on_outcome, (state as *mut RequestState).cast()) {
         Some(id) => state.call = Some(id),
         None => {
             let failure = Failure::Transport("no runtime in this worker process".to_owned());
             // SAFETY: per the function contract.
-            return unsafe { apply(r, conf, state, Err(failure)) };
+            return unsafe { resumed(r, conf, state, Err(failure)) };
         }
     }
     // SAFETY: the timer event lives in the state, which removes it from the
     // timer tree before it is freed (`cleanup`).
     unsafe {
         ngx::ffi::ngx_add_timer(&mut state.deadline, conf.timeout);
-        // Notice a client that goes away while its decision is pending.
+        // Notice a client that goes away while its call is pending.
         (*r).read_event_handler = Some(ngx_http_test_reading);
     }
     NGX_DONE as ngx_int_t
 }
 
-/// Applies an outcome and returns the access-phase result.
+/// Acts on the outcome of the call the request waited for.
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn apply(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    state: &mut RequestState,
-    outcome: Outcome,
-) -> ngx_int_t {
-    let monitor = conf.mode == MODE_MONITOR;
-    let decision = match outcome {
-        Ok(decision) => decision,
-        Err(failure) => {
+unsafe fn resumed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, outcome: Outcome) -> ngx_int_t {
+    // SAFETY: per the function contract; the connection log adds the client
+    // and the request to each line.
+    let log = unsafe { (*(*r).connection).log };
+    match (state.stage, outcome) {
+        (Stage::Verifying, Ok(Reply::Proof(ProofCheck::Verified { lifetime }))) => {
+            state.result = "pass";
+            // SAFETY: per the function contract.
+            unsafe { pass_and_return(r, conf, lifetime) }
+        }
+        (Stage::Verifying, outcome) => {
+            // Never a pass: the runtime decision runs as for any request.
+            match outcome {
+                Err(failure) => log_error(
+                    NGX_LOG_ERR,
+                    log,
+                    &format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                ),
+                Ok(_) => log_error(NGX_LOG_INFO, log, "esper challenge proof refused; asking for a runtime decision"),
+            }
+            // SAFETY: per the function contract.
+            unsafe { start_decision(r, conf, state) }
+        }
+        (_, Ok(Reply::Decision(decision))) => {
+            // SAFETY: per the function contract.
+            unsafe { apply(r, conf, state, decision) }
+        }
+        (_, Ok(Reply::Proof(_))) => {
+            log_error(NGX_LOG_ERR, log, "esper: a proof answer arrived for a runtime decision");
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        }
+        (_, Err(failure)) => {
             state.result = failure.result();
+            let monitor = conf.mode == MODE_MONITOR;
             let applied = if monitor {
                 "monitor mode, request continues"
             } else if conf.failure_action == FAILURE_ALLOW {
@@ -161,51 +243,104 @@ unsafe fn apply(
             } else {
                 "failure action block"
             };
-            // SAFETY: per the function contract; the connection log adds the
-            // client and the request to the line.
-            let log = unsafe { (*(*r).connection).log };
-            log_error(
-                NGX_LOG_ERR,
-                log,
-                &format!("esper decision failed: {failure}; {applied}"),
-            );
-            return if monitor || conf.failure_action == FAILURE_ALLOW {
-                NGX_DECLINED as ngx_int_t
+            log_error(NGX_LOG_ERR, log, &format!("esper decision failed: {failure}; {applied}"));
+            if monitor || conf.failure_action == FAILURE_ALLOW {
+                // SAFETY: per the function contract.
+                unsafe { proceed(r, conf, state) }
             } else {
                 conf.block_status as ngx_int_t
-            };
+            }
         }
-    };
+    }
+}
 
+/// Applies a runtime decision.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, decision: Decision) -> ngx_int_t {
+    let monitor = conf.mode == MODE_MONITOR;
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
     state.result = if monitor { "monitor" } else { "decided" };
-    if monitor {
-        return NGX_DECLINED as ngx_int_t;
-    }
     match decision.action {
         // Esper has no objection; other access checks (and `satisfy`) still apply.
-        Action::Allow => NGX_DECLINED as ngx_int_t,
+        Action::Allow => unsafe { proceed(r, conf, state) },
+        _ if monitor => unsafe { proceed(r, conf, state) },
         Action::Block => conf.block_status as ngx_int_t,
         Action::Challenge => {
             let url = decision.redirect_url.unwrap_or_default();
             // SAFETY: per the function contract.
-            unsafe {
-                let out = &mut (*r).headers_out;
-                let Some(location) =
-                    push_header(&mut out.headers, (*r).pool, "Location", url.as_bytes())
-                else {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-                };
-                out.location = location;
-                if push_header(&mut out.headers, (*r).pool, "Cache-Control", b"no-store").is_none()
-                {
+            unsafe { redirect(r, conf, url.as_bytes(), None) }
+        }
+    }
+}
+
+/// Lets the request go on to the application, carrying the Esper headers the
+/// location asks for.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn proceed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    unsafe {
+        let headers = &mut (*r).headers_in.headers;
+        if let Some(key) = request::evaluate(r, conf.hybrid_key).filter(|k| !k.is_empty()) {
+            if push_header(headers, (*r).pool, HYBRID_KEY_HEADER, key).is_none() {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            }
+        }
+        if conf.forward_decision_id == 1 {
+            if let Some(id) = &state.decision_id {
+                if push_header(headers, (*r).pool, DECISION_ID_HEADER, id.as_bytes()).is_none() {
                     return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
                 }
             }
-            conf.challenge_status as ngx_int_t
         }
     }
+    NGX_DECLINED as ngx_int_t
+}
+
+/// A verified visitor: issue the pass cookie and send them back to the URL
+/// they asked for, without the proof.
+///
+/// # Safety
+/// `r` must be a live main request whose proof was taken out.
+unsafe fn pass_and_return(r: *mut ngx_http_request_t, conf: &LocConf, lifetime: Option<Duration>) -> ngx_int_t {
+    let pass = conf.pass.as_ref().expect("only called where esper is on");
+    let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
+    // SAFETY: per the function contract.
+    let (ip, ua) = unsafe { request::entity(r) };
+    let value = pass.key.issue(SystemTime::now() + max_age, ip, ua);
+    // SAFETY: per the function contract.
+    let cookie = set_cookie(&pass.cookie, &value, max_age, unsafe { request::is_https(r) });
+    // SAFETY: per the function contract.
+    unsafe { redirect(r, conf, request::request_uri(r), Some(cookie.as_bytes())) }
+}
+
+/// Answers with `esper_challenge_status` to `location`, never cached.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn redirect(r: *mut ngx_http_request_t, conf: &LocConf, location: &[u8], cookie: Option<&[u8]>) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        let pool = (*r).pool;
+        let Some(h) = push_header(&mut out.headers, pool, "Location", location) else {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        };
+        out.location = h;
+        if push_header(&mut out.headers, pool, "Cache-Control", b"no-store").is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        if let Some(cookie) = cookie {
+            if push_header(&mut out.headers, pool, "Set-Cookie", cookie).is_none() {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            }
+        }
+    }
+    conf.challenge_status as ngx_int_t
 }
 
 impl RequestState {
@@ -286,6 +421,7 @@ unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
             deadline: std::mem::zeroed(),
             call: None,
+            stage: Stage::Deciding,
             outcome: None,
             started: ngx_current_msec,
             latency: None,

@@ -3,13 +3,15 @@
 
 use std::time::{Duration, SystemTime};
 
+use esper_protocol::pass::cookie_values;
+use esper_protocol::query::take_proof;
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
     ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_get_indexed_variable,
     ngx_http_request_t, ngx_list_t, ngx_str_t, ngx_table_elt_t, NGX_OK,
 };
 
-use crate::conf::{LocConf, MainConf};
+use crate::conf::{LocConf, MainConf, PassSettings};
 use crate::ffi::bytes;
 
 /// Builds the JSON body of the decision call for `r`.
@@ -22,13 +24,13 @@ pub unsafe fn payload(r: *mut ngx_http_request_t, conf: &LocConf, main: &MainCon
     // request (or its pool) and is only used before this function returns.
     unsafe {
         let req = &*r;
-        let user_agent = req.headers_in.user_agent.as_ref().map(|h| bytes(&h.value));
+        let (client_ip, user_agent) = entity(r);
         let request_id = indexed_variable(r, main.request_id_index);
         let view = RequestView {
             method: bytes(&req.method_name),
             unparsed_uri: bytes(&req.unparsed_uri),
-            client_ip: bytes(&(*req.connection).addr_text),
-            user_agent,
+            client_ip,
+            user_agent: Some(user_agent).filter(|ua| !ua.is_empty()),
             request_id,
             started_at: SystemTime::UNIX_EPOCH
                 + Duration::from_secs(req.start_sec.max(0) as u64)
@@ -58,6 +60,96 @@ pub unsafe fn payload(r: *mut ngx_http_request_t, conf: &LocConf, main: &MainCon
     }
 }
 
+/// Esper's default entity: the client address (after the realip module) and
+/// the user agent.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn entity<'a>(r: *mut ngx_http_request_t) -> (&'a [u8], &'a [u8]) {
+    // SAFETY: per the function contract; both live as long as the request.
+    unsafe {
+        let ip = bytes(&(*(*r).connection).addr_text);
+        let ua = (*r).headers_in.user_agent.as_ref().map_or(&[][..], |h| bytes(&h.value));
+        (ip, ua)
+    }
+}
+
+/// True when the request carries a pass cookie that this location issued for
+/// this client and that has not expired.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn has_valid_pass(r: *mut ngx_http_request_t, pass: &PassSettings) -> bool {
+    // SAFETY: per the function contract.
+    let (ip, ua) = unsafe { entity(r) };
+    let now = SystemTime::now();
+    // SAFETY: the header list belongs to the live request.
+    unsafe { headers(&(*r).headers_in.headers) }
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
+        .flat_map(|(_, value)| cookie_values(value, &pass.cookie))
+        .any(|value| pass.key.verify(value, now, ip, ua))
+}
+
+/// Takes `esper_challenge_proof` out of the request, so that neither the
+/// application nor Esper's payload ever sees it: out of `$request_uri` (what is
+/// proxied as is, and where the visitor is sent back to) and out of `$args`.
+/// Returns `None` when the parameter is absent, else the proof's token if any.
+///
+/// # Safety
+/// `r` must be a live main request on the nginx thread.
+pub unsafe fn take_challenge_proof(r: *mut ngx_http_request_t) -> Option<Option<String>> {
+    // SAFETY: per the function contract; new strings live in the request pool.
+    unsafe {
+        let req = &mut *r;
+        let uri = bytes(&req.unparsed_uri);
+        let query_at = uri.iter().position(|&b| b == b'?');
+        let from_uri = query_at.and_then(|q| take_proof(&uri[q + 1..]));
+        let from_args = take_proof(bytes(&req.args));
+        if from_uri.is_none() && from_args.is_none() {
+            return None;
+        }
+        if let (Some(proof), Some(q)) = (&from_uri, query_at) {
+            let mut cleaned = uri[..q].to_vec();
+            if !proof.rest.is_empty() {
+                cleaned.push(b'?');
+                cleaned.extend_from_slice(&proof.rest);
+            }
+            req.unparsed_uri = pool_str(req.pool, &cleaned)?;
+        }
+        if let Some(proof) = &from_args {
+            req.args = pool_str(req.pool, &proof.rest)?;
+        }
+        Some(from_uri.or(from_args).and_then(|p| p.token))
+    }
+}
+
+/// The `$request_uri` of the request, as it is now.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn request_uri<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
+    // SAFETY: per the function contract.
+    unsafe { bytes(&(*r).unparsed_uri) }
+}
+
+/// True when the client connection is TLS.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn is_https(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { (*r).http_connection.as_ref().is_some_and(|hc| hc.ssl() != 0) }
+}
+
+/// A copy of `data` in `pool`.
+///
+/// # Safety
+/// `pool` must be a live pool.
+unsafe fn pool_str(pool: *mut ngx::ffi::ngx_pool_t, data: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: per the function contract.
+    unsafe { ngx_str_t::from_bytes(pool, data) }
+}
+
 /// The live entries of an nginx header list, as name and value bytes.
 ///
 /// # Safety
@@ -81,7 +173,7 @@ unsafe fn headers<'a>(list: &'a ngx_list_t) -> impl Iterator<Item = (&'a [u8], &
 ///
 /// # Safety
 /// `r` must be a live request and `cv` null or compiled for this configuration.
-unsafe fn evaluate<'a>(
+pub unsafe fn evaluate<'a>(
     r: *mut ngx_http_request_t,
     cv: *mut ngx_http_complex_value_t,
 ) -> Option<&'a [u8]> {

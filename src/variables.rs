@@ -1,4 +1,5 @@
-//! `$esper_action`, `$esper_result`, `$esper_decision_id`, `$esper_latency`.
+//! `$esper_action`, `$esper_result`, `$esper_decision_id`, `$esper_latency`,
+//! `$esper_hybrid_key`.
 
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
@@ -8,28 +9,24 @@ use ngx::http::HttpModuleLocationConf;
 use ngx::ngx_string;
 
 use crate::ffi::guard;
-use crate::handler::{find, RequestState};
-use crate::Module;
+use crate::handler::find;
+use crate::{request, Module};
 
-type Getter = fn(Option<&RequestState>, enabled: bool) -> Option<String>;
+#[derive(Clone, Copy)]
+enum Variable {
+    Action,
+    Result,
+    DecisionId,
+    Latency,
+    HybridKey,
+}
 
-const VARIABLES: [(ngx_str_t, Getter); 4] = [
-    (ngx_string!("esper_action"), |s, _| {
-        s?.action.map(|a| a.as_str().to_owned())
-    }),
-    (ngx_string!("esper_result"), |s, enabled| match s {
-        Some(s) => Some(s.result.to_owned()),
-        // Not judged: `esper off` here, or nothing ran yet.
-        None if !enabled => Some("skipped".to_owned()),
-        None => None,
-    }),
-    (ngx_string!("esper_decision_id"), |s, _| {
-        s?.decision_id.clone()
-    }),
-    (ngx_string!("esper_latency"), |s, _| {
-        s?.latency
-            .map(|ms| format!("{}.{:03}", ms / 1000, ms % 1000))
-    }),
+const VARIABLES: [(ngx_str_t, Variable); 5] = [
+    (ngx_string!("esper_action"), Variable::Action),
+    (ngx_string!("esper_result"), Variable::Result),
+    (ngx_string!("esper_decision_id"), Variable::DecisionId),
+    (ngx_string!("esper_latency"), Variable::Latency),
+    (ngx_string!("esper_hybrid_key"), Variable::HybridKey),
 ];
 
 /// Adds the variables (preconfiguration).
@@ -51,6 +48,33 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     })
 }
 
+/// The value of `variable` for `r`; `None` is "not found" (logged as `-`).
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn value(r: *mut ngx_http_request_t, variable: Variable) -> Option<Vec<u8>> {
+    // SAFETY: per the function contract; the state lives as long as the request.
+    let state = unsafe { find(r).map(|s| &*s) };
+    // SAFETY: per the function contract.
+    let conf = unsafe { Module::location_conf(&*r) };
+    match variable {
+        Variable::Action => state?.action.map(|a| a.as_str().into()),
+        Variable::Result => match state {
+            Some(s) => Some(s.result.into()),
+            // Not judged here (`esper off`).
+            None if conf.is_none_or(|c| c.target.is_none()) => Some(b"skipped".to_vec()),
+            // Judged here, but not yet.
+            None => None,
+        },
+        Variable::DecisionId => state?.decision_id.clone().map(String::into_bytes),
+        Variable::Latency => state?
+            .latency
+            .map(|ms| format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes()),
+        // SAFETY: per the function contract.
+        Variable::HybridKey => unsafe { request::evaluate(r, conf?.hybrid_key) }.map(<[u8]>::to_vec),
+    }
+}
+
 unsafe extern "C" fn get(
     r: *mut ngx_http_request_t,
     v: *mut ngx_http_variable_value_t,
@@ -59,12 +83,7 @@ unsafe extern "C" fn get(
     guard(NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx evaluates variables with a live request and value slot.
         unsafe {
-            let state = find(r).map(|s| &*s);
-            let enabled = Module::location_conf(&*r).is_some_and(|c| c.target.is_some());
-            let Some(value) = VARIABLES
-                .get(data)
-                .and_then(|(_, getter)| getter(state, enabled))
-            else {
+            let Some(value) = VARIABLES.get(data).and_then(|&(_, var)| value(r, var)) else {
                 (*v).set_not_found(1);
                 return NGX_OK as ngx_int_t;
             };

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
-use esper_protocol::{parse_answer, Decision, Failure};
+use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
     ngx_handle_read_event, ngx_int_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
@@ -27,8 +27,22 @@ use crate::conf::{MainConf, Target, TlsProfile};
 use crate::ffi::{guard, log_error};
 use crate::Module;
 
-/// What a decision call produced.
-pub type Outcome = Result<Decision, Failure>;
+/// The two calls the module makes to Esper, each with its JSON body.
+pub enum Call {
+    /// `POST /api/v1/runtime/mitigation`
+    Decide(Vec<u8>),
+    /// `POST /api/v1/challenge/proof/verify`
+    Verify(Vec<u8>),
+}
+
+/// A usable answer to a [`Call`].
+pub enum Reply {
+    Decision(Decision),
+    Proof(ProofCheck),
+}
+
+/// What a call produced.
+pub type Outcome = Result<Reply, Failure>;
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
@@ -220,11 +234,11 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     })
 }
 
-/// Starts a decision call. `waiter` gets the outcome unless it is forgotten
-/// first. Returns `None` when this process has no runtime.
+/// Starts a call. `waiter` gets the outcome unless it is forgotten first.
+/// Returns `None` when this process has no runtime.
 pub fn call(
     target: &Arc<Target>,
-    body: Vec<u8>,
+    call: Call,
     waiter: Waiter,
     data: *mut c_void,
 ) -> Option<CallId> {
@@ -237,7 +251,10 @@ pub fn call(
         let completions = worker.completions.clone();
         let target = target.clone();
         let task = worker.runtime.spawn(async move {
-            let outcome = decide(&client, &target, body).await;
+            let outcome = match tokio::time::timeout(target.timeout, exchange(&client, &target, call)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Failure::Timeout),
+            };
             completions.push(id, outcome);
         });
         worker
@@ -271,17 +288,14 @@ pub fn stop() {
     unsafe { ngx_close_connection(worker.notifier) };
 }
 
-/// One decision call, bounded by the location's timeout as a whole.
-async fn decide(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> Outcome {
-    match tokio::time::timeout(target.timeout, exchange(client, target, body)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(Failure::Timeout),
-    }
-}
-
-async fn exchange(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> Outcome {
+/// One call and its answer, read up to [`MAX_ANSWER_BYTES`].
+async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outcome {
+    let (url, body, verify) = match call {
+        Call::Decide(body) => (&target.decision_url, body, false),
+        Call::Verify(body) => (&target.verify_url, body, true),
+    };
     let mut response = client
-        .post(target.decision_url.clone())
+        .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("x-esper-api-key", target.api_key.clone())
         .body(body)
@@ -304,12 +318,12 @@ async fn exchange(client: &reqwest::Client, target: &Target, body: Vec<u8>) -> O
         }
         answer.extend_from_slice(&chunk);
     }
-    parse_answer(
-        status,
-        content_type.as_deref(),
-        decision_id.as_deref(),
-        &answer,
-    )
+    if verify {
+        let now = std::time::SystemTime::now();
+        parse_verify_answer(status, content_type.as_deref(), &answer, now).map(Reply::Proof)
+    } else {
+        parse_answer(status, content_type.as_deref(), decision_id.as_deref(), &answer).map(Reply::Decision)
+    }
 }
 
 /// The reason of a transport error, without the URL and from the root cause.
