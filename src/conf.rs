@@ -14,11 +14,11 @@ use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
-    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_sec_slot, time_t, ngx_conf_t, ngx_flag_t,
+    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_sec_slot, ngx_conf_t, ngx_flag_t,
     ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, time_t, NGX_CONF_FLAG, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
@@ -316,7 +316,13 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         offset_of!(LocConf, ssl_verify),
         null_mut(),
     ),
-    command(ngx_string!("esper_pass_cookie"), NGX_CONF_TAKE1, set_pass_cookie, 0, null_mut()),
+    command(
+        ngx_string!("esper_pass_cookie"),
+        NGX_CONF_TAKE1,
+        set_pass_cookie,
+        0,
+        null_mut(),
+    ),
     command(
         ngx_string!("esper_pass_ttl"),
         NGX_CONF_TAKE1,
@@ -324,8 +330,20 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         offset_of!(LocConf, pass_ttl),
         null_mut(),
     ),
-    command(ngx_string!("esper_pass_secret_file"), NGX_CONF_TAKE1, set_pass_secret_file, 0, null_mut()),
-    command(ngx_string!("esper_hybrid_key"), NGX_CONF_TAKE1, set_hybrid_key, 0, null_mut()),
+    command(
+        ngx_string!("esper_pass_secret_file"),
+        NGX_CONF_TAKE1,
+        set_pass_secret_file,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_hybrid_key"),
+        NGX_CONF_TAKE1,
+        set_hybrid_key,
+        0,
+        null_mut(),
+    ),
     command(
         ngx_string!("esper_forward_decision_id"),
         NGX_CONF_FLAG,
@@ -587,7 +605,11 @@ unsafe extern "C" fn set_trusted_certificate(
     }
 }
 
-unsafe extern "C" fn set_pass_cookie(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_pass_cookie(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -600,25 +622,35 @@ unsafe extern "C" fn set_pass_cookie(cf: *mut ngx_conf_t, cmd: *mut ngx_command_
     }
 }
 
-unsafe extern "C" fn set_pass_secret_file(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_pass_secret_file(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
             once(conf.pass_secret.is_some())?;
             let path = full_name(cf, args[1])?;
-            let mut secret = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+            let mut secret =
+                std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
             // A key written by `openssl rand -hex 32 > file` ends in a newline.
             while secret.last().is_some_and(u8::is_ascii_whitespace) {
                 secret.pop();
             }
-            let key = PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
+            let key =
+                PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
             conf.pass_secret = Some(Arc::new(key));
             Ok(())
         })
     }
 }
 
-unsafe extern "C" fn set_hybrid_key(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_hybrid_key(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     unsafe {
         directive(cf, cmd, conf, |conf, args| {
@@ -760,10 +792,25 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     );
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
-    inherit(&mut conf.pass_ttl, prev.pass_ttl, UNSET_TIME, DEFAULT_PASS_TTL_SECS);
+    inherit(
+        &mut conf.pass_ttl,
+        prev.pass_ttl,
+        UNSET_TIME,
+        DEFAULT_PASS_TTL_SECS,
+    );
     inherit_clone(&mut conf.pass_secret, &prev.pass_secret);
-    inherit(&mut conf.hybrid_key, prev.hybrid_key, null_mut(), null_mut());
-    inherit(&mut conf.forward_decision_id, prev.forward_decision_id, UNSET_FLAG, 0);
+    inherit(
+        &mut conf.hybrid_key,
+        prev.hybrid_key,
+        null_mut(),
+        null_mut(),
+    );
+    inherit(
+        &mut conf.forward_decision_id,
+        prev.forward_decision_id,
+        UNSET_FLAG,
+        0,
+    );
 
     if conf.enable != 1 {
         return Ok(());
@@ -775,6 +822,11 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     if conf.timeout == 0 {
         return Err(format!(
             "\"esper_timeout\" must be more than 0 for \"esper on\" in {at}"
+        ));
+    }
+    if conf.pass_ttl == 0 {
+        return Err(format!(
+            "\"esper_pass_ttl\" must be more than 0 for \"esper on\" in {at}"
         ));
     }
     // SAFETY: the defaults are statics, so they outlive the configuration.
@@ -830,7 +882,8 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
             Some(key) => key.clone(),
             None => {
                 let mut random = vec![0u8; MIN_KEY_BYTES];
-                getrandom::fill(&mut random).map_err(|e| format!("cannot make a pass cookie key: {e}"))?;
+                getrandom::fill(&mut random)
+                    .map_err(|e| format!("cannot make a pass cookie key: {e}"))?;
                 let key = Arc::new(PassKey::new(random)?);
                 main.random_pass_key = Some(key.clone());
                 key
@@ -838,7 +891,10 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         },
     };
     conf.pass = Some(PassSettings {
-        cookie: conf.pass_cookie.clone().unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
+        cookie: conf
+            .pass_cookie
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
         ttl: Duration::from_secs(conf.pass_ttl.max(0) as u64),
         key,
     });

@@ -69,58 +69,77 @@ pub unsafe fn push_header(
 
 /// Removes from a header list every header whose name `matches`.
 ///
-/// Elements never move, because other fields of the request point at them: a
-/// removed element is cut out of its list part, splitting the part in two when
-/// needed. When the last part changed, a fresh empty last part is added, so
-/// `ngx_list_push` keeps writing within an allocation of its own.
+/// Elements never move, because other fields of the request point at them:
+/// the list is relinked as runs of the elements that stay, each run a list
+/// part that points into the original storage. Two list invariants are kept:
+/// no part after the first is empty (nginx's iteration idiom relies on it), and
+/// `ngx_list_push` never writes past the storage of the last part (its
+/// capacity, `nalloc`, is set to what that part holds, so the next push starts
+/// a new part).
 ///
 /// # Safety
 /// `list` must be a header list of a live request and `pool` that request's pool.
-pub unsafe fn remove_headers(list: *mut ngx_list_t, pool: *mut ngx_pool_t, matches: impl Fn(&[u8]) -> bool) -> Option<()> {
-    // SAFETY: per the function contract; every part pointer comes from the list.
+pub unsafe fn remove_headers(
+    list: *mut ngx_list_t,
+    pool: *mut ngx_pool_t,
+    matches: impl Fn(&[u8]) -> bool,
+) -> Option<()> {
+    // SAFETY: per the function contract; every part pointer comes from the
+    // list, and new parts are allocated in the request pool.
     unsafe {
-        let mut last_changed = false;
-        let mut part: *mut ngx_list_part_t = &mut (*list).part;
-        while !part.is_null() {
-            let elts = (*part).elts.cast::<ngx_table_elt_t>();
-            let Some(i) = (0..(*part).nelts).find(|&i| matches(bytes(&(*elts.add(i)).key))) else {
-                part = (*part).next;
-                continue;
-            };
-            last_changed |= part == (*list).last;
-            let tail = (*part).nelts - i - 1;
-            if i == 0 {
-                (*part).elts = elts.add(1).cast();
-                (*part).nelts = tail;
-            } else {
-                let rest: *mut ngx_list_part_t = ngx_palloc(pool, size_of::<ngx_list_part_t>()).cast();
-                if rest.is_null() {
-                    return None;
+        let list = &mut *list;
+        let mut runs: Vec<(*mut ngx_table_elt_t, usize)> = Vec::new();
+        let mut removed = false;
+        let mut part: *mut ngx_list_part_t = &mut list.part;
+        while let Some(p) = part.as_mut() {
+            let elts = p.elts.cast::<ngx_table_elt_t>();
+            let mut start = 0;
+            for i in 0..p.nelts {
+                if matches(bytes(&(*elts.add(i)).key)) {
+                    removed = true;
+                    if i > start {
+                        runs.push((elts.add(start), i - start));
+                    }
+                    start = i + 1;
                 }
-                (*rest).elts = elts.add(i + 1).cast();
-                (*rest).nelts = tail;
-                (*rest).next = (*part).next;
-                (*part).nelts = i;
-                (*part).next = rest;
-                if (*list).last == part {
-                    (*list).last = rest;
-                }
-                part = rest;
             }
-            // Look again at what remains of this part.
+            if p.nelts > start {
+                runs.push((elts.add(start), p.nelts - start));
+            }
+            part = p.next;
         }
-        if last_changed {
-            let fresh: *mut ngx_list_part_t = ngx_palloc(pool, size_of::<ngx_list_part_t>()).cast();
-            let elts = ngx_palloc(pool, (*list).nalloc * (*list).size);
-            if fresh.is_null() || elts.is_null() {
+        if !removed {
+            return Some(());
+        }
+
+        let Some((&(first, count), rest)) = runs.split_first() else {
+            let storage = ngx_palloc(pool, list.nalloc * list.size);
+            if storage.is_null() {
                 return None;
             }
-            (*fresh).elts = elts;
-            (*fresh).nelts = 0;
-            (*fresh).next = std::ptr::null_mut();
-            (*(*list).last).next = fresh;
-            (*list).last = fresh;
+            list.part.elts = storage;
+            list.part.nelts = 0;
+            list.part.next = std::ptr::null_mut();
+            list.last = &mut list.part;
+            return Some(());
+        };
+        list.part.elts = first.cast();
+        list.part.nelts = count;
+        list.part.next = std::ptr::null_mut();
+        let mut last: *mut ngx_list_part_t = &mut list.part;
+        for &(elts, count) in rest {
+            let p: *mut ngx_list_part_t = ngx_palloc(pool, size_of::<ngx_list_part_t>()).cast();
+            if p.is_null() {
+                return None;
+            }
+            (*p).elts = elts.cast();
+            (*p).nelts = count;
+            (*p).next = std::ptr::null_mut();
+            (*last).next = p;
+            last = p;
         }
+        list.last = last;
+        list.nalloc = (*last).nelts;
         Some(())
     }
 }

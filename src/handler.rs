@@ -128,7 +128,11 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
         // Only Esper and this module may set these for the application.
-        let forged = |name: &[u8]| ESPER_REQUEST_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+        let forged = |name: &[u8]| {
+            ESPER_REQUEST_HEADERS
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        };
         if remove_headers(&mut (*r).headers_in.headers, (*r).pool, forged).is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
@@ -165,7 +169,11 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn start_decision(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+unsafe fn start_decision(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+) -> ngx_int_t {
     state.stage = Stage::Deciding;
     // SAFETY: per the function contract; the main configuration exists
     // whenever a location has a target.
@@ -178,9 +186,19 @@ unsafe fn start_decision(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn start(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, call: Call) -> ngx_int_t {
+unsafe fn start(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+    call: Call,
+) -> ngx_int_t {
     let target = conf.target.as_ref().expect("only called where esper is on");
-    match worker::call(target, call, on_outcome, (state as *mut RequestState).cast()) {
+    match worker::call(
+        target,
+        call,
+        on_outcome,
+        (state as *mut RequestState).cast(),
+    ) {
         Some(id) => state.call = Some(id),
         None => {
             let failure = Failure::Transport("no runtime in this worker process".to_owned());
@@ -202,7 +220,12 @@ unsafe fn start(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn resumed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, outcome: Outcome) -> ngx_int_t {
+unsafe fn resumed(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+    outcome: Outcome,
+) -> ngx_int_t {
     // SAFETY: per the function contract; the connection log adds the client
     // and the request to each line.
     let log = unsafe { (*(*r).connection).log };
@@ -230,7 +253,11 @@ unsafe fn resumed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut Reques
             unsafe { apply(r, conf, state, decision) }
         }
         (_, Ok(Reply::Proof(_))) => {
-            log_error(NGX_LOG_ERR, log, "esper: a proof answer arrived for a runtime decision");
+            log_error(
+                NGX_LOG_ERR,
+                log,
+                "esper: a proof answer arrived for a runtime decision",
+            );
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         }
         (_, Err(failure)) => {
@@ -243,7 +270,11 @@ unsafe fn resumed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut Reques
             } else {
                 "failure action block"
             };
-            log_error(NGX_LOG_ERR, log, &format!("esper decision failed: {failure}; {applied}"));
+            log_error(
+                NGX_LOG_ERR,
+                log,
+                &format!("esper decision failed: {failure}; {applied}"),
+            );
             if monitor || conf.failure_action == FAILURE_ALLOW {
                 // SAFETY: per the function contract.
                 unsafe { proceed(r, conf, state) }
@@ -258,7 +289,12 @@ unsafe fn resumed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut Reques
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState, decision: Decision) -> ngx_int_t {
+unsafe fn apply(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+    decision: Decision,
+) -> ngx_int_t {
     let monitor = conf.mode == MODE_MONITOR;
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
@@ -281,7 +317,11 @@ unsafe fn apply(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
 ///
 /// # Safety
 /// `r` must be the live main request that owns `state`.
-unsafe fn proceed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+unsafe fn proceed(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
         let headers = &mut (*r).headers_in.headers;
@@ -306,14 +346,20 @@ unsafe fn proceed(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut Reques
 ///
 /// # Safety
 /// `r` must be a live main request whose proof was taken out.
-unsafe fn pass_and_return(r: *mut ngx_http_request_t, conf: &LocConf, lifetime: Option<Duration>) -> ngx_int_t {
+unsafe fn pass_and_return(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    lifetime: Option<Duration>,
+) -> ngx_int_t {
     let pass = conf.pass.as_ref().expect("only called where esper is on");
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
     // SAFETY: per the function contract.
     let (ip, ua) = unsafe { request::entity(r) };
     let value = pass.key.issue(SystemTime::now() + max_age, ip, ua);
     // SAFETY: per the function contract.
-    let cookie = set_cookie(&pass.cookie, &value, max_age, unsafe { request::is_https(r) });
+    let cookie = set_cookie(&pass.cookie, &value, max_age, unsafe {
+        request::is_https(r)
+    });
     // SAFETY: per the function contract.
     unsafe { redirect(r, conf, request::request_uri(r), Some(cookie.as_bytes())) }
 }
@@ -322,7 +368,12 @@ unsafe fn pass_and_return(r: *mut ngx_http_request_t, conf: &LocConf, lifetime: 
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn redirect(r: *mut ngx_http_request_t, conf: &LocConf, location: &[u8], cookie: Option<&[u8]>) -> ngx_int_t {
+unsafe fn redirect(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    location: &[u8],
+    cookie: Option<&[u8]>,
+) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
         let out = &mut (*r).headers_out;

@@ -69,7 +69,11 @@ pub unsafe fn entity<'a>(r: *mut ngx_http_request_t) -> (&'a [u8], &'a [u8]) {
     // SAFETY: per the function contract; both live as long as the request.
     unsafe {
         let ip = bytes(&(*(*r).connection).addr_text);
-        let ua = (*r).headers_in.user_agent.as_ref().map_or(&[][..], |h| bytes(&h.value));
+        let ua = (*r)
+            .headers_in
+            .user_agent
+            .as_ref()
+            .map_or(&[][..], |h| bytes(&h.value));
         (ip, ua)
     }
 }
@@ -138,7 +142,11 @@ pub unsafe fn request_uri<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
 /// `r` must be a live request.
 pub unsafe fn is_https(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: per the function contract.
-    unsafe { (*r).http_connection.as_ref().is_some_and(|hc| hc.ssl() != 0) }
+    unsafe {
+        (*r).http_connection
+            .as_ref()
+            .is_some_and(|hc| hc.ssl() != 0)
+    }
 }
 
 /// A copy of `data` in `pool`.

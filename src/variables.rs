@@ -71,7 +71,9 @@ unsafe fn value(r: *mut ngx_http_request_t, variable: Variable) -> Option<Vec<u8
             .latency
             .map(|ms| format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes()),
         // SAFETY: per the function contract.
-        Variable::HybridKey => unsafe { request::evaluate(r, conf?.hybrid_key) }.map(<[u8]>::to_vec),
+        Variable::HybridKey => {
+            unsafe { request::evaluate(r, conf?.hybrid_key) }.map(<[u8]>::to_vec)
+        }
     }
 }
 

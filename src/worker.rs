@@ -236,12 +236,7 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
 
 /// Starts a call. `waiter` gets the outcome unless it is forgotten first.
 /// Returns `None` when this process has no runtime.
-pub fn call(
-    target: &Arc<Target>,
-    call: Call,
-    waiter: Waiter,
-    data: *mut c_void,
-) -> Option<CallId> {
+pub fn call(target: &Arc<Target>, call: Call, waiter: Waiter, data: *mut c_void) -> Option<CallId> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let worker = w.as_mut()?;
@@ -250,13 +245,17 @@ pub fn call(
         let client = worker.clients.get(target.tls_profile)?.clone();
         let completions = worker.completions.clone();
         let target = target.clone();
-        let task = worker.runtime.spawn(async move {
-            let outcome = match tokio::time::timeout(target.timeout, exchange(&client, &target, call)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure::Timeout),
-            };
-            completions.push(id, outcome);
-        });
+        let task =
+            worker.runtime.spawn(async move {
+                let outcome =
+                    match tokio::time::timeout(target.timeout, exchange(&client, &target, call))
+                        .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(Failure::Timeout),
+                    };
+                completions.push(id, outcome);
+            });
         worker
             .pending
             .insert(id, (waiter, data, task.abort_handle()));
@@ -322,7 +321,13 @@ async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outc
         let now = std::time::SystemTime::now();
         parse_verify_answer(status, content_type.as_deref(), &answer, now).map(Reply::Proof)
     } else {
-        parse_answer(status, content_type.as_deref(), decision_id.as_deref(), &answer).map(Reply::Decision)
+        parse_answer(
+            status,
+            content_type.as_deref(),
+            decision_id.as_deref(),
+            &answer,
+        )
+        .map(Reply::Decision)
     }
 }
 

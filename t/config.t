@@ -41,7 +41,16 @@ check_fails(in_location('esper_ssl_trusted_certificate /nonexistent.pem;'), 'can
 $t->write_file('bad.pem', "not a certificate\n");
 check_fails(in_location('esper_ssl_trusted_certificate bad.pem;'), 'no certificate found in', 'CA file without certificates');
 check_fails(in_location('esper_ssl_verify sometimes;'), 'it must be "on" or "off"', 'bad ssl_verify');
+check_fails(in_location('esper_pass_cookie "a=b";'), 'invalid cookie name "a=b"', 'bad cookie name');
+check_fails(in_location('esper_pass_ttl forever;'), '"esper_pass_ttl" directive invalid value', 'bad pass ttl');
+check_fails(in_location('esper_pass_ttl 0; esper on; esper_api_key k;'), '"esper_pass_ttl" must be more than 0', 'zero pass ttl');
+$t->write_file('short.key', "0123456789\n");
+check_fails(in_location('esper_pass_secret_file short.key;'), 'the key has 10 bytes, at least 32 are needed', 'short secret');
+check_fails(in_location('esper_pass_secret_file /nonexistent.key;'), 'cannot read "/nonexistent.key"', 'missing secret file');
+check_fails(in_location('esper_hybrid_key a; esper_hybrid_key b;'), '"esper_hybrid_key" directive is duplicate', 'duplicate hybrid key');
+check_fails(in_location('esper_forward_decision_id yes;'), 'it must be "on" or "off"', 'bad forward_decision_id');
 
+$t->write_file('good.key', ('k' x 64) . "\n");
 my ($status, $output) = $t->test_config(<<'EOF');
     esper_api_key k;
     esper_api_url https://esper.internal.example/prefix;
@@ -56,6 +65,11 @@ my ($status, $output) = $t->test_config(<<'EOF');
     esper_source nginx-edge;
     esper_send_cookies on;
     esper_ssl_verify off;
+    esper_pass_cookie esper_pass;
+    esper_pass_ttl 1h;
+    esper_pass_secret_file %%DIR%%/good.key;
+    esper_hybrid_key $http_x_request_id;
+    esper_forward_decision_id on;
     server {
         listen 127.0.0.1:%%PORT%%;
         esper on;

@@ -8,17 +8,9 @@ use Test::More;
 use EsperTest;
 
 my $t = EsperTest->new;
-my $dir = $t->dir;
 $t->start_mock;
 $t->write_file('html/index.html', "ok\n");
-$t->write_file('leaf.ext', "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
-for my $cmd (
-    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=esper-test-ca -keyout $dir/ca.key -out $dir/ca.pem",
-    "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout $dir/leaf.key -out $dir/leaf.csr",
-    "openssl x509 -req -in $dir/leaf.csr -CA $dir/ca.pem -CAkey $dir/ca.key -CAcreateserial -days 2 -extfile $dir/leaf.ext -out $dir/leaf.pem",
-) {
-    system("$cmd >/dev/null 2>&1") == 0 or BAIL_OUT("openssl failed: $cmd");
-}
+$t->make_certificates;
 my $tls = EsperTest::free_port();
 my $conf = <<'EOF';
     esper_api_url https://127.0.0.1:%%TLS%%;

@@ -91,9 +91,10 @@ sub config {
     my $module = module_path();
     my $dir = $self->{dir};
     my $level = $opt{log_level} || 'info';
+    my $workers = $opt{workers} || 1;
     my $conf = <<"EOF";
 load_module $module;
-worker_processes 1;
+worker_processes $workers;
 pid $dir/logs/nginx.pid;
 error_log $dir/logs/error.log $level;
 events { worker_connections 4096; }
@@ -107,6 +108,22 @@ EOF
     $conf =~ s/%%PORT%%/$self->{port}/g if $self->{port};
     $conf =~ s/%%DIR%%/$dir/g;
     return $conf;
+}
+
+# A test CA and a certificate for 127.0.0.1 signed by it, in the test
+# directory: returns the paths of (ca.pem, leaf.pem, leaf.key).
+sub make_certificates {
+    my ($self) = @_;
+    my $dir = $self->{dir};
+    $self->write_file('leaf.ext', "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+    for my $cmd (
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=esper-test-ca -keyout $dir/ca.key -out $dir/ca.pem",
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout $dir/leaf.key -out $dir/leaf.csr",
+        "openssl x509 -req -in $dir/leaf.csr -CA $dir/ca.pem -CAkey $dir/ca.key -CAcreateserial -days 2 -extfile $dir/leaf.ext -out $dir/leaf.pem",
+    ) {
+        system("$cmd >/dev/null 2>&1") == 0 or die "openssl failed: $cmd\n";
+    }
+    return ("$dir/ca.pem", "$dir/leaf.pem", "$dir/leaf.key");
 }
 
 # Runs `nginx -t` on a configuration; returns (exit status, output, file).
