@@ -147,12 +147,10 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
     // SAFETY: per the function contract.
-    if let Some(proof) = unsafe { request::take_challenge_proof(r) } {
-        if let Some(token) = proof {
-            state.stage = Stage::Verifying;
-            // SAFETY: per the function contract.
-            return unsafe { start(r, conf, state, Call::Verify(verify_body(&token))) };
-        }
+    if let Some(Some(token)) = unsafe { request::take_challenge_proof(r) } {
+        state.stage = Stage::Verifying;
+        // SAFETY: per the function contract.
+        return unsafe { start(r, conf, state, Call::Verify(verify_body(&token))) };
     }
 
     // SAFETY: per the function contract.
@@ -300,8 +298,11 @@ unsafe fn apply(
     state.decision_id = decision.decision_id;
     state.result = if monitor { "monitor" } else { "decided" };
     match decision.action {
-        // Esper has no objection; other access checks (and `satisfy`) still apply.
+        // Esper has no objection; other access checks (and `satisfy`) still
+        // apply. Monitor mode never enforces.
+        // SAFETY: per the function contract.
         Action::Allow => unsafe { proceed(r, conf, state) },
+        // SAFETY: per the function contract.
         _ if monitor => unsafe { proceed(r, conf, state) },
         Action::Block => conf.block_status as ngx_int_t,
         Action::Challenge => {
