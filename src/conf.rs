@@ -391,6 +391,29 @@ impl From<values::ConfigError> for SetError {
 
 type SetResult = Result<(), SetError>;
 
+/// Defines a directive handler: the `extern "C"` shell nginx calls, around a
+/// body that gets the configuration context, this block's `LocConf` and the
+/// directive's arguments. The body runs in an unsafe context because it may
+/// call nginx's configuration functions with `cf`.
+macro_rules! directive_handler {
+    ($name:ident, |$cf:ident, $conf:ident, $args:ident| $body:block) => {
+        unsafe extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            // SAFETY: nginx calls directive handlers with the configuration
+            // being parsed, this command and this block's configuration.
+            unsafe {
+                directive(cf, cmd, conf, |$conf, $args| {
+                    let $cf = cf;
+                    $body
+                })
+            }
+        }
+    };
+}
+
 /// Runs a directive body with the configuration and its arguments, turning an
 /// error into nginx's "message in file:line".
 ///
@@ -466,200 +489,99 @@ unsafe extern "C" fn set_enable(
     }
 }
 
-unsafe extern "C" fn set_api_url(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.api_url.is_some())?;
-            conf.api_url = Some(ApiUrl::parse(text(&args[1])?)?);
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_api_url, |_cf, conf, args| {
+    once(conf.api_url.is_some())?;
+    conf.api_url = Some(ApiUrl::parse(text(&args[1])?)?);
+    Ok(())
+});
 
-unsafe extern "C" fn set_api_key(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.api_key.is_some())?;
-            let key = text(&args[1])?;
-            values::check_api_key(key)?;
-            conf.api_key = Some(key.to_owned());
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_api_key, |_cf, conf, args| {
+    once(conf.api_key.is_some())?;
+    let key = text(&args[1])?;
+    values::check_api_key(key)?;
+    conf.api_key = Some(key.to_owned());
+    Ok(())
+});
 
-unsafe extern "C" fn set_block_status(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.block_status != UNSET_UINT)?;
-            conf.block_status = values::parse_block_status(text(&args[1])?)?.into();
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_block_status, |_cf, conf, args| {
+    once(conf.block_status != UNSET_UINT)?;
+    conf.block_status = values::parse_block_status(text(&args[1])?)?.into();
+    Ok(())
+});
 
-unsafe extern "C" fn set_challenge_status(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.challenge_status != UNSET_UINT)?;
-            conf.challenge_status = values::parse_challenge_status(text(&args[1])?)?.into();
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_challenge_status, |_cf, conf, args| {
+    once(conf.challenge_status != UNSET_UINT)?;
+    conf.challenge_status = values::parse_challenge_status(text(&args[1])?)?.into();
+    Ok(())
+});
 
-unsafe extern "C" fn set_return_url(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(!conf.return_url.is_null())?;
-            conf.return_url = compile(cf, args[1])?;
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_return_url, |cf, conf, args| {
+    once(!conf.return_url.is_null())?;
+    conf.return_url = compile(cf, args[1])?;
+    Ok(())
+});
 
-unsafe extern "C" fn set_field(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            let name = text(&args[1])?;
-            values::check_name("field name", name)?;
-            let fields = conf.fields.get_or_insert_with(Vec::new);
-            if fields.iter().any(|f| f.name == name) {
-                return Err(format!("duplicate field \"{name}\"").into());
-            }
-            fields.push(Field {
-                name: name.to_owned(),
-                value: compile(cf, args[2])?,
-            });
-            Ok(())
-        })
+directive_handler!(set_field, |cf, conf, args| {
+    let name = text(&args[1])?;
+    values::check_name("field name", name)?;
+    let fields = conf.fields.get_or_insert_with(Vec::new);
+    if fields.iter().any(|f| f.name == name) {
+        return Err(format!("duplicate field \"{name}\"").into());
     }
-}
+    fields.push(Field {
+        name: name.to_owned(),
+        value: compile(cf, args[2])?,
+    });
+    Ok(())
+});
 
-unsafe extern "C" fn set_source(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.source.is_some())?;
-            let source = text(&args[1])?;
-            values::check_name("source", source)?;
-            conf.source = Some(source.to_owned());
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_source, |_cf, conf, args| {
+    once(conf.source.is_some())?;
+    let source = text(&args[1])?;
+    values::check_name("source", source)?;
+    conf.source = Some(source.to_owned());
+    Ok(())
+});
 
-unsafe extern "C" fn set_trusted_certificate(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.ssl_trusted_certificate.is_some())?;
-            let path = full_name(cf, args[1])?;
-            let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
-            match reqwest::Certificate::from_pem_bundle(&pem) {
-                Ok(certs) if !certs.is_empty() => {}
-                Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
-                Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),
-            }
-            conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
-            Ok(())
-        })
+directive_handler!(set_trusted_certificate, |cf, conf, args| {
+    once(conf.ssl_trusted_certificate.is_some())?;
+    let path = full_name(cf, args[1])?;
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => {}
+        Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
+        Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),
     }
-}
+    conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
+    Ok(())
+});
 
-unsafe extern "C" fn set_pass_cookie(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.pass_cookie.is_some())?;
-            let name = text(&args[1])?;
-            values::check_cookie_name(name)?;
-            conf.pass_cookie = Some(name.to_owned());
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_pass_cookie, |_cf, conf, args| {
+    once(conf.pass_cookie.is_some())?;
+    let name = text(&args[1])?;
+    values::check_cookie_name(name)?;
+    conf.pass_cookie = Some(name.to_owned());
+    Ok(())
+});
 
-unsafe extern "C" fn set_pass_secret_file(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(conf.pass_secret.is_some())?;
-            let path = full_name(cf, args[1])?;
-            let mut secret =
-                std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
-            // A key written by `openssl rand -hex 32 > file` ends in a newline.
-            while secret.last().is_some_and(u8::is_ascii_whitespace) {
-                secret.pop();
-            }
-            let key =
-                PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
-            conf.pass_secret = Some(Arc::new(key));
-            Ok(())
-        })
+directive_handler!(set_pass_secret_file, |cf, conf, args| {
+    once(conf.pass_secret.is_some())?;
+    let path = full_name(cf, args[1])?;
+    let mut secret = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+    // A key written by `openssl rand -hex 32 > file` ends in a newline.
+    while secret.last().is_some_and(u8::is_ascii_whitespace) {
+        secret.pop();
     }
-}
+    let key = PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
+    conf.pass_secret = Some(Arc::new(key));
+    Ok(())
+});
 
-unsafe extern "C" fn set_hybrid_key(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    unsafe {
-        directive(cf, cmd, conf, |conf, args| {
-            once(!conf.hybrid_key.is_null())?;
-            conf.hybrid_key = compile(cf, args[1])?;
-            Ok(())
-        })
-    }
-}
+directive_handler!(set_hybrid_key, |cf, conf, args| {
+    once(!conf.hybrid_key.is_null())?;
+    conf.hybrid_key = compile(cf, args[1])?;
+    Ok(())
+});
 
 /// A file name relative to nginx's configuration prefix, made absolute.
 ///

@@ -226,33 +226,50 @@ impl Mock {
         Ok(response)
     }
 
-    async fn runtime_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    /// Reads, counts, records and authenticates an API call; `Err` is the
+    /// response that ends it early.
+    async fn accept_call(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        counter: &AtomicU64,
+    ) -> Result<Result<(u64, Bytes), Response<Body>>, Error> {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<LengthLimitError>() => {
-                return Ok(json_response(
+                return Ok(Err(json_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     r#"{"error":"body too large"}"#,
-                ));
+                )));
             }
             Err(e) => return Err(e),
         };
-        let seq = self.runtime_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if self.record {
-            let entry = record_entry(seq, RUNTIME_PATH, &parts.headers, &body);
+            let entry = record_entry(seq, path, &parts.headers, &body);
             self.records.lock().unwrap().push(entry);
         }
         if let Some(key) = &self.api_key {
             if parts.headers.get(API_KEY_HEADER).map(HeaderValue::as_bytes) != Some(key.as_bytes())
             {
-                return Ok(json_response(
+                return Ok(Err(json_response(
                     StatusCode::UNAUTHORIZED,
                     r#"{"error":"unauthorized"}"#,
-                ));
+                )));
             }
         }
+        Ok(Ok((seq, body)))
+    }
 
+    async fn runtime_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let (seq, body) = match self
+            .accept_call(req, RUNTIME_PATH, &self.runtime_calls)
+            .await?
+        {
+            Ok(call) => call,
+            Err(response) => return Ok(response),
+        };
         let plan = plan::plan(
             &Payload::parse(&body),
             seq,
@@ -310,22 +327,13 @@ impl Mock {
     }
 
     async fn verify_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let (parts, body) = req.into_parts();
-        let body = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
-        let seq = self.verify_calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.record {
-            let entry = record_entry(seq, VERIFY_PATH, &parts.headers, &body);
-            self.records.lock().unwrap().push(entry);
-        }
-        if let Some(key) = &self.api_key {
-            if parts.headers.get(API_KEY_HEADER).map(HeaderValue::as_bytes) != Some(key.as_bytes())
-            {
-                return Ok(json_response(
-                    StatusCode::UNAUTHORIZED,
-                    r#"{"error":"unauthorized"}"#,
-                ));
-            }
-        }
+        let body = match self
+            .accept_call(req, VERIFY_PATH, &self.verify_calls)
+            .await?
+        {
+            Ok((_, body)) => body,
+            Err(response) => return Ok(response),
+        };
         let body: Value = serde_json::from_slice(&body).unwrap_or_default();
         let token = challenge::token_of(&body).unwrap_or_default();
         let issued = self.tokens.lock().unwrap().get(token).copied();

@@ -122,19 +122,7 @@ pub fn parse_answer(
     decision_id_header: Option<&[u8]>,
     body: &[u8],
 ) -> Result<Decision, Failure> {
-    match status {
-        200..=299 => {}
-        401 | 403 => return Err(Failure::Unauthorized(status)),
-        _ => return Err(Failure::Status(status)),
-    }
-    if let Some(ct) = content_type {
-        if !is_json_content_type(ct) {
-            return Err(Failure::ContentType(printable(ct, 64)));
-        }
-    }
-    if body.len() > contract::MAX_ANSWER_BYTES {
-        return Err(Failure::TooLarge);
-    }
+    check_envelope(status, content_type, body)?;
     let raw: RawAnswer = serde_json::from_slice(body).map_err(|e| {
         if body.iter().all(u8::is_ascii_whitespace) {
             Failure::InvalidBody("empty body".into())
@@ -179,6 +167,24 @@ pub fn parse_answer(
     })
 }
 
+/// What every answer must be before its body is read: 2xx, JSON, bounded.
+fn check_envelope(status: u16, content_type: Option<&[u8]>, body: &[u8]) -> Result<(), Failure> {
+    match status {
+        200..=299 => {}
+        401 | 403 => return Err(Failure::Unauthorized(status)),
+        _ => return Err(Failure::Status(status)),
+    }
+    if let Some(ct) = content_type {
+        if !is_json_content_type(ct) {
+            return Err(Failure::ContentType(printable(ct, 64)));
+        }
+    }
+    if body.len() > contract::MAX_ANSWER_BYTES {
+        return Err(Failure::TooLarge);
+    }
+    Ok(())
+}
+
 /// What Esper said about a challenge proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProofCheck {
@@ -197,19 +203,7 @@ pub fn parse_verify_answer(
     body: &[u8],
     now: SystemTime,
 ) -> Result<ProofCheck, Failure> {
-    match status {
-        200..=299 => {}
-        401 | 403 => return Err(Failure::Unauthorized(status)),
-        _ => return Err(Failure::Status(status)),
-    }
-    if let Some(ct) = content_type {
-        if !is_json_content_type(ct) {
-            return Err(Failure::ContentType(printable(ct, 64)));
-        }
-    }
-    if body.len() > contract::MAX_ANSWER_BYTES {
-        return Err(Failure::TooLarge);
-    }
+    check_envelope(status, content_type, body)?;
     let answer: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| Failure::InvalidBody(e.to_string()))?;
     if answer.get(contract::VERIFY_VALID_FIELD) != Some(&serde_json::Value::Bool(true)) {
