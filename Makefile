@@ -1,10 +1,10 @@
-# ngx_http_esper_module. `make run` starts the demo, `make test` runs every test.
-# Both install missing system packages and build first.
+# ngx_http_esper_module. `make run` starts the demo, `make test` runs every test,
+# `make bench` measures the decision path against auth_request.
+# Each installs what is missing and builds first.
 
 CARGO ?= cargo
-NGINX_BUILD_DIR_FILE := target/release/nginx-build-dir
 
-.PHONY: all deps build run test unit integration external clean
+.PHONY: all deps build run test unit integration external bench clean
 
 all: build
 
@@ -28,6 +28,11 @@ integration:
 # The module built against a separate nginx source tree (NGINX_SOURCE_DIR).
 external:
 	scripts/check-external-build.sh
+
+# Not part of `make test`: a few minutes of load on this machine.
+bench: build
+	scripts/install-deps.sh --bench
+	python3 bench/bench.py
 
 clean:
 	$(CARGO) clean

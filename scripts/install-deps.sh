@@ -1,7 +1,11 @@
 #!/bin/bash
 # Installs what building and testing the module needs on Debian or Ubuntu,
-# only where something is missing. Safe to run again.
+# only where something is missing. Safe to run again. With --bench, also what
+# `make bench` needs (wrk, and matplotlib for the chart).
 set -euo pipefail
+
+bench=false
+[ "${1:-}" = "--bench" ] && bench=true
 
 packages=(
     build-essential   # cc and make for the vendored nginx
@@ -12,6 +16,7 @@ packages=(
     curl              # make run prints curl lines; smoke checks
     procps            # pgrep, used by the harness
 )
+$bench && packages+=(wrk python3-pip)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +29,10 @@ if ((${#missing[@]})); then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if $bench && ! python3 -c 'import matplotlib' 2>/dev/null; then
+    python3 -m pip install --quiet matplotlib
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -43,9 +43,9 @@ const DEFAULT_SOURCE: &str = "nginx";
 /// Server-wide state gathered while the configuration is read.
 #[derive(Default)]
 pub struct MainConf {
-    /// Distinct TLS settings among `esper on` locations; each worker builds one
-    /// HTTP client per entry.
-    pub tls_profiles: Vec<TlsProfile>,
+    /// Distinct client settings among `esper on` locations; each worker builds
+    /// one HTTP client per entry.
+    pub client_profiles: Vec<ClientProfile>,
     /// Index of `$request_id`, the idempotency key.
     pub request_id_index: ngx_uint_t,
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
@@ -56,13 +56,15 @@ pub struct MainConf {
 impl MainConf {
     /// True when some location judges requests, so workers need a runtime.
     pub fn in_use(&self) -> bool {
-        !self.tls_profiles.is_empty()
+        !self.client_profiles.is_empty()
     }
 }
 
-/// `esper_ssl_verify` and `esper_ssl_trusted_certificate` of a location.
+/// How a location's HTTP client talks to Esper: `esper_http2`,
+/// `esper_ssl_verify` and `esper_ssl_trusted_certificate`.
 #[derive(Clone)]
-pub struct TlsProfile {
+pub struct ClientProfile {
+    pub http2: bool,
     pub verify: bool,
     pub ca_file: Option<String>,
     /// The bundle as read at configuration time, so workers never touch the file.
@@ -74,7 +76,7 @@ pub struct Target {
     pub decision_url: reqwest::Url,
     pub verify_url: reqwest::Url,
     pub api_key: reqwest::header::HeaderValue,
-    pub tls_profile: usize,
+    pub client_profile: usize,
     pub timeout: Duration,
 }
 
@@ -123,6 +125,8 @@ pub struct LocConf {
     ssl_trusted_certificate: Option<(String, Arc<Vec<u8>>)>,
     /// `esper_ssl_verify`
     ssl_verify: ngx_flag_t,
+    /// `esper_http2`
+    http2: ngx_flag_t,
     /// `esper_pass_cookie`
     pass_cookie: Option<String>,
     /// `esper_pass_ttl`, in seconds
@@ -157,6 +161,7 @@ impl LocConf {
             send_cookies: UNSET_FLAG,
             ssl_trusted_certificate: None,
             ssl_verify: UNSET_FLAG,
+            http2: UNSET_FLAG,
             pass_cookie: None,
             pass_ttl: UNSET_TIME,
             pass_secret: None,
@@ -217,7 +222,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 20] = [
+pub static mut COMMANDS: [ngx_command_t; 21] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -342,6 +347,13 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         NGX_CONF_TAKE1,
         set_hybrid_key,
         0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_http2"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, http2),
         null_mut(),
     ),
     command(
@@ -713,6 +725,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         &prev.ssl_trusted_certificate,
     );
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
+    inherit(&mut conf.http2, prev.http2, UNSET_FLAG, 0);
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
     inherit(
         &mut conf.pass_ttl,
@@ -772,7 +785,8 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     let mut api_key = reqwest::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
     api_key.set_sensitive(true);
 
-    let profile = TlsProfile {
+    let profile = ClientProfile {
+        http2: conf.http2 == 1,
         verify: conf.ssl_verify == 1,
         ca_file: conf
             .ssl_trusted_certificate
@@ -786,15 +800,13 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     // SAFETY: cf is live and belongs to the http block, whose main
     // configuration of this module exists.
     let main = unsafe { Module::main_conf_mut(&*cf) }.ok_or("no main configuration")?;
-    let tls_profile = match main
-        .tls_profiles
-        .iter()
-        .position(|p| p.verify == profile.verify && p.ca_file == profile.ca_file)
-    {
+    let client_profile = match main.client_profiles.iter().position(|p| {
+        p.http2 == profile.http2 && p.verify == profile.verify && p.ca_file == profile.ca_file
+    }) {
         Some(index) => index,
         None => {
-            main.tls_profiles.push(profile);
-            main.tls_profiles.len() - 1
+            main.client_profiles.push(profile);
+            main.client_profiles.len() - 1
         }
     };
 
@@ -825,7 +837,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         decision_url,
         verify_url,
         api_key,
-        tls_profile,
+        client_profile,
         timeout: Duration::from_millis(conf.timeout as u64),
     }));
     Ok(())

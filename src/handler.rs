@@ -1,15 +1,21 @@
 //! The access-phase handler. A main request goes through these states, once:
 //!
 //! 1. not judged here (`esper off`) or already decided: continue;
-//! 2. first visit: read the request, start the call, arm the deadline timer and
-//!    wait (the worker keeps serving other connections);
-//! 3. woken by the outcome or by the timer: apply it (continue, redirect to the
-//!    challenge, or answer the block status) and remember it for variables and
-//!    for internal redirects, which are never judged again.
+//! 2. first visit: remove client copies of Esper's request headers; if the
+//!    visitor is back from a challenge, take the proof out of the request and
+//!    verify it (3); else a valid pass cookie continues at once; else start
+//!    the runtime decision (4);
+//! 3. proof verified: pass cookie and a redirect to the clean URL; not
+//!    verified: the runtime decision (4);
+//! 4. woken by the decision or by the deadline timer: apply it (continue,
+//!    redirect to the challenge, or answer the block status).
+//!
+//! While a call is pending, the request waits and the worker keeps serving
+//! other connections. The state is kept for the variables and for internal
+//! redirects, which are never judged again.
 
 use std::ffi::c_void;
 use std::ptr::fn_addr_eq;
-
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::set_cookie;

@@ -23,7 +23,7 @@ use ngx::ffi::{
 use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
 
-use crate::conf::{MainConf, Target, TlsProfile};
+use crate::conf::{ClientProfile, MainConf, Target};
 use crate::ffi::{guard, log_error};
 use crate::Module;
 
@@ -133,7 +133,7 @@ fn build(main: &MainConf) -> Result<Worker, String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let clients = main
-        .tls_profiles
+        .client_profiles
         .iter()
         .map(client)
         .collect::<Result<Vec<_>, _>>()?;
@@ -162,13 +162,19 @@ fn build(main: &MainConf) -> Result<Worker, String> {
     })
 }
 
-fn client(profile: &TlsProfile) -> Result<reqwest::Client, String> {
+fn client(profile: &ClientProfile) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .user_agent(concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION")))
         .danger_accept_invalid_certs(!profile.verify);
+    // One multiplexed connection (HTTP/2), or a pool of HTTP/1.1 connections.
+    builder = if profile.http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
     if let Some(pem) = &profile.ca_pem {
         builder = builder.tls_built_in_root_certs(false);
         for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
@@ -242,7 +248,7 @@ pub fn call(target: &Arc<Target>, call: Call, waiter: Waiter, data: *mut c_void)
         let worker = w.as_mut()?;
         let id = worker.next_id;
         worker.next_id += 1;
-        let client = worker.clients.get(target.tls_profile)?.clone();
+        let client = worker.clients.get(target.client_profile)?.clone();
         let completions = worker.completions.clone();
         let target = target.clone();
         let task =

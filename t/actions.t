@@ -31,6 +31,7 @@ $t->start_nginx(<<'EOF');
         location /monitor/ { esper on; esper_mode monitor; alias %%DIR%%/html/; }
         location /off/ { esper off; alias %%DIR%%/html/; }
         location /close/ { esper on; esper_block_status 444; alias %%DIR%%/html/; }
+        location /h2c/ { esper on; esper_http2 on; alias %%DIR%%/html/; }
     }
 EOF
 
@@ -74,6 +75,15 @@ is($t->mock_count, 0, 'esper off makes no call');
 
 $r = $t->get('/close/index.html?mock_action=block');
 is($r->{raw}, '', 'block status 444 closes the connection without an answer');
+
+$t->mock_reset;
+for my $action (qw(allow block)) {
+    $r = $t->get("/h2c/index.html?mock_action=$action");
+    is($r->{status}, $action eq 'allow' ? 200 : 403, "esper_http2 on: $action applied");
+}
+is_deeply([map { $_->{version} } @{$t->mock_requests}], ['HTTP/2.0', 'HTTP/2.0'], 'esper_http2 on speaks HTTP/2 (prior knowledge)');
+$t->get('/index.html');
+is($t->last_call->{version}, 'HTTP/1.1', 'HTTP/1.1 by default');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes') or diag join "\n", $t->serious_errors;
 

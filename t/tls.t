@@ -18,6 +18,7 @@ my $conf = <<'EOF';
     esper_failure_action block;
     server {
         listen 127.0.0.1:%%TLS%% ssl;
+        http2 on;
         ssl_certificate %%DIR%%/leaf.pem;
         ssl_certificate_key %%DIR%%/leaf.key;
         location / { proxy_pass http://%%MOCK%%; }
@@ -28,6 +29,12 @@ my $conf = <<'EOF';
         location /system-roots/ { esper on; alias %%DIR%%/html/; }
         location /custom-ca/ { esper on; esper_ssl_trusted_certificate ca.pem; alias %%DIR%%/html/; }
         location /no-verify/ { esper on; esper_ssl_verify off; alias %%DIR%%/html/; }
+        location /h2/ {
+            esper on;
+            esper_http2 on;
+            esper_ssl_trusted_certificate ca.pem;
+            alias %%DIR%%/html/;
+        }
     }
 EOF
 $conf =~ s/%%TLS%%/$tls/g;
@@ -45,6 +52,10 @@ is($t->mock_count, 1, 'nothing reached the mock without a trusted certificate');
 $r = $t->get('/no-verify/index.html');
 is($r->{status}, 200, 'esper_ssl_verify off accepts the certificate');
 is($t->mock_count, 2, 'the unverified call reached the mock');
+
+$r = $t->get('/h2/index.html?mock_action=block');
+is($r->{status}, 403, 'esper_http2 on: decided over HTTP/2 with TLS');
+like($t->access_log, qr/"POST \/api\/v1\/runtime\/mitigation HTTP\/2\.0"/, 'the TLS front saw an HTTP/2 call');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes');
 done_testing;

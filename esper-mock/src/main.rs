@@ -21,11 +21,11 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{
     body::Incoming,
     header::{HeaderValue, ALLOW, CONTENT_TYPE},
-    server::conn::http1,
     service::service_fn,
-    HeaderMap, Method, Request, Response, StatusCode,
+    Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 use tokio::{
     net::TcpListener,
@@ -40,6 +40,7 @@ const RUNTIME_PATH: &str = "/api/v1/runtime/mitigation";
 const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const MAX_BODY: usize = 1024 * 1024;
+const MAX_STREAMS: u32 = 16 * 1024;
 
 type Body = Full<Bytes>;
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -161,8 +162,12 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
         let mock = Arc::clone(&mock);
         tokio::spawn(async move {
             let service = service_fn(move |req| Arc::clone(&mock).route(req));
+            // HTTP/1.1, or HTTP/2 with prior knowledge (`esper_http2 on`).
             // Errors here are clients going away or a deliberate `mock_close`.
-            let _ = http1::Builder::new()
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Let a benchmark hold thousands of decisions on one connection.
+            builder.http2().max_concurrent_streams(MAX_STREAMS);
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -247,7 +252,7 @@ impl Mock {
         };
         let seq = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if self.record {
-            let entry = record_entry(seq, path, &parts.headers, &body);
+            let entry = record_entry(seq, path, &parts, &body);
             self.records.lock().unwrap().push(entry);
         }
         if let Some(key) = &self.api_key {
@@ -364,7 +369,8 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// One entry of `/__mock/requests`.
-fn record_entry(seq: u64, path: &str, headers: &HeaderMap, body: &[u8]) -> Value {
+fn record_entry(seq: u64, path: &str, parts: &hyper::http::request::Parts, body: &[u8]) -> Value {
+    let headers = &parts.headers;
     let headers: Map<String, Value> = headers
         .keys()
         .map(|name| {
@@ -381,5 +387,6 @@ fn record_entry(seq: u64, path: &str, headers: &HeaderMap, body: &[u8]) -> Value
     let received_at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    json!({"seq": seq, "path": path, "headers": headers, "body": body, "received_at_ms": received_at_ms})
+    let version = format!("{:?}", parts.version);
+    json!({"seq": seq, "path": path, "version": version, "headers": headers, "body": body, "received_at_ms": received_at_ms})
 }
