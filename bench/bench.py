@@ -221,11 +221,24 @@ def memory(nginx, mock_port, limit_s, location, hold_location):
     proc.wait()
     time.sleep(0.5)
 
-    # 5,000 decisions pending at once: the mock holds each for 8 s, then
-    # blocks it, so a decided request is told apart from a timed-out one.
+    # 5,000 decisions pending at once, twice: the first round also grows the
+    # heaps of the worker's two threads (memory kept for later reuse), the
+    # second shows what pending decisions take once that has happened.
+    cold = pending_round(nginx, mock_port, hold_location)
+    steady = pending_round(nginx, mock_port, hold_location)
+    return {
+        "rss_kb_at_100k": marks.get(100_000), "rss_kb_at_1m": marks.get(1_000_000),
+        "growth_kb_100k_to_1m": (marks[1_000_000] - marks[100_000]) if len(marks) == 2 else None,
+        "cold": cold, "steady": steady,
+    }
+
+
+def pending_round(nginx, mock_port, hold_location, pending=5000):
+    """Holds `pending` decisions at the mock at once (8 s each, then a block,
+    so a decided request is told apart from one that met its deadline) and
+    measures the worker's RSS while they wait."""
     before = nginx.rss_kb()
     count_before = mock_count(mock_port)
-    pending = 5000
     socks = []
     for i in range(pending):
         s = socket.create_connection(("127.0.0.1", nginx.port))
@@ -250,16 +263,11 @@ def memory(nginx, mock_port, limit_s, location, hold_location):
         except OSError:
             pass
         s.close()
-        # 403 is the mock's decision; the failure action would let it through.
         if data.startswith(b"HTTP/1.1 403"):
             answered += 1
-    return {
-        "rss_kb_at_100k": marks.get(100_000), "rss_kb_at_1m": marks.get(1_000_000),
-        "growth_kb_100k_to_1m": (marks[1_000_000] - marks[100_000]) if len(marks) == 2 else None,
-        "pending": pending, "held_at_mock": held, "answered": answered,
-        "rss_kb_before_pending": before, "rss_kb_with_pending": during,
-        "kb_per_pending": (during - before) / pending,
-    }
+    return {"pending": pending, "held_at_mock": held, "answered": answered,
+            "rss_kb_before": before, "rss_kb_during": during,
+            "kb_per_pending": (during - before) / pending}
 
 
 def chart(results, path):
@@ -312,8 +320,9 @@ def table(results):
         lines.append(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
     for label, mm in (("esper_http2 on", m), ("HTTP/1.1", m1)):
         lines += ["", f"memory ({label}): worker RSS {mm['rss_kb_at_100k']} kB after 100k decisions, "
-                  f"{mm['rss_kb_at_1m']} kB after 1M; {mm['answered']}/{mm['pending']} pending decisions "
-                  f"answered, {mm['kb_per_pending']:.1f} kB each while pending"]
+                  f"{mm['rss_kb_at_1m']} kB after 1M; 5,000 pending decisions: "
+                  f"{mm['cold']['kb_per_pending']:.1f} kB each in the first round, "
+                  f"{mm['steady']['kb_per_pending']:.1f} kB in the second"]
     return "\n".join(lines)
 
 
@@ -372,10 +381,13 @@ def main():
             ("F: RSS growth 100k -> 1M < 8 MB (esper_http2 on)",
              f"{(mem['growth_kb_100k_to_1m'] or 0) / 1024:.1f} MB",
              mem["growth_kb_100k_to_1m"] is not None and mem["growth_kb_100k_to_1m"] < 8 * 1024),
-            ("F: 5,000 pending all answered (esper_http2 on)", f"{mem['answered']} answered ({mem['held_at_mock']} held at once)",
-             mem["answered"] == mem["pending"] and mem["held_at_mock"] == mem["pending"]),
-            ("F: < 16 KB of worker memory per pending decision (esper_http2 on)", f"{mem['kb_per_pending']:.1f} kB",
-             mem["kb_per_pending"] < 16),
+            ("F: 5,000 pending all answered (esper_http2 on), both rounds",
+             f"{mem['cold']['answered']} and {mem['steady']['answered']} answered "
+             f"({mem['cold']['held_at_mock']} and {mem['steady']['held_at_mock']} held at once)",
+             all(r["answered"] == r["pending"] == r["held_at_mock"] for r in (mem["cold"], mem["steady"]))),
+            ("F: < 16 KB of worker memory per pending decision (esper_http2 on, second round)",
+             f"{mem['steady']['kb_per_pending']:.1f} kB (first round {mem['cold']['kb_per_pending']:.1f} kB)",
+             mem["steady"]["kb_per_pending"] < 16),
         ]
         results = {
             "machine": {"cpus": os.cpu_count(), "runs": args.runs, "seconds": args.seconds,

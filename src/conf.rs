@@ -77,7 +77,6 @@ pub struct Target {
     pub verify_url: reqwest::Url,
     pub api_key: reqwest::header::HeaderValue,
     pub client_profile: usize,
-    pub timeout: Duration,
 }
 
 /// The pass cookie of a location.
@@ -838,7 +837,6 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         verify_url,
         api_key,
         client_profile,
-        timeout: Duration::from_millis(conf.timeout as u64),
     }));
     Ok(())
 }

@@ -251,17 +251,12 @@ pub fn call(target: &Arc<Target>, call: Call, waiter: Waiter, data: *mut c_void)
         let client = worker.clients.get(target.client_profile)?.clone();
         let completions = worker.completions.clone();
         let target = target.clone();
-        let task =
-            worker.runtime.spawn(async move {
-                let outcome =
-                    match tokio::time::timeout(target.timeout, exchange(&client, &target, call))
-                        .await
-                    {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(Failure::Timeout),
-                    };
-                completions.push(id, outcome);
-            });
+        // No timer here: the request's nginx timer bounds every call, and
+        // cancels it (`forget`) at the deadline.
+        let task = worker.runtime.spawn(async move {
+            let outcome = exchange(&client, &target, call).await;
+            completions.push(id, outcome);
+        });
         worker
             .pending
             .insert(id, (waiter, data, task.abort_handle()));
