@@ -88,15 +88,25 @@ pub unsafe fn remove_headers(
     // list, and new parts are allocated in the request pool.
     unsafe {
         let list = &mut *list;
+        // Nearly every request has none of these headers: look before
+        // allocating anything.
+        let mut part: *const ngx_list_part_t = &list.part;
+        let mut any = false;
+        while let Some(p) = part.as_ref() {
+            let elts = p.elts.cast::<ngx_table_elt_t>();
+            any |= (0..p.nelts).any(|i| matches(bytes(&(*elts.add(i)).key)));
+            part = p.next;
+        }
+        if !any {
+            return Some(());
+        }
         let mut runs: Vec<(*mut ngx_table_elt_t, usize)> = Vec::new();
-        let mut removed = false;
         let mut part: *mut ngx_list_part_t = &mut list.part;
         while let Some(p) = part.as_mut() {
             let elts = p.elts.cast::<ngx_table_elt_t>();
             let mut start = 0;
             for i in 0..p.nelts {
                 if matches(bytes(&(*elts.add(i)).key)) {
-                    removed = true;
                     if i > start {
                         runs.push((elts.add(start), i - start));
                     }
@@ -107,9 +117,6 @@ pub unsafe fn remove_headers(
                 runs.push((elts.add(start), p.nelts - start));
             }
             part = p.next;
-        }
-        if !removed {
-            return Some(());
         }
 
         let Some((&(first, count), rest)) = runs.split_first() else {
