@@ -14,11 +14,11 @@ use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
-    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_sec_slot, ngx_conf_t, ngx_flag_t,
-    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, time_t, NGX_CONF_FLAG, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot,
+    ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, time_t,
+    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
@@ -33,10 +33,12 @@ pub const MODE_MONITOR: ngx_uint_t = 1;
 
 const UNSET_FLAG: ngx_flag_t = -1;
 const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
+const UNSET_INT: ngx_int_t = -1;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_TIME: time_t = -1;
 const DEFAULT_TIMEOUT_MS: ngx_msec_t = 300;
 const DEFAULT_PASS_COOKIE: &str = "esper_challenge";
+const DEFAULT_MAX_PENDING: ngx_int_t = 1024;
 const DEFAULT_PASS_TTL_SECS: time_t = 15 * 60;
 const DEFAULT_SOURCE: &str = "nginx";
 
@@ -126,6 +128,8 @@ pub struct LocConf {
     ssl_verify: ngx_flag_t,
     /// `esper_http2`
     http2: ngx_flag_t,
+    /// `esper_max_pending`
+    pub max_pending: ngx_int_t,
     /// `esper_pass_cookie`
     pass_cookie: Option<String>,
     /// `esper_pass_ttl`, in seconds
@@ -161,6 +165,7 @@ impl LocConf {
             ssl_trusted_certificate: None,
             ssl_verify: UNSET_FLAG,
             http2: UNSET_FLAG,
+            max_pending: UNSET_INT,
             pass_cookie: None,
             pass_ttl: UNSET_TIME,
             pass_secret: None,
@@ -221,7 +226,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 21] = [
+pub static mut COMMANDS: [ngx_command_t; 22] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -346,6 +351,13 @@ pub static mut COMMANDS: [ngx_command_t; 21] = [
         NGX_CONF_TAKE1,
         set_hybrid_key,
         0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_max_pending"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        offset_of!(LocConf, max_pending),
         null_mut(),
     ),
     command(
@@ -725,6 +737,12 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     );
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
     inherit(&mut conf.http2, prev.http2, UNSET_FLAG, 0);
+    inherit(
+        &mut conf.max_pending,
+        prev.max_pending,
+        UNSET_INT,
+        DEFAULT_MAX_PENDING,
+    );
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
     inherit(
         &mut conf.pass_ttl,
@@ -756,6 +774,11 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     if conf.timeout == 0 {
         return Err(format!(
             "\"esper_timeout\" must be more than 0 for \"esper on\" in {at}"
+        ));
+    }
+    if conf.max_pending == 0 {
+        return Err(format!(
+            "\"esper_max_pending\" must be more than 0 for \"esper on\" in {at}"
         ));
     }
     if conf.pass_ttl == 0 {

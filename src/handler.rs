@@ -14,18 +14,21 @@
 //! other connections. The state is kept for the variables and for internal
 //! redirects, which are never judged again.
 
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::ptr::fn_addr_eq;
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::set_cookie;
+use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_current_msec, ngx_event_t, ngx_http_block_reading,
     ngx_http_core_run_phases, ngx_http_get_variable_index, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+    ngx_http_test_reading, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_time,
+    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -197,6 +200,11 @@ unsafe fn start(
     call: Call,
 ) -> ngx_int_t {
     let target = conf.target.as_ref().expect("only called where esper is on");
+    let limit = conf.max_pending.max(1) as usize;
+    if worker::pending() >= limit {
+        // SAFETY: per the function contract.
+        return unsafe { resumed(r, conf, state, Err(Failure::Overloaded(limit))) };
+    }
     match worker::call(
         target,
         call,
@@ -242,10 +250,9 @@ unsafe fn resumed(
         (Stage::Verifying, outcome) => {
             // Never a pass: the runtime decision runs as for any request.
             match outcome {
-                Err(failure) => log_error(
-                    NGX_LOG_ERR,
+                Err(failure) => log_failure(
                     log,
-                    &format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                    format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
                 ),
                 Ok(_) => log_error(NGX_LOG_INFO, log, "esper challenge proof refused; asking for a runtime decision"),
             }
@@ -274,11 +281,7 @@ unsafe fn resumed(
             } else {
                 "failure action block"
             };
-            log_error(
-                NGX_LOG_ERR,
-                log,
-                &format!("esper decision failed: {failure}; {applied}"),
-            );
+            log_failure(log, format!("esper decision failed: {failure}; {applied}"));
             if monitor || conf.failure_action == FAILURE_ALLOW {
                 // SAFETY: per the function contract.
                 unsafe { proceed(r, conf, state) }
@@ -286,6 +289,27 @@ unsafe fn resumed(
                 conf.block_status as ngx_int_t
             }
         }
+    }
+}
+
+thread_local! {
+    /// Budget of this worker's error-log lines about Esper failures.
+    static FAILURE_LOG: RefCell<LogThrottle> = RefCell::new(LogThrottle::default());
+}
+
+/// Writes a line about an Esper failure, unless this second's budget is
+/// spent: then it is counted, and the next line written says how many were
+/// left out.
+fn log_failure(log: *mut ngx_log_t, message: String) {
+    let now = ngx_time().max(0) as u64;
+    match FAILURE_LOG.with(|t| t.borrow_mut().admit(now)) {
+        Some(0) => log_error(NGX_LOG_ERR, log, &message),
+        Some(left_out) => log_error(
+            NGX_LOG_ERR,
+            log,
+            &format!("{message} ({left_out} similar lines left out)"),
+        ),
+        None => {}
     }
 }
 

@@ -264,6 +264,11 @@ pub fn call(target: &Arc<Target>, call: Call, waiter: Waiter, data: *mut c_void)
     })
 }
 
+/// Number of calls in flight in this worker process.
+pub fn pending() -> usize {
+    WORKER.with(|w| w.borrow().as_ref().map_or(0, |worker| worker.pending.len()))
+}
+
 /// Drops interest in a call (its request ended or timed out) and cancels it.
 pub fn forget(id: CallId) {
     WORKER.with(|w| {

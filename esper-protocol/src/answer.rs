@@ -74,6 +74,8 @@ pub enum Failure {
     UnknownAction(String),
     /// `challenge` without a usable absolute http(s) `redirect_url`.
     BadRedirect(String),
+    /// `esper_max_pending` calls are already in flight: Esper is not asked.
+    Overloaded(usize),
 }
 
 impl Failure {
@@ -103,6 +105,10 @@ impl fmt::Display for Failure {
             Failure::InvalidBody(e) => write!(f, "invalid answer body: {e}"),
             Failure::UnknownAction(a) => write!(f, "unknown action \"{a}\""),
             Failure::BadRedirect(u) => write!(f, "challenge without a usable redirect_url ({u})"),
+            Failure::Overloaded(n) => write!(
+                f,
+                "{n} decisions already pending (esper_max_pending), Esper not asked"
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod pass;
 pub mod payload;
 pub mod query;
+pub mod throttle;
 
 pub use answer::{parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck};
 pub use config::{ApiUrl, ConfigError};
