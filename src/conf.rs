@@ -9,6 +9,7 @@ use std::ptr::{addr_of, null_mut};
 use std::sync::Arc;
 use std::time::Duration;
 
+use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::{self as values, ApiUrl};
 use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
@@ -16,9 +17,10 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
     ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot,
     ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, time_t,
-    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_pcalloc, ngx_str_t,
+    ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
@@ -75,6 +77,8 @@ pub struct ClientProfile {
 
 /// Where and how a location asks Esper; shared by its requests.
 pub struct Target {
+    /// `esper_circuit_breaker`; `None` when off.
+    pub breaker: Option<BreakerSettings>,
     pub decision_url: reqwest::Url,
     pub verify_url: reqwest::Url,
     pub api_key: reqwest::header::HeaderValue,
@@ -130,6 +134,8 @@ pub struct LocConf {
     http2: ngx_flag_t,
     /// `esper_max_pending`
     pub max_pending: ngx_int_t,
+    /// `esper_circuit_breaker`: `Some(None)` is `off`.
+    breaker: Option<Option<BreakerSettings>>,
     /// `esper_pass_cookie`
     pass_cookie: Option<String>,
     /// `esper_pass_ttl`, in seconds
@@ -166,6 +172,7 @@ impl LocConf {
             ssl_verify: UNSET_FLAG,
             http2: UNSET_FLAG,
             max_pending: UNSET_INT,
+            breaker: None,
             pass_cookie: None,
             pass_ttl: UNSET_TIME,
             pass_secret: None,
@@ -226,7 +233,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 22] = [
+pub static mut COMMANDS: [ngx_command_t; 23] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -358,6 +365,13 @@ pub static mut COMMANDS: [ngx_command_t; 22] = [
         NGX_CONF_TAKE1,
         ngx_conf_set_num_slot,
         offset_of!(LocConf, max_pending),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_circuit_breaker"),
+        NGX_CONF_1MORE,
+        set_circuit_breaker,
+        0,
         null_mut(),
     ),
     command(
@@ -606,6 +620,41 @@ directive_handler!(set_hybrid_key, |cf, conf, args| {
     Ok(())
 });
 
+directive_handler!(set_circuit_breaker, |_cf, conf, args| {
+    once(conf.breaker.is_some())?;
+    if args.len() == 2 && bytes(&args[1]) == b"off" {
+        conf.breaker = Some(None);
+        return Ok(());
+    }
+    let mut settings = BreakerSettings::default();
+    for arg in &args[1..] {
+        let arg = text(arg)?;
+        let invalid = || SetError::Invalid(format!("invalid parameter \"{arg}\""));
+        let (name, value) = arg.split_once('=').ok_or_else(invalid)?;
+        match name {
+            "failures" => {
+                settings.failures = value.parse().ok().filter(|&n| n > 0).ok_or_else(invalid)?
+            }
+            "window" => settings.window_ms = time_ms(value).ok_or_else(invalid)?,
+            "cooldown" => settings.cooldown_ms = time_ms(value).ok_or_else(invalid)?,
+            _ => return Err(invalid()),
+        }
+    }
+    conf.breaker = Some(Some(settings));
+    Ok(())
+});
+
+/// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.
+fn time_ms(value: &str) -> Option<u64> {
+    let mut s = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    // SAFETY: ngx_parse_time only reads the string.
+    let ms = unsafe { ngx_parse_time(&mut s, 0) };
+    (ms > 0).then_some(ms as u64)
+}
+
 /// A file name relative to nginx's configuration prefix, made absolute.
 ///
 /// # Safety
@@ -743,6 +792,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         UNSET_INT,
         DEFAULT_MAX_PENDING,
     );
+    inherit_clone(&mut conf.breaker, &prev.breaker);
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
     inherit(
         &mut conf.pass_ttl,
@@ -856,6 +906,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
     });
 
     conf.target = Some(Arc::new(Target {
+        breaker: conf.breaker.unwrap_or(Some(BreakerSettings::default())),
         decision_url,
         verify_url,
         api_key,

@@ -211,12 +211,9 @@ unsafe fn start(
         on_outcome,
         (state as *mut RequestState).cast(),
     ) {
-        Some(id) => state.call = Some(id),
-        None => {
-            let failure = Failure::Transport("no runtime in this worker process".to_owned());
-            // SAFETY: per the function contract.
-            return unsafe { resumed(r, conf, state, Err(failure)) };
-        }
+        Ok(id) => state.call = Some(id),
+        // SAFETY: per the function contract.
+        Err(failure) => return unsafe { resumed(r, conf, state, Err(failure)) },
     }
     // SAFETY: the timer event lives in the state, which removes it from the
     // timer tree before it is freed (`cleanup`).
@@ -462,7 +459,7 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             // SAFETY: the timer's data is its RequestState, alive while armed.
             let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
             if let Some(id) = state.call.take() {
-                worker::forget(id);
+                worker::expire(id);
             }
             state.finish(Err(Failure::Timeout));
             state.request

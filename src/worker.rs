@@ -15,10 +15,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
+use esper_protocol::breaker::{Admit, Breaker, Transition};
 use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+    ngx_handle_read_event, ngx_int_t, NGX_ERROR, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
@@ -85,8 +86,27 @@ struct Worker {
     completions: Arc<Completions>,
     /// The nginx connection that watches a duplicate of the eventfd.
     notifier: *mut ngx_connection_t,
-    pending: HashMap<CallId, (Waiter, *mut c_void, AbortHandle)>,
+    pending: HashMap<CallId, Pending>,
     next_id: CallId,
+    /// One circuit breaker per Esper endpoint, keyed by its decision URL.
+    breakers: HashMap<String, Breaker>,
+}
+
+/// A call in flight.
+struct Pending {
+    waiter: Waiter,
+    data: *mut c_void,
+    task: AbortHandle,
+    target: Arc<Target>,
+    /// The half-open breaker's one probe.
+    probe: bool,
+}
+
+/// How a call left the pending set, for its endpoint's circuit breaker.
+enum End {
+    Answered(bool),
+    TimedOut,
+    Abandoned,
 }
 
 thread_local! {
@@ -159,6 +179,7 @@ fn build(main: &MainConf) -> Result<Worker, String> {
         notifier,
         pending: HashMap::new(),
         next_id: 0,
+        breakers: HashMap::new(),
     })
 }
 
@@ -225,11 +246,7 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
             // Look each call up only now: resuming an earlier request of the
             // batch may have freed this one (an HTTP/2 connection closing), and
             // a freed request has already forgotten its call.
-            let Some((waiter, data)) = WORKER.with(|w| {
-                let mut w = w.borrow_mut();
-                let (waiter, data, _) = w.as_mut()?.pending.remove(&id)?;
-                Some((waiter, data))
-            }) else {
+            let Some((waiter, data)) = end(id, End::Answered(outcome.is_ok())) else {
                 continue;
             };
             // SAFETY: a call stays registered only while its data is alive: the
@@ -240,27 +257,54 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     })
 }
 
-/// Starts a call. `waiter` gets the outcome unless it is forgotten first.
-/// Returns `None` when this process has no runtime.
-pub fn call(target: &Arc<Target>, call: Call, waiter: Waiter, data: *mut c_void) -> Option<CallId> {
+/// Starts a call. `waiter` gets the outcome unless the call is forgotten or
+/// expires first. Fails when this process has no runtime or the endpoint's
+/// circuit breaker is open.
+pub fn call(
+    target: &Arc<Target>,
+    call: Call,
+    waiter: Waiter,
+    data: *mut c_void,
+) -> Result<CallId, Failure> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
-        let worker = w.as_mut()?;
+        let worker = w
+            .as_mut()
+            .ok_or_else(|| Failure::Transport("no runtime in this worker process".to_owned()))?;
+        let mut probe = false;
+        if target.breaker.is_some() {
+            let breaker = worker
+                .breakers
+                .entry(target.decision_url.to_string())
+                .or_default();
+            let (admit, transition) = breaker.admit(now_ms());
+            log_transition(target, transition);
+            match admit {
+                Admit::Refuse => return Err(Failure::CircuitOpen),
+                Admit::Probe => probe = true,
+                Admit::Call => {}
+            }
+        }
+        let client = worker.clients[target.client_profile].clone();
         let id = worker.next_id;
         worker.next_id += 1;
-        let client = worker.clients.get(target.client_profile)?.clone();
         let completions = worker.completions.clone();
-        let target = target.clone();
+        let task_target = target.clone();
         // No timer here: the request's nginx timer bounds every call, and
-        // cancels it (`forget`) at the deadline.
+        // cancels it (`expire`) at the deadline.
         let task = worker.runtime.spawn(async move {
-            let outcome = exchange(&client, &target, call).await;
+            let outcome = exchange(&client, &task_target, call).await;
             completions.push(id, outcome);
         });
-        worker
-            .pending
-            .insert(id, (waiter, data, task.abort_handle()));
-        Some(id)
+        let pending = Pending {
+            waiter,
+            data,
+            task: task.abort_handle(),
+            target: target.clone(),
+            probe,
+        };
+        worker.pending.insert(id, pending);
+        Ok(id)
     })
 }
 
@@ -269,15 +313,70 @@ pub fn pending() -> usize {
     WORKER.with(|w| w.borrow().as_ref().map_or(0, |worker| worker.pending.len()))
 }
 
-/// Drops interest in a call (its request ended or timed out) and cancels it.
+/// Drops interest in a call whose request ended, and cancels it.
 pub fn forget(id: CallId) {
+    end(id, End::Abandoned);
+}
+
+/// The call's deadline passed: cancel it and count it as a failure.
+pub fn expire(id: CallId) {
+    end(id, End::TimedOut);
+}
+
+/// Takes a call out of the pending set, tells its endpoint's breaker how it
+/// ended, and returns who waits for it.
+fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
     WORKER.with(|w| {
-        if let Some(worker) = w.borrow_mut().as_mut() {
-            if let Some((_, _, task)) = worker.pending.remove(&id) {
-                task.abort();
-            }
+        let mut w = w.borrow_mut();
+        let worker = w.as_mut()?;
+        let pending = worker.pending.remove(&id)?;
+        pending.task.abort();
+        if let Some(settings) = &pending.target.breaker {
+            let breaker = worker
+                .breakers
+                .entry(pending.target.decision_url.to_string())
+                .or_default();
+            let transition = match how {
+                End::Answered(success) => breaker.record(now_ms(), success, settings),
+                End::TimedOut => breaker.record(now_ms(), false, settings),
+                End::Abandoned if pending.probe => {
+                    breaker.abandon_probe();
+                    None
+                }
+                End::Abandoned => None,
+            };
+            log_transition(&pending.target, transition);
         }
+        Some((pending.waiter, pending.data))
     })
+}
+
+fn now_ms() -> u64 {
+    // SAFETY: nginx's cached clock, read on its own thread.
+    unsafe { ngx::ffi::ngx_current_msec as u64 }
+}
+
+/// One warning per change of a breaker's state.
+fn log_transition(target: &Target, transition: Option<Transition>) {
+    let Some(transition) = transition else { return };
+    let url = &target.decision_url;
+    let message = match (transition, &target.breaker) {
+        (Transition::Opened, Some(s)) => format!(
+            "esper circuit breaker open for {url}: {} failures within {} ms; failure action without asking Esper for {} ms",
+            s.failures, s.window_ms, s.cooldown_ms
+        ),
+        (Transition::HalfOpened, _) => format!("esper circuit breaker half-open for {url}: one request probes Esper"),
+        (Transition::Closed, _) => format!("esper circuit breaker closed for {url}: Esper answered the probe"),
+        (Transition::Reopened, _) | (Transition::Opened, None) => {
+            format!("esper circuit breaker open again for {url}: the probe failed")
+        }
+    };
+    // SAFETY: ngx_cycle is set for the whole life of the process.
+    log_error(
+        NGX_LOG_WARN,
+        unsafe { (*ngx::ffi::ngx_cycle).log },
+        &message,
+    );
 }
 
 /// Shuts the runtime down and closes the notifier (`exit_process`).

@@ -49,6 +49,12 @@ check_fails(in_location('esper_pass_secret_file short.key;'), 'the key has 10 by
 check_fails(in_location('esper_pass_secret_file /nonexistent.key;'), 'cannot read "/nonexistent.key"', 'missing secret file');
 check_fails(in_location('esper_hybrid_key a; esper_hybrid_key b;'), '"esper_hybrid_key" directive is duplicate', 'duplicate hybrid key');
 check_fails(in_location('esper_forward_decision_id yes;'), 'it must be "on" or "off"', 'bad forward_decision_id');
+check_fails(in_location('esper_max_pending none;'), 'invalid number', 'bad max_pending');
+check_fails(in_location('esper_max_pending 0; esper on; esper_api_key k;'), '"esper_max_pending" must be more than 0', 'zero max_pending');
+check_fails(in_location('esper_circuit_breaker failures=0;'), 'invalid parameter "failures=0"', 'zero breaker failures');
+check_fails(in_location('esper_circuit_breaker window=soon;'), 'invalid parameter "window=soon"', 'bad breaker window');
+check_fails(in_location('esper_circuit_breaker colour=red;'), 'invalid parameter "colour=red"', 'unknown breaker parameter');
+check_fails(in_location('esper_circuit_breaker off; esper_circuit_breaker off;'), '"esper_circuit_breaker" directive is duplicate', 'duplicate breaker');
 
 $t->write_file('good.key', ('k' x 64) . "\n");
 my ($status, $output) = $t->test_config(<<'EOF');
@@ -70,11 +76,15 @@ my ($status, $output) = $t->test_config(<<'EOF');
     esper_pass_secret_file %%DIR%%/good.key;
     esper_hybrid_key $http_x_request_id;
     esper_forward_decision_id on;
+    esper_max_pending 256;
+    esper_circuit_breaker failures=50 window=30s cooldown=10s;
+    esper_http2 on;
     server {
         listen 127.0.0.1:%%PORT%%;
         esper on;
         location / { }
         location /static/ { esper off; }
+        location /no-breaker/ { esper_circuit_breaker off; }
     }
 EOF
 is($status, 0, 'every directive at http level passes nginx -t') or diag $output;

@@ -15,6 +15,8 @@ my $conf = <<'EOF';
     esper_api_url http://%%MOCK%%;
     esper_api_key sk_never_logged_42;
     esper_timeout 200ms;
+    # Every failure here must reach Esper; t/breaker.t covers the breaker.
+    esper_circuit_breaker off;
     log_format esper '$request_uri $status result=$esper_result action=$esper_action';
     access_log %%DIR%%/logs/esper.log esper;
     server {

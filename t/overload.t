@@ -21,7 +21,12 @@ my $conf = <<'EOF';
         listen 127.0.0.1:%%PORT%%;
         root %%DIR%%/html;
         location /capped/ { esper on; esper_max_pending 5; esper_failure_action block; alias %%DIR%%/html/; }
-        location /dead/ { esper on; esper_api_url http://127.0.0.1:%%DEAD%%; alias %%DIR%%/html/; }
+        location /dead/ {
+            esper on;
+            esper_api_url http://127.0.0.1:%%DEAD%%;
+            esper_circuit_breaker off;    # every request tries the dead Esper
+            alias %%DIR%%/html/;
+        }
     }
 EOF
 $conf =~ s/%%DEAD%%/$dead/g;

@@ -76,6 +76,8 @@ pub enum Failure {
     BadRedirect(String),
     /// `esper_max_pending` calls are already in flight: Esper is not asked.
     Overloaded(usize),
+    /// The circuit breaker is open: Esper is not asked.
+    CircuitOpen,
 }
 
 impl Failure {
@@ -109,6 +111,7 @@ impl fmt::Display for Failure {
                 f,
                 "{n} decisions already pending (esper_max_pending), Esper not asked"
             ),
+            Failure::CircuitOpen => f.write_str("circuit breaker open, Esper not asked"),
         }
     }
 }

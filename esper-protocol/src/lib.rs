@@ -3,6 +3,7 @@
 //! nginx, so every rule is unit-tested without a server.
 
 pub mod answer;
+pub mod breaker;
 pub mod config;
 pub mod pass;
 pub mod payload;
