@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all deps build run test unit integration external bench clean
+.PHONY: all deps build run test unit integration external bench fuzz clean
 
 all: build
 
@@ -28,6 +28,11 @@ integration:
 # The module built against a separate nginx source tree (NGINX_SOURCE_DIR).
 external:
 	scripts/check-external-build.sh
+
+# Property tests of everything that reads untrusted bytes, far longer than the
+# default run inside `make test` (a few minutes).
+fuzz: deps
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p esper-protocol --test properties
 
 # Not part of `make test`: a few minutes of load on this machine.
 bench: build
