@@ -532,12 +532,21 @@ directive_handler!(set_api_url, |_cf, conf, args| {
     Ok(())
 });
 
-directive_handler!(set_api_key, |_cf, conf, args| {
-    once(conf.api_key.is_some())?;
-    let key = text(&args[1])?;
-    values::check_api_key(key)?;
-    conf.api_key = Some(key.to_owned());
+/// A directive that takes one checked string, once.
+fn set_string(
+    slot: &mut Option<String>,
+    arg: &ngx_str_t,
+    check: impl Fn(&str) -> Result<(), values::ConfigError>,
+) -> SetResult {
+    once(slot.is_some())?;
+    let value = text(arg)?;
+    check(value)?;
+    *slot = Some(value.to_owned());
     Ok(())
+}
+
+directive_handler!(set_api_key, |_cf, conf, args| {
+    set_string(&mut conf.api_key, &args[1], values::check_api_key)
 });
 
 directive_handler!(set_block_status, |_cf, conf, args| {
@@ -573,11 +582,9 @@ directive_handler!(set_field, |cf, conf, args| {
 });
 
 directive_handler!(set_source, |_cf, conf, args| {
-    once(conf.source.is_some())?;
-    let source = text(&args[1])?;
-    values::check_name("source", source)?;
-    conf.source = Some(source.to_owned());
-    Ok(())
+    set_string(&mut conf.source, &args[1], |v| {
+        values::check_name("source", v)
+    })
 });
 
 directive_handler!(set_trusted_certificate, |cf, conf, args| {
@@ -594,11 +601,7 @@ directive_handler!(set_trusted_certificate, |cf, conf, args| {
 });
 
 directive_handler!(set_pass_cookie, |_cf, conf, args| {
-    once(conf.pass_cookie.is_some())?;
-    let name = text(&args[1])?;
-    values::check_cookie_name(name)?;
-    conf.pass_cookie = Some(name.to_owned());
-    Ok(())
+    set_string(&mut conf.pass_cookie, &args[1], values::check_cookie_name)
 });
 
 directive_handler!(set_pass_secret_file, |cf, conf, args| {

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::{cookie_values, PassKey};
 use esper_protocol::query::take_proof;
-use esper_protocol::{build_payload, parse_answer, parse_verify_answer, PayloadSettings, RequestView};
+use esper_protocol::{
+    build_payload, parse_answer, parse_verify_answer, PayloadSettings, RequestView,
+};
 use proptest::prelude::*;
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -18,8 +20,14 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 fn queryish(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
         prop_oneof![
-            Just(b'&'), Just(b'='), Just(b'%'), Just(b'+'), Just(b';'), Just(b' '),
-            Just(b'e'), any::<u8>(),
+            Just(b'&'),
+            Just(b'='),
+            Just(b'%'),
+            Just(b'+'),
+            Just(b';'),
+            Just(b' '),
+            Just(b'e'),
+            any::<u8>(),
         ],
         0..max,
     )
