@@ -18,9 +18,9 @@ use ngx::ffi::{
     ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot,
     ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_pcalloc, ngx_str_t,
-    ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
@@ -233,7 +233,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 23] = [
+pub static mut COMMANDS: [ngx_command_t; 24] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -367,6 +367,14 @@ pub static mut COMMANDS: [ngx_command_t; 23] = [
         offset_of!(LocConf, max_pending),
         null_mut(),
     ),
+    ngx_command_t {
+        name: ngx_string!("esper_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(set_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
     command(
         ngx_string!("esper_circuit_breaker"),
         NGX_CONF_1MORE,
@@ -645,6 +653,11 @@ directive_handler!(set_circuit_breaker, |_cf, conf, args| {
     }
     conf.breaker = Some(Some(settings));
     Ok(())
+});
+
+directive_handler!(set_metrics, |cf, _conf, _args| {
+    crate::metrics::set_handler(cf)
+        .map_err(|()| SetError::Invalid("cannot set the metrics handler".to_owned()))
 });
 
 /// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.

@@ -36,7 +36,7 @@ use ngx::ngx_string;
 use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
 use crate::ffi::{guard, log_error, push_header, remove_headers};
 use crate::worker::{self, Call, CallId, Outcome, Reply};
-use crate::{request, Module};
+use crate::{metrics, request, Module};
 
 /// Which call a request waits for.
 #[derive(Clone, Copy)]
@@ -99,6 +99,9 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
                 return NGX_ERROR as ngx_int_t;
             }
             main.request_id_index = index as ngx_uint_t;
+            if metrics::add_zone(cf).is_err() {
+                return NGX_ERROR as ngx_int_t;
+            }
         }
         NGX_OK as ngx_int_t
     })
@@ -132,6 +135,7 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 
     let (Some(_), Some(pass)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
+        metrics::count_result("skipped");
         return NGX_DECLINED as ngx_int_t;
     };
     // SAFETY: per the function contract.
@@ -165,6 +169,7 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: per the function contract.
     if unsafe { request::has_valid_pass(r, pass) } {
         state.result = "pass";
+        metrics::count_result("pass");
         // SAFETY: per the function contract.
         return unsafe { proceed(r, conf, state) };
     }
@@ -241,17 +246,25 @@ unsafe fn resumed(
     match (state.stage, outcome) {
         (Stage::Verifying, Ok(Reply::Proof(ProofCheck::Verified { lifetime }))) => {
             state.result = "pass";
+            metrics::count_result("pass");
             // SAFETY: per the function contract.
             unsafe { pass_and_return(r, conf, lifetime) }
         }
         (Stage::Verifying, outcome) => {
             // Never a pass: the runtime decision runs as for any request.
             match outcome {
-                Err(failure) => log_failure(
+                Err(failure) => {
+                    metrics::count_error(&failure);
+                    log_failure(
+                        log,
+                        format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                    );
+                }
+                Ok(_) => log_error(
+                    NGX_LOG_INFO,
                     log,
-                    format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                    "esper challenge proof refused; asking for a runtime decision",
                 ),
-                Ok(_) => log_error(NGX_LOG_INFO, log, "esper challenge proof refused; asking for a runtime decision"),
             }
             // SAFETY: per the function contract.
             unsafe { start_decision(r, conf, state) }
@@ -270,6 +283,11 @@ unsafe fn resumed(
         }
         (_, Err(failure)) => {
             state.result = failure.result();
+            metrics::count_result(state.result);
+            metrics::count_error(&failure);
+            if let Some(ms) = state.latency {
+                metrics::observe_latency(ms as u64);
+            }
             let monitor = conf.mode == MODE_MONITOR;
             let applied = if monitor {
                 "monitor mode, request continues"
@@ -324,6 +342,11 @@ unsafe fn apply(
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
     state.result = if monitor { "monitor" } else { "decided" };
+    metrics::count_action(decision.action);
+    metrics::count_result(state.result);
+    if let Some(ms) = state.latency {
+        metrics::observe_latency(ms as u64);
+    }
     match decision.action {
         // Esper has no objection; other access checks (and `satisfy`) still
         // apply. Monitor mode never enforces.

@@ -4,11 +4,13 @@
 //! This file only registers the module; each concern has its own file:
 //! `conf` (directives), `handler` (the access phase), `worker` (the background
 //! runtime and its event-loop wake-up), `request` (reading the request),
-//! `variables` ($esper_*), `ffi` (small shared helpers around nginx types).
+//! `variables` ($esper_*), `metrics` (shared counters and `esper_metrics`),
+//! `ffi` (small shared helpers around nginx types).
 
 mod conf;
 mod ffi;
 mod handler;
+mod metrics;
 mod request;
 mod variables;
 mod worker;

@@ -26,6 +26,7 @@ use tokio::task::AbortHandle;
 
 use crate::conf::{ClientProfile, MainConf, Target};
 use crate::ffi::{guard, log_error};
+use crate::metrics;
 use crate::Module;
 
 /// The two calls the module makes to Esper, each with its JSON body.
@@ -304,6 +305,7 @@ pub fn call(
             probe,
         };
         worker.pending.insert(id, pending);
+        metrics::pending_changed(1, 0);
         Ok(id)
     })
 }
@@ -331,6 +333,7 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
         let worker = w.as_mut()?;
         let pending = worker.pending.remove(&id)?;
         pending.task.abort();
+        metrics::pending_changed(0, 1);
         if let Some(settings) = &pending.target.breaker {
             let breaker = worker
                 .breakers
@@ -356,9 +359,14 @@ fn now_ms() -> u64 {
     unsafe { ngx::ffi::ngx_current_msec as u64 }
 }
 
-/// One warning per change of a breaker's state.
+/// One warning per change of a breaker's state, and the shared gauge.
 fn log_transition(target: &Target, transition: Option<Transition>) {
     let Some(transition) = transition else { return };
+    match transition {
+        Transition::Opened => metrics::breakers_changed(1, 0),
+        Transition::Closed => metrics::breakers_changed(0, 1),
+        Transition::HalfOpened | Transition::Reopened => {}
+    }
     let url = &target.decision_url;
     let message = match (transition, &target.breaker) {
         (Transition::Opened, Some(s)) => format!(
@@ -385,6 +393,10 @@ pub fn stop() {
         return;
     };
     // Pending calls are cancelled; their requests are gone with the process.
+    // Take this worker's part out of the shared gauges.
+    let open = worker.breakers.values().filter(|b| b.is_open()).count() as u64;
+    metrics::breakers_changed(0, open);
+    metrics::pending_changed(0, worker.pending.len() as u64);
     worker
         .runtime
         .shutdown_timeout(std::time::Duration::from_millis(500));

@@ -71,6 +71,11 @@ impl Breaker {
         }
     }
 
+    /// Open or probing: not every call goes to Esper.
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, State::Closed)
+    }
+
     /// The probe was given up (its request ended first): the next call probes.
     pub fn abandon_probe(&mut self) {
         if let State::HalfOpen = self.state {

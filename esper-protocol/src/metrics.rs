@@ -1,0 +1,191 @@
+//! The Prometheus text exposition of the module's counters. The counters
+//! live in nginx shared memory (summed over all workers); this is their
+//! names, their labels and their rendering.
+
+use std::fmt::Write;
+
+use crate::{Action, Failure};
+
+/// `esper_requests_total{result=...}`, in `$esper_result`'s words.
+pub const RESULTS: [&str; 6] = ["decided", "monitor", "pass", "timeout", "error", "skipped"];
+/// `esper_errors_total{reason=...}`.
+pub const ERROR_REASONS: [&str; 10] = [
+    "transport",
+    "unauthorized",
+    "status",
+    "too_large",
+    "content_type",
+    "invalid_body",
+    "unknown_action",
+    "bad_redirect",
+    "overloaded",
+    "circuit_open",
+];
+/// Upper bounds of the latency histogram, in milliseconds (then `+Inf`).
+pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500];
+
+pub fn result_index(result: &str) -> Option<usize> {
+    RESULTS.iter().position(|r| *r == result)
+}
+
+pub fn action_index(action: Action) -> usize {
+    action as usize
+}
+
+/// The `reason` label of a failure; `None` for a timeout, which is a result
+/// of its own.
+pub fn error_index(failure: &Failure) -> Option<usize> {
+    Some(match failure {
+        Failure::Timeout => return None,
+        Failure::Transport(_) => 0,
+        Failure::Unauthorized(_) => 1,
+        Failure::Status(_) => 2,
+        Failure::TooLarge => 3,
+        Failure::ContentType(_) => 4,
+        Failure::InvalidBody(_) => 5,
+        Failure::UnknownAction(_) => 6,
+        Failure::BadRedirect(_) => 7,
+        Failure::Overloaded(_) => 8,
+        Failure::CircuitOpen => 9,
+    })
+}
+
+/// The bucket a latency falls in (the last one is `+Inf`).
+pub fn latency_bucket(ms: u64) -> usize {
+    LATENCY_BUCKETS_MS
+        .iter()
+        .position(|&b| ms <= b)
+        .unwrap_or(LATENCY_BUCKETS_MS.len())
+}
+
+/// A reading of all counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub actions: [u64; 3],
+    pub results: [u64; RESULTS.len()],
+    pub errors: [u64; ERROR_REASONS.len()],
+    pub pending: u64,
+    pub open_breakers: u64,
+    /// Per bucket (not cumulative), `+Inf` last.
+    pub latency_buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
+    pub latency_sum_ms: u64,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "esper_decisions_total",
+        "counter",
+        "Runtime decisions by the action Esper returned.",
+    );
+    for action in [Action::Allow, Action::Challenge, Action::Block] {
+        let count = s.actions[action_index(action)];
+        let _ = writeln!(
+            out,
+            "esper_decisions_total{{action=\"{}\"}} {count}",
+            action.as_str()
+        );
+    }
+    family(
+        &mut out,
+        "esper_requests_total",
+        "counter",
+        "Requests by $esper_result.",
+    );
+    for (result, count) in RESULTS.iter().zip(s.results) {
+        let _ = writeln!(out, "esper_requests_total{{result=\"{result}\"}} {count}");
+    }
+    family(
+        &mut out,
+        "esper_errors_total",
+        "counter",
+        "Failed or refused calls to Esper by reason.",
+    );
+    for (reason, count) in ERROR_REASONS.iter().zip(s.errors) {
+        let _ = writeln!(out, "esper_errors_total{{reason=\"{reason}\"}} {count}");
+    }
+    family(
+        &mut out,
+        "esper_pending",
+        "gauge",
+        "Calls to Esper in flight, all workers.",
+    );
+    let _ = writeln!(out, "esper_pending {}", s.pending);
+    family(
+        &mut out,
+        "esper_circuit_breakers_open",
+        "gauge",
+        "Open or probing circuit breakers, all workers.",
+    );
+    let _ = writeln!(out, "esper_circuit_breakers_open {}", s.open_breakers);
+    family(
+        &mut out,
+        "esper_decision_duration_seconds",
+        "histogram",
+        "Time to a runtime decision or its failure.",
+    );
+    let mut cumulative = 0;
+    for (i, count) in s.latency_buckets.iter().enumerate() {
+        cumulative += count;
+        let le = LATENCY_BUCKETS_MS
+            .get(i)
+            .map_or("+Inf".to_owned(), |ms| (*ms as f64 / 1000.0).to_string());
+        let _ = writeln!(
+            out,
+            "esper_decision_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "esper_decision_duration_seconds_sum {}",
+        s.latency_sum_ms as f64 / 1000.0
+    );
+    let _ = writeln!(out, "esper_decision_duration_seconds_count {cumulative}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_its_samples() {
+        let mut s = Snapshot::default();
+        s.actions[action_index(Action::Block)] = 3;
+        s.results[result_index("timeout").unwrap()] = 2;
+        s.errors[error_index(&Failure::Status(500)).unwrap()] = 4;
+        s.pending = 7;
+        s.latency_buckets[latency_bucket(3)] = 1;
+        s.latency_buckets[latency_bucket(300)] = 2;
+        s.latency_buckets[latency_bucket(9000)] = 1;
+        s.latency_sum_ms = 9603;
+        let text = render(&s);
+        assert!(text.contains("esper_decisions_total{action=\"block\"} 3\n"));
+        assert!(text.contains("esper_requests_total{result=\"timeout\"} 2\n"));
+        assert!(text.contains("esper_errors_total{reason=\"status\"} 4\n"));
+        assert!(text.contains("esper_pending 7\n"));
+        assert!(text.contains("esper_decision_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("esper_decision_duration_seconds_bucket{le=\"0.5\"} 3\n"));
+        assert!(text.contains("esper_decision_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("esper_decision_duration_seconds_sum 9.603\n"));
+        assert!(text.contains("esper_decision_duration_seconds_count 4\n"));
+        let type_line = text.find("# TYPE esper_pending gauge").unwrap();
+        assert!(text[type_line..].starts_with("# TYPE esper_pending gauge\nesper_pending 7\n"));
+    }
+
+    #[test]
+    fn indexes() {
+        assert_eq!(error_index(&Failure::Timeout), None);
+        assert_eq!(error_index(&Failure::CircuitOpen), Some(9));
+        assert_eq!(latency_bucket(5), 0);
+        assert_eq!(latency_bucket(6), 1);
+        assert_eq!(latency_bucket(2501), 9);
+        assert_eq!(result_index("skipped"), Some(5));
+        assert_eq!(result_index("nonsense"), None);
+    }
+}

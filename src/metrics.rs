@@ -1,0 +1,214 @@
+//! Counters of decisions, results, errors, pending calls, open breakers and
+//! decision latency, kept in an nginx shared memory zone so that every worker
+//! adds to the same numbers and a reload keeps them; and `esper_metrics`, the
+//! location that serves them in Prometheus' text format.
+
+use std::ffi::c_void;
+use std::ptr::{null_mut, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use esper_protocol::metrics::{
+    self as names, action_index, error_index, latency_bucket, result_index, Snapshot,
+    ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
+};
+use esper_protocol::{Action, Failure};
+use ngx::ffi::{
+    ngx_alloc_chain_link, ngx_conf_t, ngx_create_temp_buf, ngx_http_discard_request_body,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
+    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::ngx_string;
+
+use crate::ffi::guard;
+use crate::Module;
+
+/// The counters as they lie in shared memory.
+#[repr(C)]
+struct Counters {
+    actions: [AtomicU64; 3],
+    results: [AtomicU64; RESULTS.len()],
+    errors: [AtomicU64; ERROR_REASONS.len()],
+    pending: AtomicU64,
+    open_breakers: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    latency_sum_ms: AtomicU64,
+}
+
+const ZONE_SIZE: usize = 64 * 1024;
+
+/// The counters of the configuration this process runs; set when the zone is
+/// initialized (in the master, before workers are forked).
+static COUNTERS: AtomicPtr<Counters> = AtomicPtr::new(null_mut());
+
+fn counters() -> Option<&'static Counters> {
+    // SAFETY: the pointer is null or points at counters in a shared zone that
+    // stays mapped for the life of every process of this configuration.
+    unsafe { COUNTERS.load(Ordering::Relaxed).as_ref() }
+}
+
+fn add(counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
+    if let Some(c) = counters() {
+        counter(c).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn sub(counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
+    if let Some(c) = counters() {
+        // Never below zero, even if a worker died without taking its part back.
+        let _ = counter(c).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+}
+
+pub fn count_result(result: &str) {
+    if let Some(i) = result_index(result) {
+        add(|c| &c.results[i], 1);
+    }
+}
+
+pub fn count_action(action: Action) {
+    add(|c| &c.actions[action_index(action)], 1);
+}
+
+pub fn count_error(failure: &Failure) {
+    if let Some(i) = error_index(failure) {
+        add(|c| &c.errors[i], 1);
+    }
+}
+
+pub fn observe_latency(ms: u64) {
+    add(|c| &c.latency_buckets[latency_bucket(ms)], 1);
+    add(|c| &c.latency_sum_ms, ms);
+}
+
+pub fn pending_changed(started: u64, ended: u64) {
+    add(|c| &c.pending, started);
+    sub(|c| &c.pending, ended);
+}
+
+pub fn breakers_changed(opened: u64, closed: u64) {
+    add(|c| &c.open_breakers, opened);
+    sub(|c| &c.open_breakers, closed);
+}
+
+fn snapshot(c: &Counters) -> Snapshot {
+    let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Snapshot {
+        actions: c.actions.each_ref().map(read),
+        results: c.results.each_ref().map(read),
+        errors: c.errors.each_ref().map(read),
+        pending: read(&c.pending),
+        open_breakers: read(&c.open_breakers),
+        latency_buckets: c.latency_buckets.each_ref().map(read),
+        latency_sum_ms: read(&c.latency_sum_ms),
+    }
+}
+
+/// Adds the shared zone to the configuration (postconfiguration).
+///
+/// # Safety
+/// `cf` must be the live http configuration context.
+pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<(), ()> {
+    let mut name = ngx_string!("ngx_http_esper_module");
+    let tag = (Module::module() as *const _ as *mut c_void).cast();
+    // SAFETY: per the function contract; nginx keeps the zone with the cycle.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_SIZE, tag) };
+    // SAFETY: a non-null zone is nginx's, for this configuration.
+    let zone = unsafe { zone.as_mut() }.ok_or(())?;
+    zone.init = Some(init_zone);
+    Ok(())
+}
+
+/// Zone initialization: new counters, or those of the previous configuration
+/// on a reload (nginx keeps a zone of the same name, size and tag).
+unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void) -> ngx_int_t {
+    guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the zone it has just mapped.
+        let zone = unsafe { &mut *zone };
+        let data = if !previous.is_null() {
+            previous
+        } else {
+            let pool = zone.shm.addr.cast::<ngx_slab_pool_t>();
+            // SAFETY: a zone starts with nginx's slab pool.
+            unsafe {
+                if zone.shm.exists != 0 {
+                    (*pool).data
+                } else {
+                    let p = ngx_slab_alloc(pool, size_of::<Counters>());
+                    if p.is_null() {
+                        return NGX_ERROR as ngx_int_t;
+                    }
+                    // All-zero atomics are zero counters.
+                    std::ptr::write_bytes(p.cast::<u8>(), 0, size_of::<Counters>());
+                    (*pool).data = p;
+                    p
+                }
+            }
+        };
+        zone.data = data;
+        COUNTERS.store(data.cast(), Ordering::Relaxed);
+        NGX_OK as ngx_int_t
+    })
+}
+
+/// `esper_metrics;`: this location answers with the counters.
+///
+/// # Safety
+/// `cf` must be the live configuration context of a location.
+pub unsafe fn set_handler(cf: *mut ngx_conf_t) -> Result<(), ()> {
+    // SAFETY: per the function contract.
+    let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) }.ok_or(())?;
+    clcf.handler = Some(metrics_handler);
+    Ok(())
+}
+
+extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls content handlers with a live request.
+        unsafe { serve(r) }
+    })
+}
+
+/// # Safety
+/// `r` must be a live request in its content phase.
+unsafe fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: per the function contract; the buffer and chain link live in
+    // the request pool until the response is sent.
+    unsafe {
+        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        }
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let body = names::render(&counters().map(snapshot).unwrap_or_default());
+        let out = &mut (*r).headers_out;
+        out.status = 200;
+        out.content_length_n = body.len() as i64;
+        let content_type = ngx_string!("text/plain; version=0.0.4; charset=utf-8");
+        out.content_type = content_type;
+        out.content_type_len = content_type.len;
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        let buf = ngx_create_temp_buf((*r).pool, body.len());
+        let chain = ngx_alloc_chain_link((*r).pool);
+        let (Some(buf), Some(chain)) = (NonNull::new(buf), NonNull::new(chain)) else {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        };
+        let buf = buf.as_ptr();
+        std::ptr::copy_nonoverlapping(body.as_ptr(), (*buf).last, body.len());
+        (*buf).last = (*buf).last.add(body.len());
+        (*buf).set_last_buf(if (*r).main == r { 1 } else { 0 });
+        (*buf).set_last_in_chain(1);
+        let chain = chain.as_ptr();
+        (*chain).buf = buf;
+        (*chain).next = null_mut();
+        ngx_http_output_filter(r, chain)
+    }
+}
