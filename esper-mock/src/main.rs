@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Channel, Full, LengthLimitError, Limited};
 use hyper::{
     body::Incoming,
     header::{HeaderValue, ALLOW, CONTENT_TYPE},
@@ -42,7 +42,7 @@ const API_KEY_HEADER: &str = "x-esper-api-key";
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_STREAMS: u32 = 16 * 1024;
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Error>;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Options {
@@ -289,6 +289,14 @@ impl Mock {
             Outcome::Hang => std::future::pending().await,
             // A service error makes hyper close the connection without a response.
             Outcome::Close => Err("mock_close".into()),
+            Outcome::Answer(answer) if answer.delivery.is_streamed() => {
+                let mut response = Response::new(streamed(answer.body, answer.delivery));
+                *response.status_mut() = answer.status;
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, answer.content_type);
+                Ok(response)
+            }
             Outcome::Answer(answer) => {
                 let mut response = respond(answer.status, answer.content_type, answer.body);
                 if let Some(id) = answer.decision_id_header {
@@ -353,12 +361,45 @@ impl Mock {
     }
 }
 
+/// A body sent piece by piece: after a delay, padded to a size, or broken
+/// off half-way (which makes hyper cut the connection).
+fn streamed(body: Bytes, delivery: plan::Delivery) -> Body {
+    let (mut tx, rx) = Channel::<Bytes, Error>::new(4);
+    tokio::spawn(async move {
+        if let Some(delay) = delivery.body_delay {
+            tokio::time::sleep(delay).await;
+        }
+        let body = match delivery.body_bytes {
+            Some(n) => Bytes::from(vec![b' '; n]),
+            None => body,
+        };
+        let end = if delivery.reset_in_body {
+            body.len() / 2
+        } else {
+            body.len()
+        };
+        for chunk in body.slice(..end).chunks(64 * 1024) {
+            if tx.send_data(Bytes::copy_from_slice(chunk)).await.is_err() {
+                return;
+            }
+        }
+        if delivery.reset_in_body {
+            tx.abort("mock_reset_in_body".into());
+        }
+    });
+    rx.boxed()
+}
+
 fn respond(
     status: StatusCode,
     content_type: HeaderValue,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, content_type);
     response

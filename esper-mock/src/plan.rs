@@ -69,6 +69,25 @@ pub struct Answer {
     /// Set when the decision id travels in `X-Esper-Decision-ID`.
     pub decision_id_header: Option<HeaderValue>,
     pub body: Bytes,
+    pub delivery: Delivery,
+}
+
+/// How the body goes out after the head.
+#[derive(Debug, Default, PartialEq)]
+pub struct Delivery {
+    /// `mock_body_delay_ms`: the head at once, the body this much later.
+    pub body_delay: Option<Duration>,
+    /// `mock_body_bytes`: this many bytes of padding instead of the body.
+    pub body_bytes: Option<usize>,
+    /// `mock_reset_in_body=1`: half the body, then the connection breaks.
+    pub reset_in_body: bool,
+}
+
+impl Delivery {
+    /// True when the body cannot simply be sent in one piece.
+    pub fn is_streamed(&self) -> bool {
+        self != &Delivery::default()
+    }
 }
 
 #[derive(Serialize)]
@@ -137,12 +156,23 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
             Bytes::from(serde_json::to_vec(&decision).expect("a decision always serialises"))
         }
     };
+    let delivery = Delivery {
+        body_delay: payload
+            .param("mock_body_delay_ms")
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis),
+        body_bytes: payload
+            .param("mock_body_bytes")
+            .and_then(|n| n.parse().ok()),
+        reset_in_body: payload.flag("mock_reset_in_body"),
+    };
 
     Answer {
         status,
         content_type,
         decision_id_header,
         body,
+        delivery,
     }
 }
 
