@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all deps build run test unit integration external bench fuzz clean
+.PHONY: all deps build run test unit integration external bench fuzz sanitize clean
 
 all: build
 
@@ -33,6 +33,10 @@ external:
 # default run inside `make test` (a few minutes).
 fuzz: deps
 	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p esper-protocol --test properties
+
+# The t/ suite against an nginx built with AddressSanitizer (several minutes).
+sanitize: deps
+	scripts/sanitize.sh
 
 # Not part of `make test`: a few minutes of load on this machine.
 bench: build
