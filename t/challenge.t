@@ -47,8 +47,9 @@ my $conf = <<'EOF';
     server {
         listen 127.0.0.1:%%APP%%;
         access_log off;
+        # $http_x_esper_api_key ends the line: the key never reaches the application.
         location / {
-            return 200 "uri=$request_uri args=$args hybrid=$http_x_esper_hybrid_key decision=$http_x_esper_decision_id a=$http_x_a b=$http_x_b\n";
+            return 200 "uri=$request_uri args=$args hybrid=$http_x_esper_hybrid_key decision=$http_x_esper_decision_id a=$http_x_a b=$http_x_b$http_x_esper_api_key\n";
         }
         location /hybrid/many {
             return 200 "$http_x_h1,$http_x_h19,$http_x_h20,$http_x_h21,$http_x_h22,$http_x_h40,$http_x_h45|$http_x_esper_hybrid_key|$http_x_esper_decision_id|$http_user_agent\n";

@@ -54,6 +54,7 @@ my @faults = (
     ['mock_delay_ms=1000'                   => 'timeout', qr/timed out/],
 );
 
+my $responses = '';
 for my $fault (@faults) {
     my ($query, $result, $reason) = @$fault;
     for my $where (['open', 200], ['closed', 403]) {
@@ -62,6 +63,7 @@ for my $fault (@faults) {
         sleep 0.12;    # within the budget of 10 failure lines a second
         my $before = () = $t->error_log =~ /esper decision failed/g;
         my $r = $t->get($uri);
+        $responses .= $r->{raw};
         is($r->{status}, $status, "$query: failure action of /$location/");
         ok($t->wait_for_log('logs/esper.log', qr/^\Q$uri\E $status result=$result action=-$/m),
             "$query: \$esper_result is $result");
@@ -90,6 +92,7 @@ for my $location (qw(open closed)) {
 $r = $t->get('/closed/index.html');
 is($r->{status}, 200, 'next request decided normally');
 unlike($t->error_log . $t->access_log . $t->read_file('logs/esper.log'), qr/sk_never_logged_42/, 'the API key is never logged');
+unlike($responses, qr/sk_never_logged_42/, 'nor sent in any response');
 is(scalar $t->serious_errors, 0, 'no alerts or crashes') or diag join "\n", $t->serious_errors;
 
 done_testing;
