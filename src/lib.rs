@@ -53,6 +53,9 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(conf::merge_loc_conf),
 };
 
+// The module list a dynamic module exports. nginx's own build system
+// (`config`) generates its own, so it builds without this feature.
+#[cfg(feature = "export-modules")]
 ngx::ngx_modules!(ngx_http_esper_module);
 
 #[used]
