@@ -3,8 +3,9 @@
 # Each installs what is missing and builds first.
 
 CARGO ?= cargo
+NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps build run test unit integration external bench fuzz sanitize clean
+.PHONY: all deps build run test unit integration external distro module bench fuzz sanitize clean
 
 all: build
 
@@ -17,7 +18,7 @@ build: deps
 run: build
 	scripts/run-demo.sh
 
-test: build unit integration external
+test: build unit integration external distro
 
 unit:
 	$(CARGO) test --release --workspace
@@ -25,9 +26,18 @@ unit:
 integration:
 	prove -r t/
 
-# The module built against a separate nginx source tree (NGINX_SOURCE_DIR).
+# The module built for a separate nginx source tree, with cargo and with
+# nginx's own build system.
 external:
 	scripts/check-external-build.sh
+
+# The module built for the distribution's nginx and run in it.
+distro:
+	scripts/check-distro-nginx.sh
+
+# The module for the nginx you run: make module NGINX=/usr/sbin/nginx
+module: deps
+	NGINX=$(NGINX) scripts/build-for-nginx.sh
 
 # Property tests of everything that reads untrusted bytes, far longer than the
 # default run inside `make test` (a few minutes).

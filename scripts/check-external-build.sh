@@ -33,10 +33,10 @@ TEST_ESPER_MODULE="$work/target/release/libngx_http_esper_module.so" \
 root=$PWD
 (
     cd "$work/nginx"
-    ./auto/configure --with-compat --with-threads --with-http_ssl_module \
-        --with-http_realip_module --with-http_v2_module \
+    NGX_ESPER_TARGET_DIR="$work/target" ./auto/configure --with-compat --with-threads \
+        --with-http_ssl_module --with-http_realip_module --with-http_v2_module \
         --add-dynamic-module="$root" >"$work/configure-addon.log" 2>&1
-    NGX_ESPER_TARGET_DIR="$work/target" make -j"$(nproc)" >"$work/make-addon.log" 2>&1 ||
+    make -j"$(nproc)" >"$work/make-addon.log" 2>&1 ||
         { tail -30 "$work/make-addon.log" >&2; exit 1; }
 )
 TEST_NGINX_BINARY="$work/nginx/objs/nginx" \

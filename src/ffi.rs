@@ -62,7 +62,10 @@ pub unsafe fn push_header(
     unsafe {
         let h: *mut ngx_table_elt_t = ngx_list_push(list).cast();
         ngx::ffi::add_to_ngx_table(h, pool, name, value)?;
-        (*h).next = std::ptr::null_mut();
+        #[cfg(ngx_table_elt_next)]
+        {
+            (*h).next = std::ptr::null_mut();
+        }
         Some(h)
     }
 }
