@@ -166,6 +166,7 @@ unsafe fn headers<'a>(list: &'a ngx_list_t) -> impl Iterator<Item = (&'a [u8], &
     let mut part = Some(&list.part);
     std::iter::from_fn(move || {
         let current = part?;
+        // SAFETY: list parts link to parts of the same live list, or to null.
         part = unsafe { current.next.as_ref() };
         // SAFETY: a list part holds `nelts` initialized header elements.
         Some(unsafe {
