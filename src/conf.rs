@@ -50,6 +50,9 @@ pub struct MainConf {
     /// Distinct client settings among `esper on` locations; each worker builds
     /// one HTTP client per entry.
     pub client_profiles: Vec<ClientProfile>,
+    /// Distinct Esper endpoints (decision URLs); each worker keeps one circuit
+    /// breaker per entry.
+    pub endpoints: Vec<reqwest::Url>,
     /// Index of `$request_id`, the idempotency key.
     pub request_id_index: ngx_uint_t,
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
@@ -83,6 +86,8 @@ pub struct Target {
     pub verify_url: reqwest::Url,
     pub api_key: reqwest::header::HeaderValue,
     pub client_profile: usize,
+    /// Index into `MainConf::endpoints`: the breaker this target shares.
+    pub endpoint: usize,
 }
 
 /// The pass cookie of a location.
@@ -898,6 +903,14 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         }
     };
 
+    let endpoint = match main.endpoints.iter().position(|url| *url == decision_url) {
+        Some(index) => index,
+        None => {
+            main.endpoints.push(decision_url.clone());
+            main.endpoints.len() - 1
+        }
+    };
+
     let key = match &conf.pass_secret {
         Some(key) => key.clone(),
         None => match &main.random_pass_key {
@@ -927,6 +940,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         verify_url,
         api_key,
         client_profile,
+        endpoint,
     }));
     Ok(())
 }

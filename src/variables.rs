@@ -1,6 +1,8 @@
 //! `$esper_action`, `$esper_result`, `$esper_decision_id`, `$esper_latency`,
 //! `$esper_hybrid_key`.
 
+use std::borrow::Cow;
+
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
     ngx_pnalloc, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
@@ -49,31 +51,34 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 /// The value of `variable` for `r`; `None` is "not found" (logged as `-`).
+/// Borrowed values live as long as the request (statics, the request state,
+/// the request pool), so nginx can point at them without a copy.
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn value(r: *mut ngx_http_request_t, variable: Variable) -> Option<Vec<u8>> {
+unsafe fn value<'a>(r: *mut ngx_http_request_t, variable: Variable) -> Option<Cow<'a, [u8]>> {
     // SAFETY: per the function contract; the state lives as long as the request.
     let state = unsafe { find(r).map(|s| &*s) };
     // SAFETY: per the function contract.
     let conf = unsafe { Module::location_conf(&*r) };
     match variable {
-        Variable::Action => state?.action.map(|a| a.as_str().into()),
+        Variable::Action => state?.action.map(|a| Cow::Borrowed(a.as_str().as_bytes())),
         Variable::Result => match state {
-            Some(s) => Some(s.result.into()),
+            Some(s) => Some(Cow::Borrowed(s.result.as_bytes())),
             // Not judged here (`esper off`).
-            None if conf.is_none_or(|c| c.target.is_none()) => Some(b"skipped".to_vec()),
+            None if conf.is_none_or(|c| c.target.is_none()) => Some(Cow::Borrowed(b"skipped")),
             // Judged here, but not yet.
             None => None,
         },
-        Variable::DecisionId => state?.decision_id.clone().map(String::into_bytes),
+        Variable::DecisionId => state?
+            .decision_id
+            .as_deref()
+            .map(|id| Cow::Borrowed(id.as_bytes())),
         Variable::Latency => state?
             .latency
-            .map(|ms| format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes()),
+            .map(|ms| Cow::Owned(format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes())),
         // SAFETY: per the function contract.
-        Variable::HybridKey => {
-            unsafe { request::evaluate(r, conf?.hybrid_key) }.map(<[u8]>::to_vec)
-        }
+        Variable::HybridKey => unsafe { request::evaluate(r, conf?.hybrid_key) }.map(Cow::Borrowed),
     }
 }
 
@@ -89,12 +94,18 @@ unsafe extern "C" fn get(
                 (*v).set_not_found(1);
                 return NGX_OK as ngx_int_t;
             };
-            let p: *mut u8 = ngx_pnalloc((*r).pool, value.len().max(1)).cast();
-            if p.is_null() {
-                return NGX_ERROR as ngx_int_t;
-            }
-            std::ptr::copy_nonoverlapping(value.as_ptr(), p, value.len());
-            (*v).data = p;
+            let data = match &value {
+                Cow::Borrowed(bytes) => bytes.as_ptr().cast_mut(),
+                Cow::Owned(bytes) => {
+                    let p: *mut u8 = ngx_pnalloc((*r).pool, bytes.len().max(1)).cast();
+                    if p.is_null() {
+                        return NGX_ERROR as ngx_int_t;
+                    }
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+                    p
+                }
+            };
+            (*v).data = data;
             (*v).set_len(value.len() as u32);
             (*v).set_valid(1);
             (*v).set_no_cacheable(1);

@@ -89,8 +89,8 @@ struct Worker {
     notifier: *mut ngx_connection_t,
     pending: HashMap<CallId, Pending>,
     next_id: CallId,
-    /// One circuit breaker per Esper endpoint, keyed by its decision URL.
-    breakers: HashMap<String, Breaker>,
+    /// One circuit breaker per Esper endpoint (`Target::endpoint`).
+    breakers: Vec<Breaker>,
 }
 
 /// A call in flight.
@@ -180,7 +180,7 @@ fn build(main: &MainConf) -> Result<Worker, String> {
         notifier,
         pending: HashMap::new(),
         next_id: 0,
-        breakers: HashMap::new(),
+        breakers: main.endpoints.iter().map(|_| Breaker::default()).collect(),
     })
 }
 
@@ -274,10 +274,7 @@ pub fn call(
             .ok_or_else(|| Failure::Transport("no runtime in this worker process".to_owned()))?;
         let mut probe = false;
         if target.breaker.is_some() {
-            let breaker = worker
-                .breakers
-                .entry(target.decision_url.to_string())
-                .or_default();
+            let breaker = &mut worker.breakers[target.endpoint];
             let (admit, transition) = breaker.admit(now_ms());
             log_transition(target, transition);
             match admit {
@@ -335,10 +332,7 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
         pending.task.abort();
         metrics::pending_changed(0, 1);
         if let Some(settings) = &pending.target.breaker {
-            let breaker = worker
-                .breakers
-                .entry(pending.target.decision_url.to_string())
-                .or_default();
+            let breaker = &mut worker.breakers[pending.target.endpoint];
             let transition = match how {
                 End::Answered(success) => breaker.record(now_ms(), success, settings),
                 End::TimedOut => breaker.record(now_ms(), false, settings),
@@ -394,7 +388,7 @@ pub fn stop() {
     };
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
-    let open = worker.breakers.values().filter(|b| b.is_open()).count() as u64;
+    let open = worker.breakers.iter().filter(|b| b.is_open()).count() as u64;
     metrics::breakers_changed(0, open);
     metrics::pending_changed(0, worker.pending.len() as u64);
     worker
