@@ -5,7 +5,7 @@
 CARGO ?= cargo
 NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps build run test unit integration external distro module bench fuzz sanitize clean
+.PHONY: all deps build run test unit integration external distro module docker-check bench fuzz sanitize clean
 
 all: build
 
@@ -34,6 +34,11 @@ external:
 # The module built for the distribution's nginx and run in it.
 distro:
 	scripts/check-distro-nginx.sh
+
+# The Docker image, both variants, built with buildah on stand-in base images
+# and run (also part of `integration`).
+docker-check: build
+	prove t/image.t
 
 # The module for the nginx you run: make module NGINX=/usr/sbin/nginx
 module: deps

@@ -4,9 +4,10 @@
 # arguments, so this reads them (`nginx -V`), configures a source tree of the
 # same version with them plus --add-dynamic-module=<this repository>, and
 # builds with nginx's own build system. The source tree is, in order:
-# NGINX_SOURCE if set; the distribution's (Debian's and Ubuntu's nginx-dev
-# package: /usr/share/nginx/src, configured with its conf_flags); the vendored
-# nginx source when its version matches.
+# NGINX_SOURCE if set; the tarball at NGINX_SOURCE_URL if set; the
+# distribution's (Debian's and Ubuntu's nginx-dev package: /usr/share/nginx/src,
+# configured with its conf_flags); the vendored nginx source when its version
+# matches; with NGINX_SOURCE_DOWNLOAD=yes, nginx.org's release tarball.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,13 +19,24 @@ version=$("$nginx" -v 2>&1 | sed -n 's|^nginx version: [^/]*/\([0-9.]*\).*|\1|p'
 
 source_version() { sed -n 's/^#define NGINX_VERSION *"\(.*\)"/\1/p' "$1/src/core/nginx.h" 2>/dev/null; }
 
-vendored=$(cargo metadata --format-version 1 --locked |
-    perl -MJSON::PP -e 'my $m = decode_json(join "", <STDIN>);
-        for (@{$m->{packages}}) { if ($_->{name} eq "nginx-src") { (my $d = $_->{manifest_path}) =~ s{/Cargo\.toml$}{/nginx}; print $d; last } }')
+vendored=$(scripts/vendored-nginx-source.sh)
+
+work=$(realpath -m "${MODULE_WORK_DIR:-$root/target/nginx-$version}")
+mkdir -p "$work"
+
+download() {
+    echo "downloading $1"
+    rm -rf "$work/download"
+    mkdir -p "$work/download"
+    curl -fsSL "$1" | tar -xz -C "$work/download" --strip-components=1
+    src=$work/download
+}
 
 flags=()
 if [ -n "${NGINX_SOURCE:-}" ]; then
     src=$NGINX_SOURCE
+elif [ -n "${NGINX_SOURCE_URL:-}" ]; then
+    download "$NGINX_SOURCE_URL"
 elif [ "$(source_version /usr/share/nginx/src)" = "$version" ]; then
     src=/usr/share/nginx/src
     # shellcheck disable=SC1091
@@ -32,9 +44,12 @@ elif [ "$(source_version /usr/share/nginx/src)" = "$version" ]; then
     flags=("${NGX_CONF_FLAGS[@]}")
 elif [ "$(source_version "$vendored")" = "$version" ]; then
     src=$vendored
+elif [ "${NGINX_SOURCE_DOWNLOAD:-}" = yes ]; then
+    download "https://nginx.org/download/nginx-$version.tar.gz"
 else
     echo "no source of nginx $version: install your distribution's nginx-dev package," >&2
-    echo "or download nginx-$version from nginx.org and set NGINX_SOURCE=/path/to/it" >&2
+    echo "or set NGINX_SOURCE=/path/to/nginx-$version, or NGINX_SOURCE_URL to its tarball," >&2
+    echo "or NGINX_SOURCE_DOWNLOAD=yes to fetch it from nginx.org" >&2
     exit 1
 fi
 [ "$(source_version "$src")" = "$version" ] ||
@@ -56,15 +71,13 @@ case " ${flags[*]} " in
     *) echo "warning: $nginx was not configured --with-compat; the module must then match its build exactly" >&2 ;;
 esac
 
-work=${MODULE_WORK_DIR:-$root/target/nginx-$version}
 rm -rf "$work/src-tree"
-mkdir -p "$work"
 cp -r "$src" "$work/src-tree"
 (
     cd "$work/src-tree"
     configure=./configure
     [ -x "$configure" ] || configure=./auto/configure    # nginx's own repository layout
-    NGX_ESPER_TARGET_DIR=${NGX_ESPER_TARGET_DIR:-$work/cargo} \
+    NGX_ESPER_TARGET_DIR=$(realpath -m "${NGX_ESPER_TARGET_DIR:-$work/cargo}") \
         "$configure" "${flags[@]}" --add-dynamic-module="$root" >"$work/configure.log" 2>&1 ||
         { tail -20 "$work/configure.log" >&2; exit 1; }
     make -f objs/Makefile modules >"$work/make.log" 2>&1 ||

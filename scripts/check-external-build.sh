@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=${EXTERNAL_WORK_DIR:-$PWD/target/external}
-src=$(cargo metadata --format-version 1 --locked |
-    perl -MJSON::PP -e 'my $m = decode_json(join "", <STDIN>);
-        for (@{$m->{packages}}) { if ($_->{name} eq "nginx-src") { (my $d = $_->{manifest_path}) =~ s{/Cargo\.toml$}{/nginx}; print $d; last } }')
-[ -d "$src" ] || { echo "nginx source of the nginx-src crate not found" >&2; exit 1; }
+src=$(scripts/vendored-nginx-source.sh)
 
 rm -rf "$work/nginx"
 mkdir -p "$work"

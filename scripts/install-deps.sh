@@ -1,22 +1,32 @@
 #!/bin/bash
 # Installs what building and testing the module needs on Debian or Ubuntu,
-# only where something is missing. Safe to run again. With --bench, also what
+# only where something is missing. Safe to run again. With --build, only what
+# building needs (the Docker image's builder); with --bench, also what
 # `make bench` needs (wrk, and matplotlib for the chart).
 set -euo pipefail
 
-bench=false
-[ "${1:-}" = "--bench" ] && bench=true
+mode=${1:-test}
 
 packages=(
-    build-essential   # cc and make for the vendored nginx
+    build-essential   # cc and make for nginx
     libclang-dev      # bindgen, for the nginx bindings
     libpcre2-dev libssl-dev zlib1g-dev pkg-config
-    perl              # prove and the t/ harness (core modules only)
-    openssl           # test certificates in t/tls.t
-    curl              # make run prints curl lines; smoke checks
-    procps            # pgrep, used by the harness
+    perl              # scripts read cargo's metadata with JSON::PP; prove and the t/ harness
+    curl              # nginx source downloads; make run prints curl lines
 )
-$bench && packages+=(wrk python3-pip)
+case "$mode" in
+    --build) ;;
+    test | --bench)
+        packages+=(
+            openssl           # test certificates in t/tls.t
+            procps            # pgrep, used by the harness
+            gettext-base      # envsubst: t/docker.t renders the Docker template as the image does
+            buildah debootstrap   # t/image.t builds the Dockerfile on stand-in base images
+        )
+        ;;
+    *) echo "usage: $0 [--build | --bench]" >&2; exit 2 ;;
+esac
+[ "$mode" = --bench ] && packages+=(wrk python3-pip)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -31,7 +41,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if $bench && ! python3 -c 'import matplotlib' 2>/dev/null; then
+if [ "$mode" = --bench ] && ! python3 -c 'import matplotlib' 2>/dev/null; then
     python3 -m pip install --quiet matplotlib
 fi
 

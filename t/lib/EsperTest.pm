@@ -140,7 +140,14 @@ sub test_config {
 sub start_nginx {
     my ($self, $http, %opt) = @_;
     $self->{port} ||= free_port();
-    my $file = $self->write_file('nginx.conf', $self->config($http, %opt));
+    return $self->start_nginx_file($self->write_file('nginx.conf', $self->config($http, %opt)));
+}
+
+# Starts nginx with a whole configuration file whose pid file is
+# logs/nginx.pid and which listens on port(); waits until it answers.
+sub start_nginx_file {
+    my ($self, $file) = @_;
+    $self->{port} ||= free_port();
     my $bin = nginx_binary();
     my $output = `$bin -p $self->{dir}/ -c $file 2>&1`;
     die "nginx did not start: $output" if $?;
@@ -277,6 +284,20 @@ sub last_call {
     my ($self) = @_;
     my $all = $self->mock_requests;
     return @$all ? $all->[-1] : undef;
+}
+
+# Runs a command (a list, no shell); returns (exit status, stdout and stderr).
+sub capture {
+    my @cmd = @_;
+    my $pid = open(my $fh, '-|') // die "cannot fork: $!";
+    if (!$pid) {
+        open(STDERR, '>&', \*STDOUT) or die "cannot redirect stderr: $!";
+        exec(@cmd) or exit 127;
+    }
+    local $/;
+    my $output = <$fh> // '';
+    close $fh;
+    return ($? >> 8, $output);
 }
 
 sub read_file {
