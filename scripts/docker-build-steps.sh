@@ -4,7 +4,8 @@
 #
 #   docker-build-steps.sh module OUT_DIR
 #       Builds ngx_http_esper_module.so into OUT_DIR for the nginx at $NGINX
-#       (default /usr/sbin/nginx), installing the build packages if missing.
+#       (default /usr/sbin/nginx), installing the build packages if missing,
+#       without its debug information.
 #       A version that is not vendored is downloaded from nginx.org.
 #   docker-build-steps.sh conf NGINX_CONF OUT_FILE
 #       Writes NGINX_CONF to OUT_FILE with the module loaded.
@@ -25,6 +26,8 @@ case "${1:-}" in
         MODULE_WORK_DIR=$work NGINX_SOURCE_DOWNLOAD=yes scripts/build-for-nginx.sh
         mkdir -p "$out"
         cp "$work/ngx_http_esper_module.so" "$out/"
+        # Debug information is 40% of the file; the symbols stay for backtraces.
+        strip --strip-debug "$out/ngx_http_esper_module.so"
         ;;
     conf)
         [ $# -eq 3 ] || usage

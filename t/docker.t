@@ -45,6 +45,9 @@ like($log, qr/downloading \Q$url\E/, 'the source came from the URL');
 like($files->access_log, qr{"GET /nginx-\Q$version\E\.tar\.gz HTTP/1\.1" 200}, 'the tarball was fetched');
 like($log, qr/built for nginx \Q$version\E/, 'built for the target version');
 ok(-s "$out/ngx_http_esper_module.so", 'the step leaves the module in its output directory');
+my $sections = `readelf -SW $out/ngx_http_esper_module.so`;
+like($sections, qr/\.dynsym/, 'an ELF shared object');
+unlike($sections, qr/\.debug_info/, 'without debug information');
 make_path("$dir/modules");
 system('cp', "$out/ngx_http_esper_module.so", "$dir/modules/") == 0 or die "cp failed\n";
 
