@@ -71,13 +71,14 @@ case " ${flags[*]} " in
     *) echo "warning: $nginx was not configured --with-compat; the module must then match its build exactly" >&2 ;;
 esac
 
+cargo_target=$(realpath -m "${NGX_ESPER_TARGET_DIR:-$work/cargo}")
 rm -rf "$work/src-tree"
 cp -r "$src" "$work/src-tree"
 (
     cd "$work/src-tree"
     configure=./configure
     [ -x "$configure" ] || configure=./auto/configure    # nginx's own repository layout
-    NGX_ESPER_TARGET_DIR=$(realpath -m "${NGX_ESPER_TARGET_DIR:-$work/cargo}") \
+    NGX_ESPER_TARGET_DIR=$cargo_target \
         "$configure" "${flags[@]}" --add-dynamic-module="$root" >"$work/configure.log" 2>&1 ||
         { tail -20 "$work/configure.log" >&2; exit 1; }
     make -f objs/Makefile modules >"$work/make.log" 2>&1 ||
