@@ -15,6 +15,7 @@ image=localhost/nginx-esper
 case "${1:-}" in
     build)
         scripts/docker-standins.sh
+        mkdir -p target/docker
         start=$SECONDS
         # --layers: the unprivileged build reuses the builder stage.
         buildah_vfs bud --isolation chroot --pull=never --layers -t "$image:check" . \

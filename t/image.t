@@ -8,6 +8,7 @@ use warnings;
 use lib 't/lib';
 use Test::More;
 use IO::Socket::INET;
+use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use EsperTest;
 
@@ -59,6 +60,22 @@ like($output, qr{^load_module modules/ngx_http_esper_module\.so;$}m, 'nginx.conf
 like($output, qr{^ngx_http_esper_module\.so$}m, 'the module is in the modules directory');
 like($output, qr/esper_api_key \$\{ESPER_API_KEY\};/, 'the key is a template variable, filled at start');
 
+sub slurp {
+    my ($path) = @_;
+    open(my $fh, '<', $path) or return '';
+    local $/;
+    return <$fh>;
+}
+
+# Where the container's root file system is on the host.
+sub root_of {
+    my ($ctr) = @_;
+    my ($status, $mnt) = buildah('mount', $ctr);
+    die "buildah mount failed: $mnt" if $status;
+    chomp $mnt;
+    return $mnt;
+}
+
 # Starts the container's entrypoint in the background; returns the pid of
 # `buildah run`, whose output goes to $out.
 sub start {
@@ -88,14 +105,19 @@ sub wait_port {
 # is QUIT); returns the exit status of `buildah run`.
 sub stop {
     my ($ctr, $pid, $pid_file) = @_;
-    my ($status, $mnt) = buildah('mount', $ctr);
-    chomp $mnt;
-    open(my $fh, '<', "$mnt$pid_file") or die "no pid file $mnt$pid_file";
-    chomp(my $master = <$fh>);
+    my $master = slurp(root_of($ctr) . $pid_file) or die "no pid file $pid_file";
+    chomp $master;
     kill 'QUIT', $master;
+    return wait_exit($pid);
+}
+
+# The exit status of `buildah run`, or -1 if it did not end within 20 seconds
+# (then its whole process group is killed).
+sub wait_exit {
+    my ($pid) = @_;
     my $deadline = time + 20;
     while (time < $deadline) {
-        return $? >> 8 if waitpid($pid, 1) == $pid;
+        return $? >> 8 if waitpid($pid, WNOHANG) == $pid;
         sleep 0.05;
     }
     kill 'KILL', -$pid;
@@ -103,12 +125,6 @@ sub stop {
     return -1;
 }
 
-sub slurp {
-    my ($path) = @_;
-    open(my $fh, '<', $path) or return '';
-    local $/;
-    return <$fh>;
-}
 
 sub free_welcome_port {
     my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 8081, ReuseAddr => 1);
@@ -117,8 +133,8 @@ sub free_welcome_port {
 
 # Without a key, the container refuses to start and says why.
 my $pid = start($ctr, "$dir/nokey.out");
-waitpid($pid, 0);
-isnt($? >> 8, 0, 'no key: the container exits');
+my $exit = wait_exit($pid);
+ok($exit > 0, 'no key: the container exits with an error');
 like($t->read_file('nokey.out'), qr/set ESPER_API_KEY/, 'saying what to set');
 
 # The image as built: Esper in front of the welcome page, logs on stdout.
@@ -156,9 +172,7 @@ $port = $t->{port} = EsperTest::free_port();
 $pid = start($ctr, "$dir/unprivileged.out", '-v', "$dir/logs-101:/var/log/nginx", '-e', "ESPER_API_KEY=$key",
              '-e', 'ESPER_API_URL=http://127.0.0.1:' . $t->mock_port, '-e', "ESPER_LISTEN_PORT=127.0.0.1:$port");
 ok(wait_port($port), 'the unprivileged container listens') or diag $t->read_file('unprivileged.out');
-my ($st, $mnt) = buildah('mount', $ctr);
-chomp $mnt;
-my $master = slurp("$mnt/tmp/nginx.pid");
+my $master = slurp(root_of($ctr) . '/tmp/nginx.pid');
 chomp $master;
 like(slurp("/proc/$master/status"), qr/^Uid:\s+101\s/m, 'nginx runs as uid 101');
 $r = $t->get('/');
