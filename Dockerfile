@@ -14,7 +14,8 @@ ARG NGINX_VERSION=1.28.3
 ARG NGINX_IMAGE=nginx
 ARG RUST_VERSION=1.95.0
 
-# The Rust toolchain; the build log shows which.
+# The Rust toolchain. The step puts its version in the build log, and keeps
+# buildah from leaving this stage's working container behind.
 FROM rust:${RUST_VERSION}-slim AS rust
 RUN cargo --version
 
