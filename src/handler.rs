@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
+use std::fmt;
 use std::ptr::fn_addr_eq;
 use std::time::{Duration, SystemTime};
 
@@ -257,7 +258,7 @@ unsafe fn resumed(
                     metrics::count_error(&failure);
                     log_failure(
                         log,
-                        format!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                        format_args!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
                     );
                 }
                 Ok(_) => log_error(
@@ -288,16 +289,18 @@ unsafe fn resumed(
             if let Some(ms) = state.latency {
                 metrics::observe_latency(ms as u64);
             }
-            let monitor = conf.mode == MODE_MONITOR;
-            let applied = if monitor {
-                "monitor mode, request continues"
+            let (continues, applied) = if conf.mode == MODE_MONITOR {
+                (true, "monitor mode, request continues")
             } else if conf.failure_action == FAILURE_ALLOW {
-                "failure action allow"
+                (true, "failure action allow")
             } else {
-                "failure action block"
+                (false, "failure action block")
             };
-            log_failure(log, format!("esper decision failed: {failure}; {applied}"));
-            if monitor || conf.failure_action == FAILURE_ALLOW {
+            log_failure(
+                log,
+                format_args!("esper decision failed: {failure}; {applied}"),
+            );
+            if continues {
                 // SAFETY: per the function contract.
                 unsafe { proceed(r, conf, state) }
             } else {
@@ -314,11 +317,12 @@ thread_local! {
 
 /// Writes a line about an Esper failure, unless this second's budget is
 /// spent: then it is counted, and the next line written says how many were
-/// left out.
-fn log_failure(log: *mut ngx_log_t, message: String) {
+/// left out. The line is formatted only when it is written, so a failure
+/// storm costs no allocation per request.
+fn log_failure(log: *mut ngx_log_t, message: fmt::Arguments) {
     let now = ngx_time().max(0) as u64;
     match FAILURE_LOG.with(|t| t.borrow_mut().admit(now)) {
-        Some(0) => log_error(NGX_LOG_ERR, log, &message),
+        Some(0) => log_error(NGX_LOG_ERR, log, &message.to_string()),
         Some(left_out) => log_error(
             NGX_LOG_ERR,
             log,
