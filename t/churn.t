@@ -65,7 +65,7 @@ is($t->get('/index.html?mock_action=block')->{status}, 403, 'the new worker deci
 is($t->mock_count, $before + 1, 'it asked Esper');
 
 # 1,000 clients leave while their decisions are pending.
-sub rss { my ($w) = $t->worker_pids; open(my $f, '<', "/proc/$w/status") or return 0; local $/; (<$f> =~ /VmRSS:\s+(\d+)/)[0] }
+sub rss { my ($w) = $t->worker_pids; EsperTest::rss_kb($w) }
 sub abandon {
     for my $batch (1 .. $_[0] / 100) {
         my @gone = map { $t->open_request("/index.html?mock_delay_ms=300&b=$batch&n=$_") } 1 .. 100;

@@ -19,8 +19,7 @@ my @configs = sort glob("$EsperTest::ROOT/nginx-conf/*.conf");
 cmp_ok(scalar @configs, '>=', 6, 'the ready configurations are there');
 for my $path (@configs) {
     my $name = basename($path);
-    open(my $fh, '<', $path) or die "$path: $!";
-    my $conf = do { local $/; <$fh> };
+    my $conf = EsperTest::slurp($path) or die "cannot read $path\n";
     $conf =~ s{load_module modules/ngx_http_esper_module\.so;}{load_module $module;};
     $conf =~ s{/etc/nginx/}{$dir/etc/}g;
     # The demo's placeholders, as scripts/run-demo.sh fills them.

@@ -75,7 +75,7 @@ is($t->read_file('etc/again.conf'), $loaded, 'the conf step is idempotent');
 # The template with the image's directories and welcome port mapped into the test.
 my $site = EsperTest::free_port();
 my $port = $t->{port} = EsperTest::free_port();
-my $text = do { local (@ARGV, $/) = $template; <> };
+my $text = EsperTest::slurp($template);
 $text =~ s{/var/log/nginx/}{$dir/logs/}g;
 $text =~ s{/usr/share/nginx/html}{$dir/html}g;
 $text =~ s{127\.0\.0\.1:8081}{127.0.0.1:$site}g;

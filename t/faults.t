@@ -25,7 +25,7 @@ $t->start_nginx(<<'EOF');
     }
 EOF
 my ($worker) = $t->worker_pids;
-sub rss { open(my $f, '<', "/proc/$worker/status") or return 0; local $/; (<$f> =~ /VmRSS:\s+(\d+)/)[0] }
+sub rss { EsperTest::rss_kb($worker) }
 
 my @faults = (
     ['mock_reset_in_body=1&mock_action=allow'                => qr/request failed: /,                'connection broken inside the body'],

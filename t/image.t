@@ -60,13 +60,6 @@ like($output, qr{^load_module modules/ngx_http_esper_module\.so;$}m, 'nginx.conf
 like($output, qr{^ngx_http_esper_module\.so$}m, 'the module is in the modules directory');
 like($output, qr/esper_api_key \$\{ESPER_API_KEY\};/, 'the key is a template variable, filled at start');
 
-sub slurp {
-    my ($path) = @_;
-    open(my $fh, '<', $path) or return '';
-    local $/;
-    return <$fh>;
-}
-
 # Where the container's root file system is on the host.
 sub root_of {
     my ($ctr) = @_;
@@ -105,7 +98,7 @@ sub wait_port {
 # is QUIT); returns the exit status of `buildah run`.
 sub stop {
     my ($ctr, $pid, $pid_file) = @_;
-    my $master = slurp(root_of($ctr) . $pid_file) or die "no pid file $pid_file";
+    my $master = EsperTest::slurp(root_of($ctr) . $pid_file) or die "no pid file $pid_file";
     chomp $master;
     kill 'QUIT', $master;
     return wait_exit($pid);
@@ -172,9 +165,9 @@ $port = $t->{port} = EsperTest::free_port();
 $pid = start($ctr, "$dir/unprivileged.out", '-v', "$dir/logs-101:/var/log/nginx", '-e', "ESPER_API_KEY=$key",
              '-e', 'ESPER_API_URL=http://127.0.0.1:' . $t->mock_port, '-e', "ESPER_LISTEN_PORT=127.0.0.1:$port");
 ok(wait_port($port), 'the unprivileged container listens') or diag $t->read_file('unprivileged.out');
-my $master = slurp(root_of($ctr) . '/tmp/nginx.pid');
+my $master = EsperTest::slurp(root_of($ctr) . '/tmp/nginx.pid');
 chomp $master;
-like(slurp("/proc/$master/status"), qr/^Uid:\s+101\s/m, 'nginx runs as uid 101');
+like(EsperTest::slurp("/proc/$master/status"), qr/^Uid:\s+101\s/m, 'nginx runs as uid 101');
 $r = $t->get('/');
 is($r->{status}, 200, 'allow');
 $r = $t->get('/?mock_action=block');

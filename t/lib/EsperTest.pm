@@ -300,11 +300,23 @@ sub capture {
     return ($? >> 8, $output);
 }
 
-sub read_file {
-    my ($self, $name) = @_;
-    open(my $fh, '<', "$self->{dir}/$name") or return '';
+# A whole file, empty when it cannot be read.
+sub slurp {
+    my ($path) = @_;
+    open(my $fh, '<', $path) or return '';
     local $/;
     return <$fh>;
+}
+
+# Resident memory of a process, in kB (0 when it is gone).
+sub rss_kb {
+    my ($pid) = @_;
+    return (slurp("/proc/$pid/status") =~ /VmRSS:\s+(\d+)/)[0] // 0;
+}
+
+sub read_file {
+    my ($self, $name) = @_;
+    return slurp("$self->{dir}/$name");
 }
 
 sub error_log { $_[0]->read_file('logs/error.log') }
