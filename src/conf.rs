@@ -3,9 +3,11 @@
 //! `esper_protocol::config`; nginx's own slots parse flags, times and enums so
 //! that errors read exactly like nginx's.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::mem::{offset_of, zeroed};
 use std::ptr::{addr_of, null_mut};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
 use crate::ffi::{bytes, guard};
+use crate::worker::ConfClients;
 use crate::Module;
 
 pub const FAILURE_ALLOW: ngx_uint_t = 0;
@@ -58,6 +61,10 @@ pub struct MainConf {
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
     /// made once per configuration (so shared by all workers, new on reload).
     random_pass_key: Option<Arc<PassKey>>,
+    /// This configuration's HTTP clients and breakers in this process, made
+    /// on first use after the fork (`worker::clients_of`); an error says why
+    /// they could not be made.
+    pub clients: RefCell<Option<Result<Rc<ConfClients>, String>>>,
 }
 
 impl MainConf {

@@ -3,8 +3,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ngx::ffi::{
-    ngx_list_part_t, ngx_list_push, ngx_list_t, ngx_log_t, ngx_palloc, ngx_pool_t, ngx_str_t,
-    ngx_table_elt_t, NGX_LOG_ALERT,
+    ngx_hash_strlow, ngx_list_part_t, ngx_list_push, ngx_list_t, ngx_log_t, ngx_palloc,
+    ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_table_elt_t, NGX_LOG_ALERT,
 };
 
 /// Runs an `extern "C"` body so that a panic never unwinds into nginx: it is
@@ -49,6 +49,9 @@ pub fn bytes(s: &ngx_str_t) -> &[u8] {
 }
 
 /// Appends a header to an nginx header list, copying name and value into `pool`.
+/// Everything that can fail happens before the element joins the list, so
+/// readers of the list (header filters, `$http_*`, the proxy module) never see
+/// a half-made one.
 ///
 /// # Safety
 /// `list` must be a header list of a live request and `pool` that request's pool.
@@ -58,13 +61,24 @@ pub unsafe fn push_header(
     name: &str,
     value: &[u8],
 ) -> Option<*mut ngx_table_elt_t> {
-    // SAFETY: the caller guarantees a live list and pool.
+    // SAFETY: the caller guarantees a live list and pool; the copies live in
+    // the pool as long as the request.
     unsafe {
-        let h: *mut ngx_table_elt_t = ngx_list_push(list).cast();
-        ngx::ffi::add_to_ngx_table(h, pool, name, value)?;
+        let key = ngx_str_t::from_bytes(pool, name.as_bytes())?;
+        let value = ngx_str_t::from_bytes(pool, value)?;
+        let lowcase_key: *mut u8 = ngx_pnalloc(pool, key.len.max(1)).cast();
+        if lowcase_key.is_null() {
+            return None;
+        }
+        let hash = ngx_hash_strlow(lowcase_key, key.data, key.len);
+        let h = ngx_list_push(list).cast::<ngx_table_elt_t>().as_mut()?;
+        h.key = key;
+        h.value = value;
+        h.lowcase_key = lowcase_key;
+        h.hash = hash;
         #[cfg(ngx_table_elt_next)]
         {
-            (*h).next = std::ptr::null_mut();
+            h.next = std::ptr::null_mut();
         }
         Some(h)
     }

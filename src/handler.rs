@@ -21,6 +21,7 @@ use std::ptr::fn_addr_eq;
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::set_cookie;
+use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
 use ngx::ffi::{
@@ -142,10 +143,16 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
         // Only Esper and this module may set these for the application.
+        // `_` counts as `-`: with `underscores_in_headers on`, nginx's
+        // `$http_*` and CGI-style backends fold one into the other.
         let forged = |name: &[u8]| {
-            ESPER_REQUEST_HEADERS
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            ESPER_REQUEST_HEADERS.iter().any(|h| {
+                name.len() == h.len()
+                    && name
+                        .iter()
+                        .zip(h.bytes())
+                        .all(|(&n, h)| n.eq_ignore_ascii_case(&h) || (n == b'_' && h == b'-'))
+            })
         };
         if remove_headers(&mut (*r).headers_in.headers, (*r).pool, forged).is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -211,7 +218,11 @@ unsafe fn start(
         // SAFETY: per the function contract.
         return unsafe { resumed(r, conf, state, Err(Failure::Overloaded(limit))) };
     }
+    // SAFETY: per the function contract; the main configuration exists
+    // whenever a location has a target.
+    let main = unsafe { Module::main_conf(&*r) }.expect("main conf");
     match worker::call(
+        main,
         target,
         call,
         on_outcome,
@@ -415,8 +426,12 @@ unsafe fn pass_and_return(
     let cookie = set_cookie(&pass.cookie, &value, max_age, unsafe {
         request::is_https(r)
     });
+    // A relative path that stays on this site, whatever `absolute_redirect`
+    // makes of it: never `//host/...`.
     // SAFETY: per the function contract.
-    unsafe { redirect(r, conf, request::request_uri(r), Some(cookie.as_bytes())) }
+    let back = same_site_path(unsafe { request::request_uri(r) });
+    // SAFETY: per the function contract.
+    unsafe { redirect(r, conf, &back, Some(cookie.as_bytes())) }
 }
 
 /// Answers with `esper_challenge_status` to `location`, never cached.

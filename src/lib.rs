@@ -70,13 +70,19 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+/// Never fails: nginx does not respawn a worker whose `init_process` fails,
+/// so a runtime that cannot start is logged and leaves the failure action.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    ffi::guard(ngx::ffi::NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes the live cycle of this worker process.
+    ffi::guard((), || {
+        // SAFETY: nginx passes the live cycle of this process.
         unsafe { worker::start(cycle) }
-    })
+    });
+    ngx::ffi::NGX_OK as ngx_int_t
 }
 
-extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    ffi::guard((), worker::stop);
+extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    ffi::guard((), || {
+        // SAFETY: nginx passes the live cycle of this process.
+        unsafe { worker::stop(cycle) }
+    });
 }

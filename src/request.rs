@@ -4,12 +4,13 @@
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::cookie_values;
-use esper_protocol::query::take_proof;
+use esper_protocol::query::{replace_target, take_proof, target_without_proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
     ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_get_indexed_variable,
-    ngx_http_request_t, ngx_list_t, ngx_str_t, ngx_table_elt_t, NGX_OK,
+    ngx_http_request_t, ngx_http_variable_t, ngx_list_t, ngx_str_t, ngx_table_elt_t, NGX_OK,
 };
+use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
 
 use crate::conf::{LocConf, MainConf, PassSettings};
 use crate::ffi::bytes;
@@ -95,9 +96,11 @@ pub unsafe fn has_valid_pass(r: *mut ngx_http_request_t, pass: &PassSettings) ->
 }
 
 /// Takes `esper_challenge_proof` out of the request, so that neither the
-/// application nor Esper's payload ever sees it: out of `$request_uri` (what is
-/// proxied as is, and where the visitor is sent back to) and out of `$args`.
-/// Returns `None` when the parameter is absent, else the proof's token if any.
+/// application, Esper's payload nor the access log ever sees it: out of
+/// `$request_uri` (what is proxied as is, and where the visitor is sent back
+/// to), `$args` and the request line (`$request`), and out of every variable
+/// that cached one of them before the access phase. Returns `None` when the
+/// parameter is absent, else the proof's token if any.
 ///
 /// # Safety
 /// `r` must be a live main request on the nginx thread.
@@ -105,25 +108,59 @@ pub unsafe fn take_challenge_proof(r: *mut ngx_http_request_t) -> Option<Option<
     // SAFETY: per the function contract; new strings live in the request pool.
     unsafe {
         let req = &mut *r;
-        let uri = bytes(&req.unparsed_uri);
-        let query_at = uri.iter().position(|&b| b == b'?');
-        let from_uri = query_at.and_then(|q| take_proof(&uri[q + 1..]));
+        let from_uri = target_without_proof(bytes(&req.unparsed_uri));
         let from_args = take_proof(bytes(&req.args));
         if from_uri.is_none() && from_args.is_none() {
             return None;
         }
-        if let (Some(proof), Some(q)) = (&from_uri, query_at) {
-            let mut cleaned = uri[..q].to_vec();
-            if !proof.rest.is_empty() {
-                cleaned.push(b'?');
-                cleaned.extend_from_slice(&proof.rest);
-            }
-            req.unparsed_uri = pool_str(req.pool, &cleaned)?;
+        if let Some(clean) = &from_uri {
+            let line = replace_target(
+                bytes(&req.request_line),
+                bytes(&req.method_name),
+                bytes(&req.unparsed_uri),
+                &clean.target,
+                bytes(&req.http_protocol),
+            );
+            req.request_line = pool_str(req.pool, &line)?;
+            req.unparsed_uri = pool_str(req.pool, &clean.target)?;
         }
         if let Some(proof) = &from_args {
             req.args = pool_str(req.pool, &proof.rest)?;
         }
-        Some(from_uri.or(from_args).and_then(|p| p.token))
+        forget_cached_uri_variables(req);
+        let token = from_uri.and_then(|clean| clean.token);
+        Some(token.or(from_args.and_then(|proof| proof.token)))
+    }
+}
+
+/// Variables whose value is the request URI, its query or the request line.
+const URI_VARIABLES: [&[u8]; 5] = [
+    b"request_uri",
+    b"args",
+    b"query_string",
+    b"is_args",
+    b"request",
+];
+
+/// Marks every indexed variable derived from the URI or query as not yet
+/// evaluated, so the next read computes it from the request as it is now.
+fn forget_cached_uri_variables(r: &mut ngx_http_request_t) {
+    let Some(cmcf) = NgxHttpCoreModule::main_conf(r) else {
+        return;
+    };
+    // SAFETY: the core module's indexed variables are an array of
+    // ngx_http_variable_t, and the request's value slots have one entry for
+    // each of them (nginx allocates them together).
+    unsafe {
+        let variables = cmcf.variables.as_slice::<ngx_http_variable_t>();
+        for variable in variables {
+            let name = bytes(&variable.name);
+            if URI_VARIABLES.contains(&name) || name.starts_with(b"arg_") {
+                let value = &mut *r.variables.add(variable.index);
+                value.set_valid(0);
+                value.set_not_found(0);
+            }
+        }
     }
 }
 

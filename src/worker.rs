@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
@@ -19,7 +20,8 @@ use esper_protocol::breaker::{Admit, Breaker, Transition};
 use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, NGX_ERROR, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK,
+    ngx_handle_read_event, ngx_int_t, ngx_process, NGX_LOG_ALERT, NGX_LOG_WARN, NGX_OK,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
@@ -83,14 +85,32 @@ impl Completions {
 
 struct Worker {
     runtime: tokio::runtime::Runtime,
-    clients: Vec<reqwest::Client>,
     completions: Arc<Completions>,
     /// The nginx connection that watches a duplicate of the eventfd.
     notifier: *mut ngx_connection_t,
     pending: HashMap<CallId, Pending>,
     next_id: CallId,
-    /// One circuit breaker per Esper endpoint (`Target::endpoint`).
-    breakers: Vec<Breaker>,
+}
+
+/// What one configuration needs in each process that asks Esper. It hangs
+/// off that configuration (`MainConf::clients`), so after a reload in
+/// single-process mode the new configuration's indices never point into the
+/// old one's clients and breakers, while calls of the old one finish.
+pub struct ConfClients {
+    /// One per `MainConf::client_profiles` entry (`Target::client_profile`).
+    clients: Vec<reqwest::Client>,
+    /// One per Esper endpoint (`Target::endpoint`).
+    breakers: RefCell<Vec<Breaker>>,
+}
+
+/// Whether this process has its background runtime.
+enum Runtime {
+    /// Not a process that serves requests, or no location asks Esper.
+    Absent,
+    Running(Worker),
+    /// It could not start (logged once at `alert`): every request gets the
+    /// failure action.
+    Failed,
 }
 
 /// A call in flight.
@@ -99,6 +119,8 @@ struct Pending {
     data: *mut c_void,
     task: AbortHandle,
     target: Arc<Target>,
+    /// Of the configuration the call was made for.
+    conf: Rc<ConfClients>,
     /// The half-open breaker's one probe.
     probe: bool,
 }
@@ -112,40 +134,54 @@ enum End {
 
 thread_local! {
     /// Only the nginx thread of a worker process touches this.
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Runtime> = const { RefCell::new(Runtime::Absent) };
 }
 
-/// Starts the runtime of this worker process, if any location uses Esper.
+/// Starts the runtime of this process, if it serves requests (a worker, or
+/// nginx in single-process mode; never the cache manager and loader) and some
+/// location uses Esper. A runtime that cannot start leaves the process
+/// running: nginx does not respawn a worker whose `init_process` fails.
 ///
 /// # Safety
 /// `cycle` must be the live cycle passed to `init_process`.
-pub unsafe fn start(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    // SAFETY: per the function contract.
-    let Some(main) = (unsafe { Module::main_conf(&*cycle) }) else {
-        return NGX_OK as ngx_int_t;
-    };
-    if !main.in_use() {
-        return NGX_OK as ngx_int_t;
+pub unsafe fn start(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx sets ngx_process before it calls init_process.
+    let process = unsafe { ngx_process } as u32;
+    if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
+        return;
     }
     // SAFETY: per the function contract.
-    let log = unsafe { (*cycle).log };
-    match build(main) {
-        Ok(worker) => {
-            WORKER.with(|w| *w.borrow_mut() = Some(worker));
-            NGX_OK as ngx_int_t
-        }
+    let Some(main) = (unsafe { Module::main_conf(&*cycle) }) else {
+        return;
+    };
+    if !main.in_use() {
+        return;
+    }
+    let state = match build() {
+        Ok(worker) => Runtime::Running(worker),
         Err(message) => {
             log_error(
-                NGX_LOG_EMERG,
-                log,
-                &format!("esper: cannot start: {message}"),
+                NGX_LOG_ALERT,
+                cycle_log(),
+                &format!("esper: cannot start in this worker process: {message}; every request gets the failure action"),
             );
-            NGX_ERROR as ngx_int_t
+            Runtime::Failed
         }
+    };
+    let running = matches!(state, Runtime::Running(_));
+    WORKER.with(|w| *w.borrow_mut() = state);
+    if running {
+        // Made now rather than by the first request; a failure is logged there.
+        let _ = clients_of(main);
     }
 }
 
-fn build(main: &MainConf) -> Result<Worker, String> {
+fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
+    // SAFETY: ngx_cycle is set for the whole life of an nginx process.
+    unsafe { (*ngx::ffi::ngx_cycle).log }
+}
+
+fn build() -> Result<Worker, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("esper")
@@ -153,11 +189,6 @@ fn build(main: &MainConf) -> Result<Worker, String> {
         .enable_time()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let clients = main
-        .client_profiles
-        .iter()
-        .map(client)
-        .collect::<Result<Vec<_>, _>>()?;
 
     // SAFETY: eventfd returns a new descriptor or -1.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -172,7 +203,6 @@ fn build(main: &MainConf) -> Result<Worker, String> {
 
     Ok(Worker {
         runtime,
-        clients,
         completions: Arc::new(Completions {
             queue: Mutex::new(Vec::new()),
             eventfd,
@@ -180,8 +210,37 @@ fn build(main: &MainConf) -> Result<Worker, String> {
         notifier,
         pending: HashMap::new(),
         next_id: 0,
-        breakers: main.endpoints.iter().map(|_| Breaker::default()).collect(),
     })
+}
+
+/// The clients and breakers of `main` in this process, made on first use. A
+/// configuration whose clients cannot be made says why once, at `alert`, and
+/// its requests get the failure action.
+fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
+    let mut slot = main.clients.borrow_mut();
+    if let Some(made) = &*slot {
+        return made.clone();
+    }
+    let made = main
+        .client_profiles
+        .iter()
+        .map(client)
+        .collect::<Result<Vec<_>, _>>()
+        .map(|clients| {
+            Rc::new(ConfClients {
+                clients,
+                breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
+            })
+        });
+    if let Err(message) = &made {
+        log_error(
+            NGX_LOG_ALERT,
+            cycle_log(),
+            &format!("esper: cannot make the HTTP clients in this worker process: {message}; every request gets the failure action"),
+        );
+    }
+    *slot = Some(made.clone());
+    made
 }
 
 fn client(profile: &ClientProfile) -> Result<reqwest::Client, String> {
@@ -242,7 +301,10 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
         // SAFETY: reading 8 bytes into a live u64; the descriptor is non-blocking.
         while unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) } == 8 {}
 
-        let batch = WORKER.with(|w| w.borrow().as_ref().map(|worker| worker.completions.take()));
+        let batch = WORKER.with(|w| match &*w.borrow() {
+            Runtime::Running(worker) => Some(worker.completions.take()),
+            Runtime::Absent | Runtime::Failed => None,
+        });
         for (id, outcome) in batch.into_iter().flatten() {
             // Look each call up only now: resuming an earlier request of the
             // batch may have freed this one (an HTTP/2 connection closing), and
@@ -258,10 +320,11 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     })
 }
 
-/// Starts a call. `waiter` gets the outcome unless the call is forgotten or
-/// expires first. Fails when this process has no runtime or the endpoint's
-/// circuit breaker is open.
+/// Starts a call for a location of `main`. `waiter` gets the outcome unless
+/// the call is forgotten or expires first. Fails when this process has no
+/// runtime or the endpoint's circuit breaker is open.
 pub fn call(
+    main: &MainConf,
     target: &Arc<Target>,
     call: Call,
     waiter: Waiter,
@@ -269,13 +332,23 @@ pub fn call(
 ) -> Result<CallId, Failure> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
-        let worker = w
-            .as_mut()
-            .ok_or_else(|| Failure::Transport("no runtime in this worker process".to_owned()))?;
+        let worker = match &mut *w {
+            Runtime::Running(worker) => worker,
+            Runtime::Absent => {
+                return Err(Failure::Transport(
+                    "no runtime in this worker process".to_owned(),
+                ))
+            }
+            Runtime::Failed => {
+                return Err(Failure::Transport(
+                    "the runtime of this worker process could not start".to_owned(),
+                ))
+            }
+        };
+        let conf = clients_of(main).map_err(Failure::Transport)?;
         let mut probe = false;
         if target.breaker.is_some() {
-            let breaker = &mut worker.breakers[target.endpoint];
-            let (admit, transition) = breaker.admit(now_ms());
+            let (admit, transition) = conf.breakers.borrow_mut()[target.endpoint].admit(now_ms());
             log_transition(target, transition);
             match admit {
                 Admit::Refuse => return Err(Failure::CircuitOpen),
@@ -283,7 +356,7 @@ pub fn call(
                 Admit::Call => {}
             }
         }
-        let client = worker.clients[target.client_profile].clone();
+        let client = conf.clients[target.client_profile].clone();
         let id = worker.next_id;
         worker.next_id += 1;
         let completions = worker.completions.clone();
@@ -299,6 +372,7 @@ pub fn call(
             data,
             task: task.abort_handle(),
             target: target.clone(),
+            conf,
             probe,
         };
         worker.pending.insert(id, pending);
@@ -309,7 +383,10 @@ pub fn call(
 
 /// Number of calls in flight in this worker process.
 pub fn pending() -> usize {
-    WORKER.with(|w| w.borrow().as_ref().map_or(0, |worker| worker.pending.len()))
+    WORKER.with(|w| match &*w.borrow() {
+        Runtime::Running(worker) => worker.pending.len(),
+        Runtime::Absent | Runtime::Failed => 0,
+    })
 }
 
 /// Drops interest in a call whose request ended, and cancels it.
@@ -327,12 +404,15 @@ pub fn expire(id: CallId) {
 fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
-        let worker = w.as_mut()?;
+        let Runtime::Running(worker) = &mut *w else {
+            return None;
+        };
         let pending = worker.pending.remove(&id)?;
         pending.task.abort();
         metrics::pending_changed(0, 1);
         if let Some(settings) = &pending.target.breaker {
-            let breaker = &mut worker.breakers[pending.target.endpoint];
+            let mut breakers = pending.conf.breakers.borrow_mut();
+            let breaker = &mut breakers[pending.target.endpoint];
             let transition = match how {
                 End::Answered(success) => breaker.record(now_ms(), success, settings),
                 End::TimedOut => breaker.record(now_ms(), false, settings),
@@ -373,23 +453,33 @@ fn log_transition(target: &Target, transition: Option<Transition>) {
             format!("esper circuit breaker open again for {url}: the probe failed")
         }
     };
-    // SAFETY: ngx_cycle is set for the whole life of the process.
-    log_error(
-        NGX_LOG_WARN,
-        unsafe { (*ngx::ffi::ngx_cycle).log },
-        &message,
-    );
+    log_error(NGX_LOG_WARN, cycle_log(), &message);
 }
 
 /// Shuts the runtime down and closes the notifier (`exit_process`).
-pub fn stop() {
-    let Some(worker) = WORKER.with(|w| w.borrow_mut().take()) else {
+///
+/// # Safety
+/// `cycle` must be the live cycle passed to `exit_process`.
+pub unsafe fn stop(cycle: *mut ngx_cycle_t) {
+    let Runtime::Running(worker) =
+        WORKER.with(|w| std::mem::replace(&mut *w.borrow_mut(), Runtime::Absent))
+    else {
         return;
     };
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
-    let open = worker.breakers.iter().filter(|b| b.is_open()).count() as u64;
-    metrics::breakers_changed(0, open);
+    // SAFETY: per the function contract.
+    if let Some(Ok(conf)) =
+        unsafe { Module::main_conf(&*cycle) }.and_then(|m| m.clients.borrow().clone())
+    {
+        let open = conf
+            .breakers
+            .borrow()
+            .iter()
+            .filter(|b| b.is_open())
+            .count() as u64;
+        metrics::breakers_changed(0, open);
+    }
     metrics::pending_changed(0, worker.pending.len() as u64);
     worker
         .runtime

@@ -86,17 +86,20 @@ sub write_file {
 
 # The full nginx.conf around the test's http{} body. In the body, %%MOCK%% is
 # the mock's address, %%PORT%% the nginx port, %%DIR%% the test directory.
+# Options: workers, log_level, and main (lines for the main context).
 sub config {
     my ($self, $http, %opt) = @_;
     my $module = module_path();
     my $dir = $self->{dir};
     my $level = $opt{log_level} || 'info';
     my $workers = $opt{workers} || 1;
+    my $main = $opt{main} // '';
     my $conf = <<"EOF";
 load_module $module;
 worker_processes $workers;
 pid $dir/logs/nginx.pid;
 error_log $dir/logs/error.log $level;
+$main
 events { worker_connections 4096; }
 http {
     access_log $dir/logs/access.log;

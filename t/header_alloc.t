@@ -1,0 +1,89 @@
+# A header the module adds never joins a header list half made: when copying
+# it into the request pool fails, the list is left as it was. The failure is
+# made real with a malloc that refuses one chosen allocation of the nginx
+# thread, and glibc's MALLOC_PERTURB_ makes uninitialised memory visible.
+use strict;
+use warnings;
+use lib 't/lib';
+use Test::More;
+use EsperTest;
+
+my $t = EsperTest->new;
+my $shim_c = $t->write_file('failmalloc.c', <<'EOF');
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+extern void *__libc_malloc(size_t size);
+
+static size_t fail_size;
+static long fail_nth, seen;
+
+__attribute__((constructor)) static void init(void)
+{
+    const char *size = getenv("FAIL_MALLOC_SIZE"), *nth = getenv("FAIL_MALLOC_NTH");
+    fail_size = size ? strtoul(size, NULL, 10) : 0;
+    fail_nth = nth ? strtol(nth, NULL, 10) : 1;
+}
+
+/* Refuses the nth allocation of exactly fail_size bytes on a process's main
+   thread (nginx's), counted per process. */
+void *malloc(size_t size)
+{
+    if (fail_size && size == fail_size && syscall(SYS_gettid) == getpid() && ++seen == fail_nth)
+        return NULL;
+    return __libc_malloc(size);
+}
+EOF
+my $shim = $t->dir . '/failmalloc.so';
+my ($rc, $out) = EsperTest::capture('cc', '-shared', '-fPIC', '-O2', '-o', $shim, $shim_c);
+is($rc, 0, 'shim built') or diag $out;
+
+$t->start_mock('--api-key', 'k');
+my $app = EsperTest::free_port();
+my $conf = <<'EOF';
+    esper_api_url http://%%MOCK%%;
+    esper_api_key k;
+    log_format seen '$status|$http_x_esper_hybrid_key|$esper_result';
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        access_log %%DIR%%/logs/seen.log seen;
+        location / {
+            esper on;
+            esper_hybrid_key $http_x_big;
+            proxy_pass http://127.0.0.1:%%APP%%;
+        }
+    }
+    server {
+        listen 127.0.0.1:%%APP%%;
+        access_log off;
+        location / { return 200 "hybrid=$http_x_esper_hybrid_key\n"; }
+    }
+EOF
+$conf =~ s/%%APP%%/$app/g;
+
+# A value above nginx's pool limit (4 KiB) is allocated with malloc: the first
+# such allocation evaluates esper_hybrid_key, the second copies it into the
+# header the module adds.
+my $size = 6000;
+{
+    local $ENV{LD_PRELOAD} = $shim;
+    local $ENV{FAIL_MALLOC_SIZE} = $size;
+    local $ENV{FAIL_MALLOC_NTH} = 2;
+    local $ENV{MALLOC_PERTURB_} = 165;
+    $t->start_nginx($conf);
+}
+my @workers = $t->worker_pids;
+my $big = 'h' x $size;
+my $r = $t->get('/x?mock_action=allow', headers => [['X-Big', $big]]);
+is($r->{status}, 500, 'the header cannot be made: 500');
+$r = $t->get('/y?mock_action=allow', headers => [['X-Big', $big]]);
+is($r->{status}, 200, 'the next request is served');
+is($r->{body}, "hybrid=$big\n", 'with its header whole');
+is_deeply([$t->worker_pids], \@workers, 'the worker did not crash');
+$t->stop_nginx;
+is($t->read_file('logs/seen.log'), "500|-|decided\n200|$big|decided\n",
+    'the log of the failed request reads no half-made header');
+unlike($t->error_log, qr/exited on signal/, 'no crash');
+done_testing;
