@@ -21,13 +21,14 @@ use ngx::ffi::{
     ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_pcalloc, ngx_str_t,
     ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
     NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
 use crate::ffi::{bytes, guard};
+use crate::enforcement::{self, Zone};
 use crate::worker::ConfClients;
 use crate::Module;
 
@@ -46,6 +47,7 @@ const DEFAULT_PASS_COOKIE: &str = "esper_challenge";
 const DEFAULT_MAX_PENDING: ngx_int_t = 1024;
 const DEFAULT_PASS_TTL_SECS: time_t = 15 * 60;
 const DEFAULT_SOURCE: &str = "nginx";
+const DEFAULT_ENFORCEMENT_TTL_SECS: u64 = 60;
 
 /// Server-wide state gathered while the configuration is read.
 #[derive(Default)]
@@ -65,6 +67,8 @@ pub struct MainConf {
     /// on first use after the fork (`worker::clients_of`); an error says why
     /// they could not be made.
     pub clients: RefCell<Option<Result<Rc<ConfClients>, String>>>,
+    /// `esper_enforcement_zone`s, in order.
+    pub zones: Vec<Rc<Zone>>,
 }
 
 impl MainConf {
@@ -158,6 +162,10 @@ pub struct LocConf {
     pub hybrid_key: *mut ngx_http_complex_value_t,
     /// `esper_forward_decision_id`
     pub forward_decision_id: ngx_flag_t,
+    /// `esper_enforcement`: the zone's name and where it was named; `Some(None)` is `off`.
+    enforcement: Option<Option<(String, String)>>,
+    /// The zone `esper_enforcement` names, resolved at merge time where `esper on`.
+    pub zone: Option<Rc<Zone>>,
     /// Built at merge time where `esper on`.
     pub target: Option<Arc<Target>>,
     /// Built at merge time where `esper on`.
@@ -190,6 +198,8 @@ impl LocConf {
             pass_secret: None,
             hybrid_key: null_mut(),
             forward_decision_id: UNSET_FLAG,
+            enforcement: None,
+            zone: None,
             target: None,
             pass: None,
         }
@@ -245,7 +255,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 24] = [
+pub static mut COMMANDS: [ngx_command_t; 26] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -408,6 +418,21 @@ pub static mut COMMANDS: [ngx_command_t; 24] = [
         offset_of!(LocConf, forward_decision_id),
         null_mut(),
     ),
+    ngx_command_t {
+        name: ngx_string!("esper_enforcement_zone"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12) as ngx_uint_t,
+        set: Some(set_enforcement_zone),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    command(
+        ngx_string!("esper_enforcement"),
+        NGX_CONF_TAKE1,
+        set_enforcement,
+        0,
+        null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -545,6 +570,109 @@ unsafe extern "C" fn set_enable(
         })
     }
 }
+
+/// "file:line" of the directive being parsed, for errors found at merge time.
+///
+/// # Safety
+/// `cf` must be the live configuration context.
+unsafe fn directive_at(cf: *mut ngx_conf_t) -> String {
+    // SAFETY: per the function contract.
+    unsafe {
+        let file = &(*(*cf).conf_file).file;
+        format!(
+            "{}:{}",
+            String::from_utf8_lossy(bytes(&file.name)),
+            (*(*cf).conf_file).line
+        )
+    }
+}
+
+/// `esper_enforcement_zone zone=NAME:SIZE [ttl=TIME];`
+unsafe extern "C" fn set_enforcement_zone(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(NGX_CONF_ERROR, || {
+        // SAFETY: nginx passes the http block's MainConf (made by
+        // create_main_conf) and the arguments of this directive.
+        let (main, args) = unsafe {
+            (
+                &mut *conf.cast::<MainConf>(),
+                (*(*cf).args).as_slice::<ngx_str_t>(),
+            )
+        };
+        // SAFETY: cf is live.
+        match unsafe { parse_enforcement_zone(cf, main, &args[1..]) } {
+            Ok(()) => NGX_CONF_OK,
+            Err(message) => {
+                ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", message);
+                NGX_CONF_ERROR
+            }
+        }
+    })
+}
+
+/// # Safety
+/// `cf` must be the live configuration context.
+unsafe fn parse_enforcement_zone(
+    cf: *mut ngx_conf_t,
+    main: &mut MainConf,
+    args: &[ngx_str_t],
+) -> Result<(), String> {
+    let mut zone = None;
+    let mut ttl = Duration::from_secs(DEFAULT_ENFORCEMENT_TTL_SECS);
+    for arg in args {
+        let arg = String::from_utf8_lossy(bytes(arg));
+        let invalid = || format!("invalid parameter \"{arg}\"");
+        if let Some(spec) = arg.strip_prefix("zone=") {
+            let (name, size) = spec.rsplit_once(':').ok_or_else(invalid)?;
+            if name.is_empty() {
+                return Err(format!("invalid zone name \"{arg}\""));
+            }
+            let size = size_bytes(size).ok_or_else(|| format!("invalid zone size \"{arg}\""))?;
+            if size < 8 * page_size() || enforcement::layout_for(size).is_none() {
+                return Err(format!("zone \"{name}\" is too small"));
+            }
+            zone = Some((name.to_owned(), size));
+        } else if let Some(value) = arg.strip_prefix("ttl=") {
+            ttl = Duration::from_millis(time_ms(value).filter(|&ms| ms >= 1000).ok_or_else(invalid)?);
+        } else {
+            return Err(invalid());
+        }
+    }
+    let (name, size) = zone.ok_or("\"zone\" parameter is missing")?;
+    // SAFETY: per the function contract; the zone lives in `main`, which
+    // lives as long as the configuration.
+    let zone = unsafe { Zone::add(cf, &name, size, ttl) }?;
+    main.zones.push(zone);
+    Ok(())
+}
+
+/// An nginx size ("32k", "10m") in bytes.
+fn size_bytes(value: &str) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    // SAFETY: ngx_parse_size only reads the string.
+    let n = unsafe { ngx::ffi::ngx_parse_size(&mut s) };
+    (n > 0).then_some(n as usize)
+}
+
+fn page_size() -> usize {
+    // SAFETY: reading nginx's page size, set at startup.
+    unsafe { ngx::ffi::ngx_pagesize }
+}
+
+directive_handler!(set_enforcement, |cf, conf, args| {
+    once(conf.enforcement.is_some())?;
+    conf.enforcement = Some(match text(&args[1])? {
+        "off" => None,
+        name => Some((name.to_owned(), directive_at(cf))),
+    });
+    Ok(())
+});
 
 directive_handler!(set_api_url, |_cf, conf, args| {
     once(conf.api_url.is_some())?;
@@ -841,6 +969,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         UNSET_FLAG,
         0,
     );
+    inherit_clone(&mut conf.enforcement, &prev.enforcement);
 
     if conf.enable != 1 {
         return Ok(());
@@ -940,6 +1069,14 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         ttl: Duration::from_secs(conf.pass_ttl.max(0) as u64),
         key,
     });
+
+    if let Some(Some((name, at))) = &conf.enforcement {
+        let zone = main.zones.iter().find(|z| z.name == *name);
+        conf.zone = Some(
+            zone.ok_or_else(|| format!("unknown esper_enforcement_zone \"{name}\" in {at}"))?
+                .clone(),
+        );
+    }
 
     conf.target = Some(Arc::new(Target {
         breaker: conf.breaker.unwrap_or(Some(BreakerSettings::default())),

@@ -8,6 +8,7 @@
 //! `ffi` (small shared helpers around nginx types).
 
 mod conf;
+mod enforcement;
 mod ffi;
 mod handler;
 mod metrics;

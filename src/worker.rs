@@ -176,7 +176,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     }
 }
 
-fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
+pub fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
     // SAFETY: ngx_cycle is set for the whole life of an nginx process.
     unsafe { (*ngx::ffi::ngx_cycle).log }
 }

@@ -1,0 +1,212 @@
+//! `esper_enforcement_zone` and `esper_enforcement`: a shared memory zone that
+//! remembers Esper's block and challenge decisions per entity, so that the
+//! entity's later requests get the same action without a call, in every
+//! worker and across reloads. The table itself is `esper_protocol::entity_table`;
+//! this file maps it into nginx's shared memory and guards it with the zone's
+//! mutex.
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::Duration;
+
+use esper_protocol::entity_table::{Layout, Meta, Remembered, Slot, Stored, Table};
+use ngx::core::SlabPool;
+use ngx::ffi::{
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc_locked,
+    ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_WARN, NGX_OK,
+};
+
+use crate::ffi::{guard, log_error};
+use ngx::http::HttpModule;
+
+use crate::Module;
+
+/// Smallest zone accepted, as nginx's own zones (eight pages).
+const MIN_ENTRIES: usize = 8;
+
+/// One `esper_enforcement_zone`.
+pub struct Zone {
+    pub name: String,
+    /// `ttl=`: the longest an entry lives.
+    pub ttl: Duration,
+    shm: NonNull<ngx_shm_zone_t>,
+    /// The table's memory inside the zone, set when nginx maps it.
+    table: AtomicPtr<u8>,
+}
+
+impl Zone {
+    /// Adds the zone to the configuration; `None` when the name is taken.
+    ///
+    /// # Safety
+    /// `cf` must be the live http configuration context; the returned zone
+    /// must live as long as the configuration (it is the zone's `data`).
+    pub unsafe fn add(
+        cf: *mut ngx_conf_t,
+        name: &str,
+        size: usize,
+        ttl: Duration,
+    ) -> Result<Rc<Zone>, String> {
+        let mut ngx_name = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr().cast_mut(),
+        };
+        let tag = (Module::module() as *const _ as *mut c_void).cast();
+        // SAFETY: per the function contract; nginx copies the name into the
+        // cycle and keeps the zone with it.
+        let shm = unsafe { ngx_shared_memory_add(cf, &mut ngx_name, size, tag) };
+        let mut shm = NonNull::new(shm).ok_or("cannot add the shared memory zone")?;
+        // SAFETY: nginx's zone of this configuration, not yet mapped.
+        let shm_ref = unsafe { shm.as_mut() };
+        if !shm_ref.data.is_null() {
+            return Err(format!("duplicate zone \"{name}\""));
+        }
+        let zone = Rc::new(Zone {
+            name: name.to_owned(),
+            ttl,
+            shm,
+            table: AtomicPtr::new(std::ptr::null_mut()),
+        });
+        shm_ref.init = Some(init_zone);
+        shm_ref.data = Rc::as_ptr(&zone).cast_mut().cast();
+        Ok(zone)
+    }
+
+    /// Runs `f` on the table under the zone's mutex; `None` before nginx
+    /// mapped the zone.
+    fn with_table<R>(&self, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+        let base = NonNull::new(self.table.load(Ordering::Acquire))?;
+        // SAFETY: the zone is mapped for the life of this configuration.
+        let pool = unsafe { SlabPool::from_shm_zone(self.shm.as_ref()) }?;
+        let _locked = pool.lock();
+        // SAFETY: `init_zone` laid these parts out at `base` with this very
+        // layout, inside the zone; the zone's mutex, held until `_locked`
+        // drops, makes this the only view of them in any process.
+        let mut table = unsafe { table_at(base, &layout_of(self.shm.as_ref())?) };
+        Some(f(&mut table))
+    }
+
+    /// The entity's remembered decision, if any.
+    pub fn lookup(&self, key: &[u8; 16]) -> Option<Remembered> {
+        self.with_table(|t| t.get(key, now_ms())).flatten()
+    }
+
+    /// Remembers a block or a challenge for `lifetime`; says whether an entry
+    /// of another entity had to go.
+    pub fn remember(&self, key: &[u8; 16], decision: &Remembered, lifetime: Duration) -> Stored {
+        let now = now_ms();
+        let expires = now + lifetime.as_millis() as u64;
+        self.with_table(|t| t.remember(key, decision, expires, now))
+            .unwrap_or(Stored::No)
+    }
+
+    /// A verified proof: the entity's challenge goes (a block stays).
+    pub fn forget_challenge(&self, key: &[u8; 16]) {
+        self.with_table(|t| t.forget_challenge(key));
+    }
+
+    /// Entries and evictions, for the metrics.
+    pub fn counts(&self) -> (u64, u64) {
+        self.with_table(|t| (t.len() as u64, t.evictions()))
+            .unwrap_or_default()
+    }
+
+    /// Logs an eviction, at most once a second for the zone in this worker.
+    pub fn evicted(&self, throttle: &mut esper_protocol::throttle::LogThrottle) {
+        let now = ngx::ffi::ngx_time().max(0) as u64;
+        if let Some(left_out) = throttle.admit(now) {
+            let more = if left_out > 0 {
+                format!(" ({left_out} more since)")
+            } else {
+                String::new()
+            };
+            log_error(
+                NGX_LOG_WARN,
+                crate::worker::cycle_log(),
+                &format!(
+                    "esper_enforcement_zone \"{}\" is full: the least recently used entry went{more}",
+                    self.name
+                ),
+            );
+        }
+    }
+}
+
+/// The largest table in a zone of `size` bytes; `None` when too small.
+pub fn layout_for(size: usize) -> Option<Layout> {
+    Layout::fitting(usable_bytes(size), MIN_ENTRIES)
+}
+
+fn layout_of(shm: &ngx_shm_zone_t) -> Option<Layout> {
+    layout_for(shm.shm.size)
+}
+
+/// What one allocation can surely take from a zone of `size` bytes: nginx's
+/// slab pool keeps its header, its size classes and a descriptor per page at
+/// the start of the zone, and hands out whole pages.
+fn usable_bytes(size: usize) -> usize {
+    // SAFETY: reading nginx's page size, set at startup.
+    let page = unsafe { ngx::ffi::ngx_pagesize }.max(1);
+    let overhead = std::mem::size_of::<ngx_slab_pool_t>() + 64 * 8 + size / page * 24 + 2 * page;
+    (size.saturating_sub(overhead) / page) * page
+}
+
+/// # Safety
+/// `base` must hold a table laid out with `layout`, and nothing else may use
+/// it while the returned view lives.
+unsafe fn table_at<'a>(base: NonNull<u8>, layout: &Layout) -> Table<'a> {
+    let base = base.as_ptr();
+    // SAFETY: per the function contract; offsets and lengths come from the
+    // layout, which fits the memory and keeps each part aligned.
+    unsafe {
+        Table::new(
+            &mut *base.cast::<Meta>(),
+            std::slice::from_raw_parts_mut(base.add(layout.buckets_offset).cast::<u32>(), layout.buckets),
+            std::slice::from_raw_parts_mut(base.add(layout.slots_offset).cast::<Slot>(), layout.capacity),
+        )
+    }
+}
+
+/// Zone initialization (in the master, before workers are forked): the
+/// table's memory, or on a reload the memory of the zone nginx kept.
+unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx_int_t {
+    guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the zone it has just mapped; its data is the
+        // Zone of this configuration (`Zone::add`).
+        let (shm, zone) = unsafe { (&mut *shm, &*(*shm).data.cast::<Zone>()) };
+        let Some(layout) = layout_of(shm) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let pool = shm.shm.addr.cast::<ngx_slab_pool_t>();
+        // SAFETY: a zone starts with nginx's slab pool; a kept zone (same
+        // name, size and module) still holds the table in `data`. Workers do
+        // not exist yet, so the pool is not locked.
+        let base = unsafe {
+            if (*pool).data.is_null() {
+                let p = ngx_slab_alloc_locked(pool, usable_bytes(shm.shm.size));
+                if p.is_null() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                // Not a table yet, whatever the memory held.
+                std::ptr::write_bytes(p.cast::<u8>(), 0, std::mem::size_of::<Meta>());
+                (*pool).data = p;
+            }
+            (*pool).data.cast::<u8>()
+        };
+        let Some(base) = NonNull::new(base) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        // SAFETY: the memory is ours and no worker runs yet; `Table::new`
+        // keeps a table of this layout and lays out anything else.
+        drop(unsafe { table_at(base, &layout) });
+        zone.table.store(base.as_ptr(), Ordering::Release);
+        NGX_OK as ngx_int_t
+    })
+}
+
+/// nginx's cached monotonic clock, the same in every process.
+fn now_ms() -> u64 {
+    // SAFETY: reading nginx's cached clock on its own thread.
+    unsafe { ngx::ffi::ngx_current_msec as u64 }
+}
