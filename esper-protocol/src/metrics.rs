@@ -9,7 +9,7 @@ use crate::{Action, Failure};
 /// `esper_requests_total{result=...}`, in `$esper_result`'s words.
 pub const RESULTS: [&str; 6] = ["decided", "monitor", "pass", "timeout", "error", "skipped"];
 /// `esper_errors_total{reason=...}`.
-pub const ERROR_REASONS: [&str; 10] = [
+pub const ERROR_REASONS: [&str; 11] = [
     "transport",
     "unauthorized",
     "status",
@@ -20,6 +20,7 @@ pub const ERROR_REASONS: [&str; 10] = [
     "bad_redirect",
     "overloaded",
     "circuit_open",
+    "rate_limited",
 ];
 /// Upper bounds of the latency histogram, in milliseconds (then `+Inf`).
 pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500];
@@ -47,6 +48,7 @@ pub fn error_index(failure: &Failure) -> Option<usize> {
         Failure::BadRedirect(_) => 7,
         Failure::Overloaded(_) => 8,
         Failure::CircuitOpen => 9,
+        Failure::RateLimited { .. } => 10,
     })
 }
 
@@ -182,6 +184,10 @@ mod tests {
     fn indexes() {
         assert_eq!(error_index(&Failure::Timeout), None);
         assert_eq!(error_index(&Failure::CircuitOpen), Some(9));
+        assert_eq!(
+            error_index(&Failure::RateLimited { retry_after: None }).map(|i| ERROR_REASONS[i]),
+            Some("rate_limited")
+        );
         assert_eq!(latency_bucket(5), 0);
         assert_eq!(latency_bucket(6), 1);
         assert_eq!(latency_bucket(2501), 9);

@@ -5,10 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use esper_protocol::answer::contract::MAX_RETRY_AFTER;
 use esper_protocol::pass::{cookie_values, PassKey};
 use esper_protocol::query::take_proof;
 use esper_protocol::{
-    build_payload, parse_answer, parse_verify_answer, PayloadSettings, RequestView,
+    build_payload, parse_answer, parse_verify_answer, Failure, PayloadSettings, RequestView,
 };
 use proptest::prelude::*;
 
@@ -77,15 +78,25 @@ proptest! {
 
     #[test]
     fn answers_never_panic(status in 100u16..600, ct in prop::option::of(bytes(40)),
-                           id in prop::option::of(bytes(40)), body in bytes(512)) {
-        let _ = parse_answer(status, ct.as_deref(), id.as_deref(), &body);
-        let _ = parse_verify_answer(status, ct.as_deref(), &body, SystemTime::now());
+                           id in prop::option::of(bytes(40)), retry_after in prop::option::of(bytes(40)),
+                           body in bytes(512)) {
+        let now = SystemTime::now();
+        let answer = parse_answer(status, ct.as_deref(), id.as_deref(), retry_after.as_deref(), &body, now);
+        if let Err(Failure::RateLimited { retry_after: Some(after) }) = answer {
+            prop_assert!(after <= MAX_RETRY_AFTER);
+        }
+        let _ = parse_verify_answer(status, ct.as_deref(), retry_after.as_deref(), &body, now);
     }
 
     #[test]
-    fn json_shaped_answers_never_panic(action in "[a-z]{0,10}", url in ".{0,64}", id in ".{0,20}") {
-        let body = serde_json::json!({"action": action, "redirect_url": url, "decision_id": id}).to_string();
-        if let Ok(d) = parse_answer(200, Some(b"application/json"), None, body.as_bytes()) {
+    fn json_shaped_answers_never_panic(action in "[a-z]{0,10}", url in ".{0,64}", id in ".{0,20}",
+                                       ttl in any::<i64>(), expires_at in ".{0,30}") {
+        let body = serde_json::json!({
+            "action": action, "redirect_url": url, "decision_id": id,
+            "ttl_seconds": ttl, "expires_at": expires_at,
+        }).to_string();
+        if let Ok(d) = parse_answer(200, Some(b"application/json"), None, None, body.as_bytes(), SystemTime::now()) {
+            prop_assert!(d.lifetime.is_none_or(|l| !l.is_zero()));
             if let Some(url) = d.redirect_url {
                 prop_assert!(url.starts_with("http://") || url.starts_with("https://"));
                 prop_assert!(!url.chars().any(char::is_control));
