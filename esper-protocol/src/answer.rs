@@ -30,6 +30,15 @@ pub mod contract {
     /// way, INFERRED too): either field, the sooner wins. See [`lifetime`].
     pub const EXPIRES_AT_FIELD: &str = "expires_at";
     pub const TTL_FIELD: &str = "ttl_seconds";
+    /// Verify request (ESPER_API.md §2, INFERRED): the token goes under both
+    /// candidate names.
+    pub const VERIFY_TOKEN_FIELDS: [&str; 2] = ["proof", "token"];
+    /// Verify request: the redeeming client, so that Esper can refuse a proof
+    /// solved by someone else (INFERRED). Named exactly as in the decision
+    /// payload's `request` object (CONFIRMED there), so that one reading of
+    /// the contract covers both; the payload module's tests keep them equal.
+    pub const VERIFY_CLIENT_IP_FIELD: &str = "client_ip";
+    pub const VERIFY_USER_AGENT_FIELD: &str = "user_agent";
     /// Over its per-key rate limit Esper answers 429 (CONFIRMED); that it says
     /// when to come back in the standard `Retry-After` header, as delta-seconds
     /// or an HTTP-date, is INFERRED.

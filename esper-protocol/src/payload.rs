@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::answer::contract;
+
 /// Longest name kept (header, query parameter, cookie, field), and longest
 /// method, client address, request id and source.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -123,8 +125,8 @@ pub fn build_payload<'a>(
         request: RequestJson {
             method: text(req.method, MAX_NAME_BYTES),
             path: text(path, MAX_VALUE_BYTES),
-            client_ip: text(req.client_ip, MAX_NAME_BYTES),
-            user_agent: text(req.user_agent.unwrap_or_default(), MAX_VALUE_BYTES),
+            client_ip: client_ip_text(req.client_ip),
+            user_agent: user_agent_text(req.user_agent.unwrap_or_default()),
             headers: header_map,
             query_params: query_map,
             cookies: settings.send_cookies.then_some(cookie_map),
@@ -136,12 +138,24 @@ pub fn build_payload<'a>(
     serde_json::to_writer(&mut *out, &payload).expect("serializing to a Vec cannot fail");
 }
 
-/// Body of the proof verification call. Esper's field name is not published
-/// (ESPER_API.md §2, INFERRED): the token goes under both candidate names.
-pub fn verify_body(token: &str) -> Vec<u8> {
+/// Body of the proof verification call: the token, and the client redeeming
+/// it exactly as the decision payload names it (see [`contract`]). An absent
+/// user agent is empty, as in the payload.
+pub fn verify_body(token: &str, client_ip: &[u8], user_agent: &[u8]) -> Vec<u8> {
     let token = text(token.as_bytes(), MAX_VALUE_BYTES);
-    serde_json::to_vec(&serde_json::json!({ "proof": token, "token": token }))
-        .expect("serializing to a Vec cannot fail")
+    let mut body = serde_json::Map::new();
+    for name in contract::VERIFY_TOKEN_FIELDS {
+        body.insert(name.to_owned(), token.as_ref().into());
+    }
+    body.insert(
+        contract::VERIFY_CLIENT_IP_FIELD.to_owned(),
+        client_ip_text(client_ip).into(),
+    );
+    body.insert(
+        contract::VERIFY_USER_AGENT_FIELD.to_owned(),
+        user_agent_text(user_agent).into(),
+    );
+    serde_json::to_vec(&body).expect("serializing to a Vec cannot fail")
 }
 
 /// RFC 3339 UTC with milliseconds, as Esper's recipes send `observed_at`.
@@ -151,6 +165,16 @@ pub fn format_observed_at(at: SystemTime) -> String {
         .unwrap_or_default();
     let millis = Duration::from_millis(since_epoch.as_millis() as u64);
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + millis).to_string()
+}
+
+/// The entity as the payload and the verify body send it: the same bytes
+/// must give the same text in both.
+fn client_ip_text(client_ip: &[u8]) -> Cow<'_, str> {
+    text(client_ip, MAX_NAME_BYTES)
+}
+
+fn user_agent_text(user_agent: &[u8]) -> Cow<'_, str> {
+    text(user_agent, MAX_VALUE_BYTES)
 }
 
 #[derive(Serialize)]
@@ -538,9 +562,35 @@ mod tests {
     }
 
     #[test]
-    fn verify_body_names_the_token_twice() {
-        let v: Value = serde_json::from_slice(&verify_body("tok\"en")).unwrap();
-        assert_eq!(v, json!({"proof": "tok\"en", "token": "tok\"en"}));
+    fn verify_body_names_the_token_twice_and_the_client() {
+        let v: Value =
+            serde_json::from_slice(&verify_body("tok\"en", b"203.0.113.7", b"Mozilla/5.0"))
+                .unwrap();
+        assert_eq!(
+            v,
+            json!({"proof": "tok\"en", "token": "tok\"en",
+                   "client_ip": "203.0.113.7", "user_agent": "Mozilla/5.0"})
+        );
+    }
+
+    #[test]
+    fn verify_body_names_the_client_as_the_payload_does() {
+        let ua: &'static [u8] = Box::leak(
+            [&b"bot\x01\xff"[..], &[b'u'; 3000]]
+                .concat()
+                .into_boxed_slice(),
+        );
+        let payload = build(&view(b"/", Some(ua)), &[], false);
+        let verify: Value = serde_json::from_slice(&verify_body("t", b"203.0.113.7", ua)).unwrap();
+        for name in [
+            contract::VERIFY_CLIENT_IP_FIELD,
+            contract::VERIFY_USER_AGENT_FIELD,
+        ] {
+            assert!(verify[name].is_string(), "{name}");
+            assert_eq!(verify[name], payload["request"][name], "{name}");
+        }
+        let v: Value = serde_json::from_slice(&verify_body("t", b"", b"")).unwrap();
+        assert_eq!(v["user_agent"], "");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use esper_protocol::payload::{
 };
 use esper_protocol::query::take_proof;
 use esper_protocol::{
-    build_payload, parse_answer, parse_verify_answer, Failure, PayloadSettings, RequestView,
+    build_payload, parse_answer, parse_verify_answer, verify_body, Failure, PayloadSettings,
+    RequestView,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -188,6 +189,11 @@ proptest! {
         let mut out = Vec::new();
         build_payload(&view, headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &settings, &mut out);
         check_bounds(&out)?;
+
+        let verify: Value = serde_json::from_slice(&verify_body("t", &field, &ua)).expect("valid JSON");
+        let payload: Value = serde_json::from_slice(&out).unwrap();
+        prop_assert_eq!(&verify["client_ip"], &payload["request"]["client_ip"]);
+        prop_assert_eq!(&verify["user_agent"], &payload["request"]["user_agent"]);
     }
 
     #[test]
