@@ -46,6 +46,10 @@ pub mod contract {
     /// Longest `Retry-After` honoured: a wrong or hostile value must not keep
     /// Esper out of the picture for long.
     pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+    /// How long to hold off after a 429 without a usable `Retry-After`. Our
+    /// choice, not Esper's: one second takes the pressure off a limit counted
+    /// per second or per minute, and is too short for anyone to notice.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
     /// The lifetime an answer gives, from `now`: the sooner of `expires_at`
     /// (RFC 3339) and `ttl_seconds` (a non-negative integer). `None` when the

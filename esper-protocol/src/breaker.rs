@@ -204,7 +204,9 @@ mod tests {
         assert!(matches!(admit, Admit::Probe(_)));
         assert_eq!(transition, Some(Transition::HalfOpened));
         assert_eq!(b.admit(503), (Admit::Refuse, None), "one probe at a time");
-        let Admit::Probe(probe) = admit else { unreachable!() };
+        let Admit::Probe(probe) = admit else {
+            unreachable!()
+        };
         assert_eq!(b.record(probe, 510, false, &S), Some(Transition::Reopened));
         assert_eq!(b.admit(600), (Admit::Refuse, None));
         let probe = ticket(&mut b, 1011);
@@ -217,9 +219,15 @@ mod tests {
     fn an_abandoned_probe_lets_the_next_call_probe() {
         let mut b = Breaker::default();
         opened(&mut b);
-        assert!(matches!(b.admit(600), (Admit::Probe(_), Some(Transition::HalfOpened))));
+        assert!(matches!(
+            b.admit(600),
+            (Admit::Probe(_), Some(Transition::HalfOpened))
+        ));
         b.abandon_probe();
-        assert!(matches!(b.admit(601), (Admit::Probe(_), Some(Transition::HalfOpened))));
+        assert!(matches!(
+            b.admit(601),
+            (Admit::Probe(_), Some(Transition::HalfOpened))
+        ));
     }
 
     #[test]
@@ -278,6 +286,9 @@ mod tests {
         let tickets: Vec<Ticket> = (0..3).map(|t| ticket(&mut b, 601 + t)).collect();
         assert_eq!(b.record(tickets[0], 700, false, &S), None);
         assert_eq!(b.record(tickets[1], 700, false, &S), None);
-        assert_eq!(b.record(tickets[2], 700, false, &S), Some(Transition::Opened));
+        assert_eq!(
+            b.record(tickets[2], 700, false, &S),
+            Some(Transition::Opened)
+        );
     }
 }

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod breaker;
 pub mod config;
+pub mod enforcement;
 pub mod metrics;
 pub mod pass;
 pub mod payload;

@@ -261,7 +261,10 @@ mod tests {
             format!("v2.1000900.{tag}"),
             format!("{head}.{}!", &tag[1..]),
         ] {
-            assert!(!key().verify(bad.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"), "{bad}");
+            assert!(
+                !key().verify(bad.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"),
+                "{bad}"
+            );
         }
         assert!(!key().verify(value.as_bytes(), at(1_000_900), b"203.0.113.7", b"UA"));
         assert_eq!(macs_computed(), before, "no HMAC for any of them");
@@ -290,11 +293,17 @@ mod tests {
         // Malformed and expired values are not candidates: they take no turn.
         let expired = key().issue(at(999_000), b"203.0.113.7", b"UA");
         let junk: String = (0..500)
-            .map(|i| format!("esper_challenge=v1.{i}.x; esper_challenge={expired}; other={forged}; "))
+            .map(|i| {
+                format!("esper_challenge=v1.{i}.x; esper_challenge={expired}; other={forged}; ")
+            })
             .collect();
         let before = macs_computed();
         assert!(key().verify_cookies(
-            [junk.as_bytes(), b"a=b", format!("esper_challenge={good}").as_bytes()],
+            [
+                junk.as_bytes(),
+                b"a=b",
+                format!("esper_challenge={good}").as_bytes()
+            ],
             "esper_challenge",
             at(1_000_000),
             b"203.0.113.7",
