@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
 
-use esper_protocol::entity_table::{Layout, Meta, Remembered, Slot, Stored, Table};
+use esper_protocol::entity_table::{EntityKey, Layout, Meta, Remembered, Slot, Stored, Table};
 use ngx::core::SlabPool;
 use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc_locked,
@@ -88,13 +88,13 @@ impl Zone {
     }
 
     /// The entity's remembered decision, if any.
-    pub fn lookup(&self, key: &[u8; 16]) -> Option<Remembered> {
+    pub fn lookup(&self, key: &EntityKey) -> Option<Remembered> {
         self.with_table(|t| t.get(key, now_ms())).flatten()
     }
 
     /// Remembers a block or a challenge for `lifetime`; says whether an entry
     /// of another entity had to go.
-    pub fn remember(&self, key: &[u8; 16], decision: &Remembered, lifetime: Duration) -> Stored {
+    pub fn remember(&self, key: &EntityKey, decision: &Remembered, lifetime: Duration) -> Stored {
         let now = now_ms();
         let expires = now + lifetime.as_millis() as u64;
         self.with_table(|t| t.remember(key, decision, expires, now))
@@ -102,7 +102,7 @@ impl Zone {
     }
 
     /// A verified proof: the entity's challenge goes (a block stays).
-    pub fn forget_challenge(&self, key: &[u8; 16]) {
+    pub fn forget_challenge(&self, key: &EntityKey) {
         self.with_table(|t| t.forget_challenge(key));
     }
 

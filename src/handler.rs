@@ -21,6 +21,8 @@ use std::ptr::fn_addr_eq;
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::set_cookie;
+use esper_protocol::enforcement::{entry_lifetime, EntityKey};
+use esper_protocol::entity_table::{Remembered, Stored};
 use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
@@ -74,6 +76,16 @@ pub struct RequestState {
     pub result: &'static str,
     /// `$esper_decision_id`
     pub decision_id: Option<String>,
+    /// The entity's key in the location's enforcement zone; `None` where no
+    /// zone applies (none set, or monitor mode, which never enforces).
+    entity: Option<EntityKey>,
+}
+
+impl RequestState {
+    /// The decision the location's enforcement zone remembers for the entity.
+    fn zone_lookup(&self, conf: &LocConf) -> Option<Remembered> {
+        conf.zone.as_ref()?.lookup(self.entity.as_ref()?)
+    }
 }
 
 /// Registers the access-phase handler and looks up `$request_id`
@@ -164,6 +176,11 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     // SAFETY: attach returned a live state owned by the request pool.
     let state = unsafe { &mut *state };
+    if conf.zone.is_some() && conf.mode != MODE_MONITOR {
+        // SAFETY: per the function contract.
+        let (ip, ua) = unsafe { request::entity(r) };
+        state.entity = Some(EntityKey::new(ip, ua));
+    }
 
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
@@ -171,18 +188,56 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     if let Some(Some(token)) = unsafe { request::take_challenge_proof(r) } {
         state.stage = Stage::Verifying;
         // SAFETY: per the function contract.
-        return unsafe { start(r, conf, state, Call::Verify(verify_body(&token))) };
+        let (ip, ua) = unsafe { request::entity(r) };
+        let body = verify_body(&token, ip, ua);
+        // SAFETY: per the function contract.
+        return unsafe { start(r, conf, state, Call::Verify(body)) };
     }
 
+    // A pass skips a remembered challenge, never a remembered block.
+    let remembered = state.zone_lookup(conf);
     // SAFETY: per the function contract.
     if unsafe { request::has_valid_pass(r, pass) } {
+        if let Some(block) = remembered.filter(|d| d.action == Action::Block) {
+            // SAFETY: per the function contract.
+            return unsafe { enforce(r, conf, state, block) };
+        }
         state.result = "pass";
         metrics::count_result("pass");
         // SAFETY: per the function contract.
         return unsafe { proceed(r, conf, state) };
     }
+    if let Some(decision) = remembered {
+        // SAFETY: per the function contract.
+        return unsafe { enforce(r, conf, state, decision) };
+    }
     // SAFETY: per the function contract.
     unsafe { start_decision(r, conf, state) }
+}
+
+/// Applies a decision remembered in the enforcement zone, without a call.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn enforce(
+    r: *mut ngx_http_request_t,
+    conf: &LocConf,
+    state: &mut RequestState,
+    decision: Remembered,
+) -> ngx_int_t {
+    state.result = "enforced";
+    state.action = Some(decision.action);
+    state.decision_id = decision.decision_id;
+    metrics::count_result(state.result);
+    metrics::count_enforced(decision.action);
+    match decision.action {
+        Action::Challenge => {
+            let url = decision.redirect_url.unwrap_or_default();
+            // SAFETY: per the function contract.
+            unsafe { redirect(r, conf, url.as_bytes(), None) }
+        }
+        Action::Block | Action::Allow => conf.block_status as ngx_int_t,
+    }
 }
 
 /// Asks Esper for the runtime decision.
@@ -257,6 +312,14 @@ unsafe fn resumed(
     let log = unsafe { (*(*r).connection).log };
     match (state.stage, outcome) {
         (Stage::Verifying, Ok(Reply::Proof(ProofCheck::Verified { lifetime }))) => {
+            // The proof answers the remembered challenge; a block stays.
+            if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
+                zone.forget_challenge(key);
+            }
+            if let Some(block) = state.zone_lookup(conf) {
+                // SAFETY: per the function contract.
+                return unsafe { enforce(r, conf, state, block) };
+            }
             state.result = "pass";
             metrics::count_result("pass");
             // SAFETY: per the function contract.
@@ -324,6 +387,8 @@ unsafe fn resumed(
 thread_local! {
     /// Budget of this worker's error-log lines about Esper failures.
     static FAILURE_LOG: RefCell<LogThrottle> = RefCell::new(LogThrottle::default());
+    /// Budget of this worker's lines about full enforcement zones.
+    static EVICTION_LOG: RefCell<LogThrottle> = RefCell::new(LogThrottle::default());
 }
 
 /// Writes a line about an Esper failure, unless this second's budget is
@@ -354,6 +419,17 @@ unsafe fn apply(
     decision: Decision,
 ) -> ngx_int_t {
     let monitor = conf.mode == MODE_MONITOR;
+    if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
+        let remembered = Remembered {
+            action: decision.action,
+            decision_id: decision.decision_id.clone(),
+            redirect_url: decision.redirect_url.clone(),
+        };
+        let lifetime = entry_lifetime(decision.lifetime, zone.ttl);
+        if zone.remember(key, &remembered, lifetime) == (Stored::Yes { evicted: true }) {
+            EVICTION_LOG.with(|t| zone.evicted(&mut t.borrow_mut()));
+        }
+    }
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
     state.result = if monitor { "monitor" } else { "decided" };
@@ -549,6 +625,7 @@ unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
             action: None,
             result: "",
             decision_id: None,
+            entity: None,
         }));
         (*state).deadline.handler = Some(on_deadline);
         (*state).deadline.data = state.cast();

@@ -4,12 +4,13 @@
 //! location that serves them in Prometheus' text format.
 
 use std::ffi::c_void;
+use std::rc::Rc;
 use std::ptr::{null_mut, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use esper_protocol::metrics::{
-    self as names, action_index, error_index, latency_bucket, result_index, Snapshot,
-    ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
+    self as names, action_index, enforced_index, error_index, latency_bucket, result_index,
+    Snapshot, ZoneSnapshot, ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
 };
 use esper_protocol::{Action, Failure};
 use ngx::ffi::{
@@ -18,9 +19,10 @@ use ngx::ffi::{
     ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
     NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
+use crate::enforcement::Zone;
 use crate::ffi::guard;
 use crate::Module;
 
@@ -30,6 +32,8 @@ struct Counters {
     actions: [AtomicU64; 3],
     results: [AtomicU64; RESULTS.len()],
     errors: [AtomicU64; ERROR_REASONS.len()],
+    enforced: [AtomicU64; ENFORCED_ACTIONS.len()],
+    rate_limited: AtomicU64,
     pending: AtomicU64,
     open_breakers: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
@@ -79,6 +83,18 @@ pub fn count_error(failure: &Failure) {
     }
 }
 
+/// A request answered from an enforcement zone, without a call.
+pub fn count_enforced(action: Action) {
+    if let Some(i) = enforced_index(action) {
+        add(|c| &c.enforced[i], 1);
+    }
+}
+
+/// Esper answered 429.
+pub fn count_rate_limited() {
+    add(|c| &c.rate_limited, 1);
+}
+
 pub fn observe_latency(ms: u64) {
     add(|c| &c.latency_buckets[latency_bucket(ms)], 1);
     add(|c| &c.latency_sum_ms, ms);
@@ -94,12 +110,25 @@ pub fn breakers_changed(opened: u64, closed: u64) {
     sub(|c| &c.open_breakers, closed);
 }
 
-fn snapshot(c: &Counters) -> Snapshot {
+fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
     let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
     Snapshot {
         actions: c.actions.each_ref().map(read),
         results: c.results.each_ref().map(read),
         errors: c.errors.each_ref().map(read),
+        enforced: c.enforced.each_ref().map(read),
+        rate_limited: read(&c.rate_limited),
+        zones: zones
+            .iter()
+            .map(|zone| {
+                let (entries, evictions) = zone.counts();
+                ZoneSnapshot {
+                    name: zone.name.clone(),
+                    entries,
+                    evictions,
+                }
+            })
+            .collect(),
         pending: read(&c.pending),
         open_breakers: read(&c.open_breakers),
         latency_buckets: c.latency_buckets.each_ref().map(read),
@@ -185,7 +214,8 @@ unsafe fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
         if rc != NGX_OK as ngx_int_t {
             return rc;
         }
-        let body = names::render(&counters().map(snapshot).unwrap_or_default());
+        let zones = Module::main_conf(&*r).map_or(&[][..], |main| &main.zones[..]);
+        let body = names::render(&counters().map(|c| snapshot(c, zones)).unwrap_or_default());
         let out = &mut (*r).headers_out;
         out.status = 200;
         out.content_length_n = body.len() as i64;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use esper_protocol::pass::cookie_values;
 use esper_protocol::query::{replace_target, take_proof, target_without_proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
@@ -80,19 +79,20 @@ pub unsafe fn entity<'a>(r: *mut ngx_http_request_t) -> (&'a [u8], &'a [u8]) {
 }
 
 /// True when the request carries a pass cookie that this location issued for
-/// this client and that has not expired.
+/// this client and that has not expired; only the first few well-formed
+/// candidates are checked, however many the request carries.
 ///
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn has_valid_pass(r: *mut ngx_http_request_t, pass: &PassSettings) -> bool {
     // SAFETY: per the function contract.
     let (ip, ua) = unsafe { entity(r) };
-    let now = SystemTime::now();
     // SAFETY: the header list belongs to the live request.
-    unsafe { headers(&(*r).headers_in.headers) }
+    let cookie_headers = unsafe { headers(&(*r).headers_in.headers) }
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
-        .flat_map(|(_, value)| cookie_values(value, &pass.cookie))
-        .any(|value| pass.key.verify(value, now, ip, ua))
+        .map(|(_, value)| value);
+    pass.key
+        .verify_cookies(cookie_headers, &pass.cookie, SystemTime::now(), ip, ua)
 }
 
 /// Takes `esper_challenge_proof` out of the request, so that neither the

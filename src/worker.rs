@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
 use esper_protocol::breaker::{Admit, Breaker, Transition};
+use esper_protocol::enforcement::RetryGate;
 use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
@@ -101,6 +102,8 @@ pub struct ConfClients {
     clients: Vec<reqwest::Client>,
     /// One per Esper endpoint (`Target::endpoint`).
     breakers: RefCell<Vec<Breaker>>,
+    /// One per Esper endpoint: closed while Esper's `Retry-After` runs.
+    retry_gates: RefCell<Vec<RetryGate>>,
 }
 
 /// Whether this process has its background runtime.
@@ -121,13 +124,14 @@ struct Pending {
     target: Arc<Target>,
     /// Of the configuration the call was made for.
     conf: Rc<ConfClients>,
-    /// The half-open breaker's one probe.
-    probe: bool,
+    /// How the endpoint's breaker admitted a decision call; `None` for a
+    /// proof verification, whose answers never count for the breaker.
+    admitted: Option<Admit>,
 }
 
 /// How a call left the pending set, for its endpoint's circuit breaker.
-enum End {
-    Answered(bool),
+enum End<'a> {
+    Answered(&'a Outcome),
     TimedOut,
     Abandoned,
 }
@@ -230,6 +234,7 @@ fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
             Rc::new(ConfClients {
                 clients,
                 breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
+                retry_gates: RefCell::new(vec![RetryGate::default(); main.endpoints.len()]),
             })
         });
     if let Err(message) = &made {
@@ -309,7 +314,7 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
             // Look each call up only now: resuming an earlier request of the
             // batch may have freed this one (an HTTP/2 connection closing), and
             // a freed request has already forgotten its call.
-            let Some((waiter, data)) = end(id, End::Answered(outcome.is_ok())) else {
+            let Some((waiter, data)) = end(id, End::Answered(&outcome)) else {
                 continue;
             };
             // SAFETY: a call stays registered only while its data is alive: the
@@ -346,16 +351,23 @@ pub fn call(
             }
         };
         let conf = clients_of(main).map_err(Failure::Transport)?;
-        let mut probe = false;
-        if target.breaker.is_some() {
-            let (admit, transition) = conf.breakers.borrow_mut()[target.endpoint].admit(now_ms());
-            log_transition(target, transition);
-            match admit {
-                Admit::Refuse => return Err(Failure::CircuitOpen),
-                Admit::Probe => probe = true,
-                Admit::Call => {}
+        let now = now_ms();
+        let admitted = match &call {
+            Call::Decide(_) => {
+                if conf.retry_gates.borrow()[target.endpoint].is_closed(now) {
+                    return Err(Failure::RetryLater);
+                }
+                admit(&conf, target, now)?
             }
-        }
+            // A verification is never the breaker's probe, and refused only
+            // while the breaker is open.
+            Call::Verify(_) => {
+                if target.breaker.is_some() && conf.breakers.borrow()[target.endpoint].is_open() {
+                    return Err(Failure::CircuitOpen);
+                }
+                None
+            }
+        };
         let client = conf.clients[target.client_profile].clone();
         let id = worker.next_id;
         worker.next_id += 1;
@@ -373,7 +385,7 @@ pub fn call(
             task: task.abort_handle(),
             target: target.clone(),
             conf,
-            probe,
+            admitted,
         };
         worker.pending.insert(id, pending);
         metrics::pending_changed(1, 0);
@@ -399,8 +411,24 @@ pub fn expire(id: CallId) {
     end(id, End::TimedOut);
 }
 
-/// Takes a call out of the pending set, tells its endpoint's breaker how it
-/// ended, and returns who waits for it.
+/// Asks the endpoint's breaker to let a decision call through; `None` when
+/// the location has no breaker.
+fn admit(conf: &ConfClients, target: &Target, now: u64) -> Result<Option<Admit>, Failure> {
+    if target.breaker.is_none() {
+        return Ok(None);
+    }
+    let (admit, transition) = conf.breakers.borrow_mut()[target.endpoint].admit(now);
+    log_transition(target, transition);
+    match admit {
+        Admit::Refuse => Err(Failure::CircuitOpen),
+        admitted => Ok(Some(admitted)),
+    }
+}
+
+/// Takes a call out of the pending set, tells its endpoint's breaker and
+/// retry gate how it ended, and returns who waits for it. Only failures that
+/// say Esper is unavailable count against the breaker: an answer of any
+/// other kind shows it is there.
 fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
@@ -410,13 +438,25 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
         let pending = worker.pending.remove(&id)?;
         pending.task.abort();
         metrics::pending_changed(0, 1);
-        if let Some(settings) = &pending.target.breaker {
+        let now = now_ms();
+        if let End::Answered(Err(Failure::RateLimited { retry_after })) = how {
+            metrics::count_rate_limited();
+            pending.conf.retry_gates.borrow_mut()[pending.target.endpoint].note(now, *retry_after);
+        }
+        if let (Some(settings), Some(admitted)) = (&pending.target.breaker, pending.admitted) {
             let mut breakers = pending.conf.breakers.borrow_mut();
             let breaker = &mut breakers[pending.target.endpoint];
+            let ticket = match admitted {
+                Admit::Call(ticket) | Admit::Probe(ticket) => ticket,
+                Admit::Refuse => unreachable!("a refused call is never pending"),
+            };
             let transition = match how {
-                End::Answered(success) => breaker.record(now_ms(), success, settings),
-                End::TimedOut => breaker.record(now_ms(), false, settings),
-                End::Abandoned if pending.probe => {
+                End::Answered(outcome) => {
+                    let available = outcome.as_ref().err().is_none_or(|f| !f.is_availability_failure());
+                    breaker.record(ticket, now, available, settings)
+                }
+                End::TimedOut => breaker.record(ticket, now, false, settings),
+                End::Abandoned if matches!(admitted, Admit::Probe(_)) => {
                     breaker.abandon_probe();
                     None
                 }
@@ -510,6 +550,9 @@ async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outc
     let decision_id = headers
         .get(DECISION_ID_HEADER)
         .map(|v| v.as_bytes().to_vec());
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .map(|v| v.as_bytes().to_vec());
 
     let mut answer = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -518,15 +561,18 @@ async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outc
         }
         answer.extend_from_slice(&chunk);
     }
+    let now = std::time::SystemTime::now();
     if verify {
-        let now = std::time::SystemTime::now();
-        parse_verify_answer(status, content_type.as_deref(), &answer, now).map(Reply::Proof)
+        parse_verify_answer(status, content_type.as_deref(), retry_after.as_deref(), &answer, now)
+            .map(Reply::Proof)
     } else {
         parse_answer(
             status,
             content_type.as_deref(),
             decision_id.as_deref(),
+            retry_after.as_deref(),
             &answer,
+            now,
         )
         .map(Reply::Decision)
     }

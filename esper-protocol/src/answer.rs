@@ -12,6 +12,10 @@ use serde::Deserialize;
 /// Names inferred from Esper's recipes; the alternatives listed in ESPER_API.md
 /// are all accepted.
 pub mod contract {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::{Map, Value};
+
     /// JSON fields that may carry the decision id, in order of preference.
     pub const DECISION_ID_FIELDS: [&str; 2] = ["decision_id", "id"];
     /// Response header that may carry the decision id when the body has none.
@@ -19,10 +23,52 @@ pub mod contract {
     /// Largest answer body read; a decision is a few hundred bytes.
     pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
     /// Proof verification answer (ESPER_API.md §2, INFERRED): `valid` must be
-    /// `true`; the proof's lifetime may come as either of these.
+    /// `true`.
     pub const VERIFY_VALID_FIELD: &str = "valid";
-    pub const VERIFY_EXPIRES_AT_FIELD: &str = "expires_at";
-    pub const VERIFY_TTL_FIELD: &str = "ttl_seconds";
+    /// How long a verified proof or a decision stays good (ESPER_API.md §2,
+    /// INFERRED for the verify answer; the decision answer is read the same
+    /// way, INFERRED too): either field, the sooner wins. See [`lifetime`].
+    pub const EXPIRES_AT_FIELD: &str = "expires_at";
+    pub const TTL_FIELD: &str = "ttl_seconds";
+    /// Verify request (ESPER_API.md §2, INFERRED): the token goes under both
+    /// candidate names.
+    pub const VERIFY_TOKEN_FIELDS: [&str; 2] = ["proof", "token"];
+    /// Verify request: the redeeming client, so that Esper can refuse a proof
+    /// solved by someone else (INFERRED). Named exactly as in the decision
+    /// payload's `request` object (CONFIRMED there), so that one reading of
+    /// the contract covers both; the payload module's tests keep them equal.
+    pub const VERIFY_CLIENT_IP_FIELD: &str = "client_ip";
+    pub const VERIFY_USER_AGENT_FIELD: &str = "user_agent";
+    /// Over its per-key rate limit Esper answers 429 (CONFIRMED); that it says
+    /// when to come back in the standard `Retry-After` header, as delta-seconds
+    /// or an HTTP-date, is INFERRED.
+    pub const RETRY_AFTER_HEADER: &str = "retry-after";
+    /// Longest `Retry-After` honoured: a wrong or hostile value must not keep
+    /// Esper out of the picture for long.
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+    /// How long to hold off after a 429 without a usable `Retry-After`. Our
+    /// choice, not Esper's: one second takes the pressure off a limit counted
+    /// per second or per minute, and is too short for anyone to notice.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+    /// The lifetime an answer gives, from `now`: the sooner of `expires_at`
+    /// (RFC 3339) and `ttl_seconds` (a non-negative integer). `None` when the
+    /// answer gives neither in a readable form; zero when it has passed.
+    pub fn lifetime(answer: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
+        let until_expiry = answer
+            .get(EXPIRES_AT_FIELD)
+            .and_then(Value::as_str)
+            .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+            .map(|at| at.duration_since(now).unwrap_or_default());
+        let ttl = answer
+            .get(TTL_FIELD)
+            .and_then(Value::as_u64)
+            .map(Duration::from_secs);
+        match (until_expiry, ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The one action Esper returns.
@@ -50,6 +96,9 @@ pub struct Decision {
     /// Absolute http(s) URL of the challenge page; present exactly for `challenge`.
     pub redirect_url: Option<String>,
     pub decision_id: Option<String>,
+    /// How long Esper says the decision holds, when it says so and the time
+    /// is still ahead.
+    pub lifetime: Option<Duration>,
 }
 
 /// Why no usable decision came back. `Display` is the reason written to the
@@ -62,6 +111,9 @@ pub enum Failure {
     Transport(String),
     /// Esper refused the API key (401/403): a configuration problem.
     Unauthorized(u16),
+    /// Esper's per-key rate limit (429); `retry_after` is its `Retry-After`,
+    /// at most [`contract::MAX_RETRY_AFTER`].
+    RateLimited { retry_after: Option<Duration> },
     /// Any other non-2xx status.
     Status(u16),
     /// The answer body is larger than [`contract::MAX_ANSWER_BYTES`].
@@ -78,6 +130,8 @@ pub enum Failure {
     Overloaded(usize),
     /// The circuit breaker is open: Esper is not asked.
     CircuitOpen,
+    /// Esper answered 429 and its `Retry-After` runs: Esper is not asked.
+    RetryLater,
 }
 
 impl Failure {
@@ -86,6 +140,26 @@ impl Failure {
         match self {
             Failure::Timeout => "timeout",
             _ => "error",
+        }
+    }
+
+    /// True when the failure says Esper is unreachable, slow or overloaded,
+    /// which is what a circuit breaker is for; false when the call itself
+    /// was at fault (a client error status, a bad key, an unusable answer) or
+    /// Esper was not asked at all, since backing off would not help.
+    pub fn is_availability_failure(&self) -> bool {
+        match self {
+            Failure::Timeout | Failure::Transport(_) | Failure::RateLimited { .. } => true,
+            Failure::Status(status) => *status >= 500,
+            Failure::Unauthorized(_)
+            | Failure::TooLarge
+            | Failure::ContentType(_)
+            | Failure::InvalidBody(_)
+            | Failure::UnknownAction(_)
+            | Failure::BadRedirect(_)
+            | Failure::Overloaded(_)
+            | Failure::CircuitOpen
+            | Failure::RetryLater => false,
         }
     }
 }
@@ -99,6 +173,13 @@ impl fmt::Display for Failure {
                 f,
                 "status {s}: Esper refused the API key, check \"esper_api_key\""
             ),
+            Failure::RateLimited { retry_after } => {
+                f.write_str("rate limited by Esper (429)")?;
+                match retry_after {
+                    Some(after) => write!(f, ", retry after {} s", after.as_secs()),
+                    None => Ok(()),
+                }
+            }
             Failure::Status(s) => write!(f, "unexpected status {s}"),
             Failure::TooLarge => {
                 write!(f, "answer larger than {} bytes", contract::MAX_ANSWER_BYTES)
@@ -112,6 +193,9 @@ impl fmt::Display for Failure {
                 "{n} decisions already pending (esper_max_pending), Esper not asked"
             ),
             Failure::CircuitOpen => f.write_str("circuit breaker open, Esper not asked"),
+            Failure::RetryLater => {
+                f.write_str("Esper's Retry-After after a 429 is running, Esper not asked")
+            }
         }
     }
 }
@@ -125,13 +209,18 @@ struct RawAnswer {
 }
 
 /// Turns a complete HTTP answer into a decision or the reason it is unusable.
+/// The headers are the raw values of `Content-Type`,
+/// [`contract::DECISION_ID_HEADER`] and [`contract::RETRY_AFTER_HEADER`];
+/// `now` is when the answer arrived, for an `expires_at` lifetime.
 pub fn parse_answer(
     status: u16,
     content_type: Option<&[u8]>,
     decision_id_header: Option<&[u8]>,
+    retry_after: Option<&[u8]>,
     body: &[u8],
+    now: SystemTime,
 ) -> Result<Decision, Failure> {
-    check_envelope(status, content_type, body)?;
+    check_envelope(status, content_type, retry_after, body, now)?;
     let raw: RawAnswer = serde_json::from_slice(body).map_err(|e| {
         if body.iter().all(u8::is_ascii_whitespace) {
             Failure::InvalidBody("empty body".into())
@@ -169,18 +258,33 @@ pub fn parse_answer(
         })
         .filter(|id| is_header_safe(id));
 
+    // Tolerant: an unreadable or past lifetime is no lifetime.
+    let lifetime = contract::lifetime(&raw.rest, now).filter(|l| !l.is_zero());
+
     Ok(Decision {
         action,
         redirect_url,
         decision_id,
+        lifetime,
     })
 }
 
 /// What every answer must be before its body is read: 2xx, JSON, bounded.
-fn check_envelope(status: u16, content_type: Option<&[u8]>, body: &[u8]) -> Result<(), Failure> {
+fn check_envelope(
+    status: u16,
+    content_type: Option<&[u8]>,
+    retry_after: Option<&[u8]>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(), Failure> {
     match status {
         200..=299 => {}
         401 | 403 => return Err(Failure::Unauthorized(status)),
+        429 => {
+            return Err(Failure::RateLimited {
+                retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            })
+        }
         _ => return Err(Failure::Status(status)),
     }
     if let Some(ct) = content_type {
@@ -194,6 +298,22 @@ fn check_envelope(status: u16, content_type: Option<&[u8]>, body: &[u8]) -> Resu
     Ok(())
 }
 
+/// A `Retry-After` value (RFC 9110 §10.2.3): delta-seconds or an HTTP-date,
+/// in whole seconds rounded up, at most [`contract::MAX_RETRY_AFTER`]; a date
+/// in the past is zero. `None` when unreadable.
+fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let after = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits to count is still "later than the cap".
+        Duration::from_secs(value.parse().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        let ahead = at.duration_since(now).unwrap_or_default();
+        Duration::from_secs(ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0))
+    };
+    Some(after.min(contract::MAX_RETRY_AFTER))
+}
+
 /// What Esper said about a challenge proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProofCheck {
@@ -205,32 +325,23 @@ pub enum ProofCheck {
 
 /// Reads the answer of `POST /api/v1/challenge/proof/verify`. Transport-level
 /// problems (status, content type, size, unreadable JSON) are failures like
-/// those of a decision; a readable answer that does not say valid is `Refused`.
+/// those of a decision (a 429 too); a readable answer that does not say valid
+/// is `Refused`.
 pub fn parse_verify_answer(
     status: u16,
     content_type: Option<&[u8]>,
+    retry_after: Option<&[u8]>,
     body: &[u8],
     now: SystemTime,
 ) -> Result<ProofCheck, Failure> {
-    check_envelope(status, content_type, body)?;
+    check_envelope(status, content_type, retry_after, body, now)?;
     let answer: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| Failure::InvalidBody(e.to_string()))?;
     if answer.get(contract::VERIFY_VALID_FIELD) != Some(&serde_json::Value::Bool(true)) {
         return Ok(ProofCheck::Refused);
     }
-    let until_expiry = answer
-        .get(contract::VERIFY_EXPIRES_AT_FIELD)
-        .and_then(|v| v.as_str())
-        .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
-        .map(|at| at.duration_since(now).unwrap_or_default());
-    let ttl = answer
-        .get(contract::VERIFY_TTL_FIELD)
-        .and_then(|v| v.as_u64())
-        .map(Duration::from_secs);
-    let lifetime = match (until_expiry, ttl) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let lifetime = contract::lifetime(&answer, now);
+    // Strict, unlike a decision's: a proof whose time is up is no proof.
     if lifetime.is_some_and(|l| l.as_secs() == 0) {
         return Ok(ProofCheck::Refused);
     }
@@ -280,8 +391,23 @@ fn printable(bytes: &[u8], max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// 2026-03-26T12:00:00Z
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_526_400)
+    }
+
+    /// A decision answer without `Retry-After`, arriving at [`now`].
+    fn answer(
+        status: u16,
+        content_type: Option<&[u8]>,
+        decision_id_header: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Decision, Failure> {
+        parse_answer(status, content_type, decision_id_header, None, body, now())
+    }
+
     fn ok(body: &str) -> Result<Decision, Failure> {
-        parse_answer(200, Some(b"application/json"), None, body.as_bytes())
+        answer(200, Some(b"application/json"), None, body.as_bytes())
     }
 
     #[test]
@@ -325,9 +451,9 @@ mod tests {
                 .as_deref(),
             Some("42")
         );
-        let d = parse_answer(200, None, Some(b"h3"), br#"{"action":"allow"}"#).unwrap();
+        let d = answer(200, None, Some(b"h3"), br#"{"action":"allow"}"#).unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("h3"));
-        let d = parse_answer(
+        let d = answer(
             200,
             None,
             Some(b"h3"),
@@ -346,23 +472,17 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(
-            parse_answer(401, None, None, b""),
+            answer(401, None, None, b""),
             Err(Failure::Unauthorized(401))
         );
         assert_eq!(
-            parse_answer(403, None, None, b""),
+            answer(403, None, None, b""),
             Err(Failure::Unauthorized(403))
         );
+        assert_eq!(answer(500, None, None, b"{}"), Err(Failure::Status(500)));
+        assert_eq!(answer(302, None, None, b"{}"), Err(Failure::Status(302)));
         assert_eq!(
-            parse_answer(500, None, None, b"{}"),
-            Err(Failure::Status(500))
-        );
-        assert_eq!(
-            parse_answer(302, None, None, b"{}"),
-            Err(Failure::Status(302))
-        );
-        assert_eq!(
-            parse_answer(204, None, None, br#"{"action":"allow"}"#)
+            answer(204, None, None, br#"{"action":"allow"}"#)
                 .unwrap()
                 .action,
             Action::Allow
@@ -394,12 +514,12 @@ mod tests {
     #[test]
     fn content_types() {
         let body = br#"{"action":"allow"}"#;
-        assert!(parse_answer(200, Some(b"application/json; charset=utf-8"), None, body).is_ok());
-        assert!(parse_answer(200, Some(b"Application/JSON"), None, body).is_ok());
-        assert!(parse_answer(200, Some(b"application/problem+json"), None, body).is_ok());
-        assert!(parse_answer(200, None, None, body).is_ok());
+        assert!(answer(200, Some(b"application/json; charset=utf-8"), None, body).is_ok());
+        assert!(answer(200, Some(b"Application/JSON"), None, body).is_ok());
+        assert!(answer(200, Some(b"application/problem+json"), None, body).is_ok());
+        assert!(answer(200, None, None, body).is_ok());
         assert_eq!(
-            parse_answer(200, Some(b"text/html"), None, body),
+            answer(200, Some(b"text/html"), None, body),
             Err(Failure::ContentType("text/html".into()))
         );
     }
@@ -421,9 +541,10 @@ mod tests {
 
     #[test]
     fn proof_answers() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_526_400);
-        let check =
-            |body: &str| parse_verify_answer(200, Some(b"application/json"), body.as_bytes(), now);
+        let now = now();
+        let check = |body: &str| {
+            parse_verify_answer(200, Some(b"application/json"), None, body.as_bytes(), now)
+        };
         assert_eq!(
             check(r#"{"valid":true}"#),
             Ok(ProofCheck::Verified { lifetime: None })
@@ -453,17 +574,134 @@ mod tests {
         assert_eq!(check(r#"{}"#), Ok(ProofCheck::Refused));
         assert!(matches!(check("nope"), Err(Failure::InvalidBody(_))));
         assert_eq!(
-            parse_verify_answer(500, None, b"{}", now),
+            parse_verify_answer(500, None, None, b"{}", now),
             Err(Failure::Status(500))
         );
         assert_eq!(
-            parse_verify_answer(401, None, b"{}", now),
+            parse_verify_answer(401, None, None, b"{}", now),
             Err(Failure::Unauthorized(401))
         );
     }
 
     #[test]
+    fn decision_lifetime_is_read_tolerantly() {
+        let lifetime = |extra: &str| {
+            ok(&format!(r#"{{"action":"block"{extra}}}"#))
+                .unwrap()
+                .lifetime
+        };
+        assert_eq!(lifetime(""), None);
+        assert_eq!(
+            lifetime(r#","ttl_seconds":30"#),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            lifetime(r#","expires_at":"2026-03-26T12:01:00Z""#),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            lifetime(r#","expires_at":"2026-03-26T12:01:00Z","ttl_seconds":10"#),
+            Some(Duration::from_secs(10)),
+            "the sooner wins"
+        );
+        for unusable in [
+            r#","ttl_seconds":0"#,
+            r#","ttl_seconds":-5"#,
+            r#","ttl_seconds":"30""#,
+            r#","ttl_seconds":1.5"#,
+            r#","expires_at":"2026-03-26T11:59:59Z""#,
+            r#","expires_at":"tomorrow""#,
+            r#","expires_at":12"#,
+        ] {
+            assert_eq!(lifetime(unusable), None, "{unusable}");
+        }
+    }
+
+    #[test]
+    fn rate_limited_with_retry_after() {
+        let limited =
+            |retry_after: Option<&[u8]>| parse_answer(429, None, None, retry_after, b"{}", now());
+        let after = |secs| {
+            Err(Failure::RateLimited {
+                retry_after: Some(Duration::from_secs(secs)),
+            })
+        };
+        assert_eq!(
+            limited(None),
+            Err(Failure::RateLimited { retry_after: None })
+        );
+        assert_eq!(limited(Some(b"5")), after(5));
+        assert_eq!(limited(Some(b" 7 ")), after(7));
+        assert_eq!(limited(Some(b"0")), after(0));
+        assert_eq!(limited(Some(b"3600")), after(60), "capped");
+        assert_eq!(limited(Some(b"99999999999999999999999")), after(60));
+        assert_eq!(limited(Some(b"Thu, 26 Mar 2026 12:00:09 GMT")), after(9));
+        assert_eq!(limited(Some(b"Thu, 26 Mar 2026 13:00:00 GMT")), after(60));
+        assert_eq!(limited(Some(b"Thu, 26 Mar 2026 11:00:00 GMT")), after(0));
+        for garbage in [&b""[..], b"-5", b"+5", b"5s", b"1.5", b"soon", b"\xff"] {
+            assert_eq!(
+                limited(Some(garbage)),
+                Err(Failure::RateLimited { retry_after: None }),
+                "{garbage:?}"
+            );
+        }
+        assert_eq!(
+            parse_verify_answer(429, None, Some(b"2"), b"", now()),
+            Err(Failure::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            })
+        );
+        assert_eq!(
+            parse_answer(503, None, None, Some(b"5"), b"{}", now()),
+            Err(Failure::Status(503)),
+            "Retry-After matters only with 429"
+        );
+    }
+
+    #[test]
+    fn availability_failures() {
+        for failure in [
+            Failure::Timeout,
+            Failure::Transport("connection refused".into()),
+            Failure::Status(500),
+            Failure::Status(503),
+            Failure::RateLimited { retry_after: None },
+        ] {
+            assert!(failure.is_availability_failure(), "{failure:?}");
+        }
+        for failure in [
+            Failure::Status(400),
+            Failure::Status(413),
+            Failure::Status(422),
+            Failure::Status(404),
+            Failure::Status(302),
+            Failure::Unauthorized(401),
+            Failure::TooLarge,
+            Failure::ContentType("text/html".into()),
+            Failure::InvalidBody("x".into()),
+            Failure::UnknownAction("x".into()),
+            Failure::BadRedirect("x".into()),
+            Failure::Overloaded(10),
+            Failure::CircuitOpen,
+        ] {
+            assert!(!failure.is_availability_failure(), "{failure:?}");
+        }
+    }
+
+    #[test]
     fn reasons_are_printable() {
+        assert_eq!(
+            Failure::RateLimited {
+                retry_after: Some(Duration::from_secs(5))
+            }
+            .to_string(),
+            "rate limited by Esper (429), retry after 5 s"
+        );
+        assert_eq!(
+            Failure::RateLimited { retry_after: None }.to_string(),
+            "rate limited by Esper (429)"
+        );
+        assert_eq!(Failure::RateLimited { retry_after: None }.result(), "error");
         assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
         assert_eq!(Failure::Timeout.result(), "timeout");
         assert_eq!(Failure::Status(502).result(), "error");

@@ -23,7 +23,7 @@ pub const MAX_URL_BYTES: usize = 1024;
 
 /// The entity a decision applies to: a digest of what the decision payload
 /// sends as `request.client_ip` and `request.user_agent`.
-pub type EntityKey = [u8; 16];
+pub use crate::enforcement::EntityKey;
 
 /// The table's own bookkeeping, at the start of the memory.
 #[repr(C)]
@@ -41,7 +41,7 @@ pub struct Meta {
 /// One remembered decision, or a free slot.
 #[repr(C)]
 pub struct Slot {
-    key: EntityKey,
+    key: [u8; EntityKey::LEN],
     expires_ms: u64,
     bucket_next: u32,
     lru_prev: u32,
@@ -228,7 +228,7 @@ impl<'a> Table<'a> {
                 };
                 let bucket = self.bucket_of(key);
                 let slot = &mut self.slots[at as usize];
-                slot.key = *key;
+                slot.key = *key.as_bytes();
                 slot.bucket_next = self.buckets[bucket];
                 self.buckets[bucket] = at;
                 self.meta.entries += 1;
@@ -260,7 +260,8 @@ impl<'a> Table<'a> {
     }
 
     fn bucket_of(&self, key: &EntityKey) -> usize {
-        let h = u32::from_le_bytes([key[0], key[1], key[2], key[3]]);
+        let k = key.as_bytes();
+        let h = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
         h as usize & (self.buckets.len() - 1)
     }
 
@@ -268,7 +269,7 @@ impl<'a> Table<'a> {
         let mut at = *self.buckets.get(self.bucket_of(key))?;
         while at != NIL {
             let slot = &self.slots[at as usize];
-            if slot.key == *key {
+            if slot.key == *key.as_bytes() {
                 return Some(at);
             }
             at = slot.bucket_next;
@@ -287,7 +288,7 @@ impl<'a> Table<'a> {
 
     /// Takes a live slot out of its bucket and the LRU list, onto the free list.
     fn remove(&mut self, at: u32) {
-        let bucket = self.bucket_of(&self.slots[at as usize].key);
+        let bucket = self.bucket_of(&EntityKey::from_bytes(self.slots[at as usize].key));
         let next = self.slots[at as usize].bucket_next;
         if self.buckets[bucket] == at {
             self.buckets[bucket] = next;
@@ -408,7 +409,7 @@ mod tests {
         // Same low bytes for many keys: collisions in the buckets.
         k[4..8].copy_from_slice(&n.to_le_bytes());
         k[0] = (n % 3) as u8;
-        k
+        EntityKey::from_bytes(k)
     }
 
     fn block(id: &str) -> Remembered {
@@ -552,7 +553,7 @@ mod tests {
         let mut lru = 0;
         let mut at = t.meta.lru_head;
         while at != NIL {
-            assert!(t.find(&t.slots[at as usize].key) == Some(at));
+            assert!(t.find(&EntityKey::from_bytes(t.slots[at as usize].key)) == Some(at));
             lru += 1;
             at = t.slots[at as usize].lru_next;
         }

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod breaker;
 pub mod config;
+pub mod enforcement;
 pub mod entity_table;
 pub mod metrics;
 pub mod pass;

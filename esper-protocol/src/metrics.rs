@@ -6,10 +6,14 @@ use std::fmt::Write;
 
 use crate::{Action, Failure};
 
-/// `esper_requests_total{result=...}`, in `$esper_result`'s words.
-pub const RESULTS: [&str; 6] = ["decided", "monitor", "pass", "timeout", "error", "skipped"];
+/// `esper_requests_total{result=...}`, in `$esper_result`'s words:
+/// `enforced` is a decision replayed from an enforcement zone without a call,
+/// `bypassed` a request the operator's allowlist lets through unasked.
+pub const RESULTS: [&str; 8] = [
+    "decided", "monitor", "pass", "timeout", "error", "skipped", "enforced", "bypassed",
+];
 /// `esper_errors_total{reason=...}`.
-pub const ERROR_REASONS: [&str; 10] = [
+pub const ERROR_REASONS: [&str; 11] = [
     "transport",
     "unauthorized",
     "status",
@@ -20,7 +24,11 @@ pub const ERROR_REASONS: [&str; 10] = [
     "bad_redirect",
     "overloaded",
     "circuit_open",
+    "rate_limited",
 ];
+/// `esper_enforced_requests_total{action=...}`: only decisions that stop a
+/// request are remembered and replayed.
+pub const ENFORCED_ACTIONS: [Action; 2] = [Action::Block, Action::Challenge];
 /// Upper bounds of the latency histogram, in milliseconds (then `+Inf`).
 pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500];
 
@@ -47,7 +55,14 @@ pub fn error_index(failure: &Failure) -> Option<usize> {
         Failure::BadRedirect(_) => 7,
         Failure::Overloaded(_) => 8,
         Failure::CircuitOpen => 9,
+        Failure::RateLimited { .. } | Failure::RetryLater => 10,
     })
+}
+
+/// The `action` label of a locally enforced request; `None` for allow, which
+/// is never enforced.
+pub fn enforced_index(action: Action) -> Option<usize> {
+    ENFORCED_ACTIONS.iter().position(|a| *a == action)
 }
 
 /// The bucket a latency falls in (the last one is `+Inf`).
@@ -58,12 +73,28 @@ pub fn latency_bucket(ms: u64) -> usize {
         .unwrap_or(LATENCY_BUCKETS_MS.len())
 }
 
+/// The reading of one enforcement zone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ZoneSnapshot {
+    /// The zone's name in the configuration.
+    pub name: String,
+    /// Decisions it holds now.
+    pub entries: u64,
+    /// Decisions dropped to make room for others, since it was created.
+    pub evictions: u64,
+}
+
 /// A reading of all counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub actions: [u64; 3],
     pub results: [u64; RESULTS.len()],
     pub errors: [u64; ERROR_REASONS.len()],
+    /// By [`enforced_index`].
+    pub enforced: [u64; ENFORCED_ACTIONS.len()],
+    /// Answers with status 429, decisions and proof verifications alike.
+    pub rate_limited: u64,
+    pub zones: Vec<ZoneSnapshot>,
     pub pending: u64,
     pub open_breakers: u64,
     /// Per bucket (not cumulative), `+Inf` last.
@@ -73,6 +104,15 @@ pub struct Snapshot {
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value as the exposition format wants it: `\`, `"` and newline
+/// escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub fn render(s: &Snapshot) -> String {
@@ -108,6 +148,54 @@ pub fn render(s: &Snapshot) -> String {
     );
     for (reason, count) in ERROR_REASONS.iter().zip(s.errors) {
         let _ = writeln!(out, "esper_errors_total{{reason=\"{reason}\"}} {count}");
+    }
+    family(
+        &mut out,
+        "esper_enforced_requests_total",
+        "counter",
+        "Requests given a remembered block or challenge without asking Esper, by action.",
+    );
+    for (action, count) in ENFORCED_ACTIONS.iter().zip(s.enforced) {
+        let _ = writeln!(
+            out,
+            "esper_enforced_requests_total{{action=\"{}\"}} {count}",
+            action.as_str()
+        );
+    }
+    family(
+        &mut out,
+        "esper_rate_limited_total",
+        "counter",
+        "Answers from Esper with status 429 (rate limited).",
+    );
+    let _ = writeln!(out, "esper_rate_limited_total {}", s.rate_limited);
+    family(
+        &mut out,
+        "esper_enforcement_entries",
+        "gauge",
+        "Decisions held in an enforcement zone, by zone.",
+    );
+    for zone in &s.zones {
+        let _ = writeln!(
+            out,
+            "esper_enforcement_entries{{zone=\"{}\"}} {}",
+            label_value(&zone.name),
+            zone.entries
+        );
+    }
+    family(
+        &mut out,
+        "esper_enforcement_evictions_total",
+        "counter",
+        "Decisions dropped from a full enforcement zone to make room, by zone.",
+    );
+    for zone in &s.zones {
+        let _ = writeln!(
+            out,
+            "esper_enforcement_evictions_total{{zone=\"{}\"}} {}",
+            label_value(&zone.name),
+            zone.evictions
+        );
     }
     family(
         &mut out,
@@ -179,9 +267,67 @@ mod tests {
     }
 
     #[test]
+    fn renders_enforcement_and_rate_limits() {
+        let mut s = Snapshot::default();
+        s.results[result_index("enforced").unwrap()] = 6;
+        s.enforced[enforced_index(Action::Block).unwrap()] = 4;
+        s.enforced[enforced_index(Action::Challenge).unwrap()] = 2;
+        s.errors[error_index(&Failure::RateLimited { retry_after: None }).unwrap()] = 3;
+        s.rate_limited = 5;
+        s.zones = vec![
+            ZoneSnapshot {
+                name: "bots".into(),
+                entries: 120,
+                evictions: 7,
+            },
+            ZoneSnapshot {
+                name: "odd\"na\\me".into(),
+                entries: 0,
+                evictions: 0,
+            },
+        ];
+        let text = render(&s);
+        for expected in [
+            "esper_requests_total{result=\"enforced\"} 6\n",
+            "esper_requests_total{result=\"bypassed\"} 0\n",
+            "esper_errors_total{reason=\"rate_limited\"} 3\n",
+            "# HELP esper_enforced_requests_total Requests given a remembered block or challenge without asking Esper, by action.\n\
+             # TYPE esper_enforced_requests_total counter\n\
+             esper_enforced_requests_total{action=\"block\"} 4\n\
+             esper_enforced_requests_total{action=\"challenge\"} 2\n",
+            "# TYPE esper_rate_limited_total counter\nesper_rate_limited_total 5\n",
+            "# TYPE esper_enforcement_entries gauge\n\
+             esper_enforcement_entries{zone=\"bots\"} 120\n\
+             esper_enforcement_entries{zone=\"odd\\\"na\\\\me\"} 0\n",
+            "# TYPE esper_enforcement_evictions_total counter\n\
+             esper_enforcement_evictions_total{zone=\"bots\"} 7\n",
+        ] {
+            assert!(text.contains(expected), "{expected}\nin\n{text}");
+        }
+    }
+
+    #[test]
+    fn families_without_zones_have_no_samples() {
+        let text = render(&Snapshot::default());
+        assert!(text.contains(
+            "# TYPE esper_enforcement_entries gauge\n# HELP esper_enforcement_evictions_total"
+        ));
+        assert!(!text.contains("zone="));
+    }
+
+    #[test]
     fn indexes() {
         assert_eq!(error_index(&Failure::Timeout), None);
         assert_eq!(error_index(&Failure::CircuitOpen), Some(9));
+        assert_eq!(
+            error_index(&Failure::RateLimited { retry_after: None }).map(|i| ERROR_REASONS[i]),
+            Some("rate_limited")
+        );
+        assert_eq!(enforced_index(Action::Block), Some(0));
+        assert_eq!(enforced_index(Action::Challenge), Some(1));
+        assert_eq!(enforced_index(Action::Allow), None);
+        assert_eq!(result_index("enforced"), Some(6));
+        assert_eq!(result_index("bypassed"), Some(7));
         assert_eq!(latency_bucket(5), 0);
         assert_eq!(latency_bucket(6), 1);
         assert_eq!(latency_bucket(2501), 9);

@@ -1,9 +1,11 @@
 //! The JSON body of `POST /api/v1/runtime/mitigation` (ESPER_API.md §1).
 //!
 //! Input is whatever bytes the client sent; output is always valid JSON of a
-//! bounded size. Non-UTF-8 bytes become U+FFFD; over-long values are cut (a
-//! character split by the cut becomes U+FFFD too); beyond the entry limits, later
-//! entries are left out. The limits below are the README's "payload bounds".
+//! bounded size. Non-UTF-8 bytes become U+FFFD; over-long values are cut at a
+//! character boundary; beyond the entry limits, later entries are left out.
+//! Every limit below counts bytes of the serialized JSON, after U+FFFD and
+//! escaping (a control byte is six bytes, `\u0001`): they are the README's
+//! "payload bounds", and together they give [`MAX_PAYLOAD_BYTES`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -11,14 +13,41 @@ use std::time::{Duration, SystemTime};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-/// Longest name kept (header, query parameter, cookie, field).
+use crate::answer::contract;
+
+/// Longest name kept (header, query parameter, cookie, field), and longest
+/// method, client address, request id and source.
 pub const MAX_NAME_BYTES: usize = 256;
 /// Longest value kept (path, user agent, URL, header, parameter, cookie, field).
 pub const MAX_VALUE_BYTES: usize = 2048;
-/// Most entries kept in each of `headers`, `query_params`, `cookies`.
+/// Most entries kept in each of `headers`, `query_params`, `cookies`, `fields`.
 pub const MAX_ENTRIES: usize = 64;
-/// Most bytes of names and values kept in each of those maps.
+/// Largest serialized `headers`, `query_params` or `cookies` object.
 pub const MAX_MAP_BYTES: usize = 16 * 1024;
+/// Largest serialized `fields` object: a few configured values, kept small so
+/// that the whole body stays under 64 KiB.
+pub const MAX_FIELDS_BYTES: usize = 4 * 1024;
+
+/// The payload with every string empty and every optional part present.
+const SKELETON: &str = concat!(
+    r#"{"source":"","observed_at":"","idempotency_key":"","return_url":"","#,
+    r#""request":{"method":"","path":"","client_ip":"","user_agent":"","#,
+    r#""headers":{},"query_params":{},"cookies":{},"route_params":{}},"fields":{}}"#
+);
+/// `observed_at` is `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const OBSERVED_AT_BYTES: usize = 24;
+
+/// Largest body [`build_payload`] writes, whatever the request.
+pub const MAX_PAYLOAD_BYTES: usize = SKELETON.len()
+    + OBSERVED_AT_BYTES
+    // source, idempotency_key, method, client_ip
+    + 4 * MAX_NAME_BYTES
+    // return_url, path, user_agent
+    + 3 * MAX_VALUE_BYTES
+    // headers, query_params, cookies, fields; their braces are in the skeleton
+    + 3 * (MAX_MAP_BYTES - 2)
+    + (MAX_FIELDS_BYTES - 2);
+const _: () = assert!(MAX_PAYLOAD_BYTES < 64 * 1024);
 
 /// Headers that carry credentials; they never leave nginx.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
@@ -45,7 +74,8 @@ pub struct PayloadSettings<'a> {
     pub send_cookies: bool,
 }
 
-/// Serializes the decision request into `out` (cleared first).
+/// Serializes the decision request into `out` (cleared first); at most
+/// [`MAX_PAYLOAD_BYTES`] bytes.
 pub fn build_payload<'a>(
     req: &RequestView<'a>,
     headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -54,8 +84,8 @@ pub fn build_payload<'a>(
 ) {
     let (path, query) = split_uri(req.unparsed_uri);
 
-    let mut header_map = Pairs::default();
-    let mut cookie_map = Pairs::default();
+    let mut header_map = Pairs::within(MAX_MAP_BYTES);
+    let mut cookie_map = Pairs::within(MAX_MAP_BYTES);
     for (name, value) in headers {
         let name = lower_text(name);
         if name == "cookie" && settings.send_cookies {
@@ -67,14 +97,15 @@ pub fn build_payload<'a>(
         header_map.join(name, text(value, MAX_VALUE_BYTES));
     }
 
-    let mut query_map = Pairs::default();
+    let mut query_map = Pairs::within(MAX_MAP_BYTES);
     if let Some(query) = query {
         for (name, value) in form_urlencoded::parse(query) {
             query_map.set(cut(name, MAX_NAME_BYTES), cut(value, MAX_VALUE_BYTES));
         }
     }
 
-    let mut fields = Pairs::default();
+    let source = text(settings.source.as_bytes(), MAX_NAME_BYTES);
+    let mut fields = Pairs::within(MAX_FIELDS_BYTES);
     for (name, value) in settings.fields {
         fields.set(
             text(name.as_bytes(), MAX_NAME_BYTES),
@@ -83,23 +114,23 @@ pub fn build_payload<'a>(
     }
     if fields.entries.is_empty() {
         // Esper rejects an empty `fields` map.
-        fields.set(Cow::Borrowed("source"), Cow::Borrowed(settings.source));
+        fields.set(Cow::Borrowed("source"), source.clone());
     }
 
     let payload = Payload {
-        source: settings.source,
+        source,
         observed_at: format_observed_at(req.started_at),
         idempotency_key: text(req.request_id, MAX_NAME_BYTES),
         return_url: settings.return_url.map(|u| text(u, MAX_VALUE_BYTES)),
         request: RequestJson {
             method: text(req.method, MAX_NAME_BYTES),
             path: text(path, MAX_VALUE_BYTES),
-            client_ip: text(req.client_ip, MAX_NAME_BYTES),
-            user_agent: text(req.user_agent.unwrap_or_default(), MAX_VALUE_BYTES),
+            client_ip: client_ip_text(req.client_ip),
+            user_agent: user_agent_text(req.user_agent.unwrap_or_default()),
             headers: header_map,
             query_params: query_map,
             cookies: settings.send_cookies.then_some(cookie_map),
-            route_params: Pairs::default(),
+            route_params: Pairs::within(MAX_MAP_BYTES),
         },
         fields,
     };
@@ -107,12 +138,24 @@ pub fn build_payload<'a>(
     serde_json::to_writer(&mut *out, &payload).expect("serializing to a Vec cannot fail");
 }
 
-/// Body of the proof verification call. Esper's field name is not published
-/// (ESPER_API.md §2, INFERRED): the token goes under both candidate names.
-pub fn verify_body(token: &str) -> Vec<u8> {
+/// Body of the proof verification call: the token, and the client redeeming
+/// it exactly as the decision payload names it (see [`contract`]). An absent
+/// user agent is empty, as in the payload.
+pub fn verify_body(token: &str, client_ip: &[u8], user_agent: &[u8]) -> Vec<u8> {
     let token = text(token.as_bytes(), MAX_VALUE_BYTES);
-    serde_json::to_vec(&serde_json::json!({ "proof": token, "token": token }))
-        .expect("serializing to a Vec cannot fail")
+    let mut body = serde_json::Map::new();
+    for name in contract::VERIFY_TOKEN_FIELDS {
+        body.insert(name.to_owned(), token.as_ref().into());
+    }
+    body.insert(
+        contract::VERIFY_CLIENT_IP_FIELD.to_owned(),
+        client_ip_text(client_ip).into(),
+    );
+    body.insert(
+        contract::VERIFY_USER_AGENT_FIELD.to_owned(),
+        user_agent_text(user_agent).into(),
+    );
+    serde_json::to_vec(&body).expect("serializing to a Vec cannot fail")
 }
 
 /// RFC 3339 UTC with milliseconds, as Esper's recipes send `observed_at`.
@@ -124,9 +167,19 @@ pub fn format_observed_at(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + millis).to_string()
 }
 
+/// The entity as the payload and the verify body send it: the same bytes
+/// must give the same text in both.
+fn client_ip_text(client_ip: &[u8]) -> Cow<'_, str> {
+    text(client_ip, MAX_NAME_BYTES)
+}
+
+fn user_agent_text(user_agent: &[u8]) -> Cow<'_, str> {
+    text(user_agent, MAX_VALUE_BYTES)
+}
+
 #[derive(Serialize)]
 struct Payload<'a> {
-    source: &'a str,
+    source: Cow<'a, str>,
     observed_at: String,
     idempotency_key: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,29 +202,43 @@ struct RequestJson<'a> {
 }
 
 /// A JSON object of strings that keeps first-seen order and stays within
-/// [`MAX_ENTRIES`] and [`MAX_MAP_BYTES`].
-#[derive(Default)]
+/// [`MAX_ENTRIES`] and its serialized size limit.
 struct Pairs<'a> {
     entries: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Serialized size if every entry were followed by a comma: one more
+    /// than the real size once there is an entry.
     bytes: usize,
+    max_bytes: usize,
 }
 
+/// `"name":"value",` around the escaped name and value.
+const ENTRY_OVERHEAD: usize = 6;
+
 impl<'a> Pairs<'a> {
+    fn within(max_bytes: usize) -> Self {
+        Pairs {
+            entries: Vec::new(),
+            bytes: "{}".len(),
+            max_bytes,
+        }
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         self.entries.iter().position(|(n, _)| n == name)
     }
 
     fn fits(&self, extra: usize) -> bool {
-        self.bytes + extra <= MAX_MAP_BYTES
+        self.bytes + extra <= self.max_bytes
     }
 
     /// Last value wins.
     fn set(&mut self, name: Cow<'a, str>, value: Cow<'a, str>) {
         match self.position(&name) {
             Some(i) => {
-                let old = self.entries[i].1.len();
-                if self.fits(value.len().saturating_sub(old)) {
-                    self.bytes = self.bytes + value.len() - old;
+                let old = escaped_len(&self.entries[i].1);
+                let new = escaped_len(&value);
+                if self.fits(new.saturating_sub(old)) {
+                    self.bytes = self.bytes + new - old;
                     self.entries[i].1 = value;
                 }
             }
@@ -184,13 +251,14 @@ impl<'a> Pairs<'a> {
         match self.position(&name) {
             Some(i) => {
                 let current = &self.entries[i].1;
-                let room = MAX_VALUE_BYTES.saturating_sub(current.len() + 2);
-                let added = cut_str(&value, room);
-                if added.is_empty() || !self.fits(added.len() + 2) {
+                let room = MAX_VALUE_BYTES.saturating_sub(escaped_len(current) + 2);
+                let added = cut(value, room);
+                let extra = escaped_len(&added) + 2;
+                if added.is_empty() || !self.fits(extra) {
                     return;
                 }
                 let joined = format!("{current}, {added}");
-                self.bytes += added.len() + 2;
+                self.bytes += extra;
                 self.entries[i].1 = Cow::Owned(joined);
             }
             None => self.push(name, value),
@@ -198,7 +266,7 @@ impl<'a> Pairs<'a> {
     }
 
     fn push(&mut self, name: Cow<'a, str>, value: Cow<'a, str>) {
-        let size = name.len() + value.len();
+        let size = escaped_len(&name) + escaped_len(&value) + ENTRY_OVERHEAD;
         if self.entries.len() < MAX_ENTRIES && self.fits(size) {
             self.bytes += size;
             self.entries.push((name, value));
@@ -242,9 +310,18 @@ fn split_uri(uri: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-/// Untrusted bytes as a string of at most `max` bytes.
+/// Bytes a UTF-8 character or an invalid sequence (which becomes one U+FFFD)
+/// may take beyond its first.
+const UTF8_TAIL_BYTES: usize = 3;
+
+/// Untrusted bytes as a string whose JSON-escaped form has at most `max`
+/// bytes.
 fn text(bytes: &[u8], max: usize) -> Cow<'_, str> {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(max)])
+    // Neither decoding nor escaping ever shortens anything, so whatever starts
+    // past `max` input bytes cannot fit; whatever starts before ends within
+    // `max + 3`, and decodes there exactly as in the whole input.
+    let head = &bytes[..bytes.len().min(max + UTF8_TAIL_BYTES)];
+    cut(String::from_utf8_lossy(head), max)
 }
 
 fn lower_text(bytes: &[u8]) -> Cow<'_, str> {
@@ -256,23 +333,49 @@ fn lower_text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// The longest start of `value`, at a character boundary, whose JSON-escaped
+/// form has at most `max` bytes.
 fn cut(value: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    let end = fitting_len(&value, max);
     match value {
-        Cow::Borrowed(s) => Cow::Borrowed(cut_str(s, max)),
-        Cow::Owned(s) if s.len() <= max => Cow::Owned(s),
-        Cow::Owned(s) => Cow::Owned(cut_str(&s, max).to_owned()),
+        Cow::Borrowed(s) => Cow::Borrowed(&s[..end]),
+        Cow::Owned(mut s) => {
+            s.truncate(end);
+            Cow::Owned(s)
+        }
     }
 }
 
-fn cut_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
+fn fitting_len(s: &str, max: usize) -> usize {
+    let mut escaped = 0;
+    for (i, b) in s.bytes().enumerate() {
+        escaped += escaped_byte_len(b);
+        if escaped > max {
+            // Bytes of a multi-byte character are never escaped, so backing
+            // off to its start keeps the rest within `max`.
+            let mut end = i;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            return end;
+        }
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    s.len()
+}
+
+/// Size of `s` inside a JSON string, as serde_json writes it.
+fn escaped_len(s: &str) -> usize {
+    s.bytes().map(escaped_byte_len).sum()
+}
+
+/// serde_json escapes `"`, `\` and the C0 controls: `\b \t \n \f \r` in two
+/// bytes, the others as `\u00XX`; everything else is written as it is.
+fn escaped_byte_len(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 2,
+        0x00..=0x1f => 6,
+        _ => 1,
     }
-    &s[..end]
 }
 
 #[cfg(test)]
@@ -411,7 +514,11 @@ mod tests {
         };
         let mut out = Vec::new();
         build_payload(&req, many.iter().copied(), &settings, &mut out);
-        assert!(out.len() < 64 * 1024, "payload is {} bytes", out.len());
+        assert!(
+            out.len() <= MAX_PAYLOAD_BYTES,
+            "payload is {} bytes",
+            out.len()
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v["request"]["user_agent"].as_str().unwrap().len(),
@@ -455,18 +562,235 @@ mod tests {
     }
 
     #[test]
-    fn verify_body_names_the_token_twice() {
-        let v: Value = serde_json::from_slice(&verify_body("tok\"en")).unwrap();
-        assert_eq!(v, json!({"proof": "tok\"en", "token": "tok\"en"}));
+    fn verify_body_names_the_token_twice_and_the_client() {
+        let v: Value =
+            serde_json::from_slice(&verify_body("tok\"en", b"203.0.113.7", b"Mozilla/5.0"))
+                .unwrap();
+        assert_eq!(
+            v,
+            json!({"proof": "tok\"en", "token": "tok\"en",
+                   "client_ip": "203.0.113.7", "user_agent": "Mozilla/5.0"})
+        );
     }
 
     #[test]
-    fn cuts_on_character_boundaries() {
-        assert_eq!(cut_str("aé", 2), "a");
-        assert_eq!(cut_str("aé", 3), "aé");
+    fn verify_body_names_the_client_as_the_payload_does() {
+        let ua: &'static [u8] = Box::leak(
+            [&b"bot\x01\xff"[..], &[b'u'; 3000]]
+                .concat()
+                .into_boxed_slice(),
+        );
+        let payload = build(&view(b"/", Some(ua)), &[], false);
+        let verify: Value = serde_json::from_slice(&verify_body("t", b"203.0.113.7", ua)).unwrap();
+        for name in [
+            contract::VERIFY_CLIENT_IP_FIELD,
+            contract::VERIFY_USER_AGENT_FIELD,
+        ] {
+            assert!(verify[name].is_string(), "{name}");
+            assert_eq!(verify[name], payload["request"][name], "{name}");
+        }
+        let v: Value = serde_json::from_slice(&verify_body("t", b"", b"")).unwrap();
+        assert_eq!(v["user_agent"], "");
+    }
+
+    #[test]
+    fn cuts_by_escaped_size_on_character_boundaries() {
+        assert_eq!(text("aé".as_bytes(), 2), "a");
+        assert_eq!(text("aé".as_bytes(), 3), "aé");
+        assert_eq!(text(b"a\x01b", 6), "a", "\\u0001 takes six bytes");
+        assert_eq!(text(b"a\x01b", 7), "a\x01");
+        assert_eq!(text(b"\"\"\"", 5), "\"\"");
+        assert_eq!(text(b"\n\t", 4), "\n\t");
+        assert_eq!(text(b"a\xffb", 3), "a", "U+FFFD takes three bytes");
+        assert_eq!(text(b"a\xffb", 4), "a\u{fffd}");
+        // A character split by the byte limit is dropped, not replaced.
+        assert_eq!(text("abcé".as_bytes(), 4), "abc");
+        assert_eq!(text("abcé".as_bytes(), 5), "abcé");
+        assert_eq!(text(b"\x7f", 1), "\x7f", "DEL is not escaped");
         assert_eq!(
             format_observed_at(SystemTime::UNIX_EPOCH),
             "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    /// The JSON size of a string, quotes left out.
+    fn json_len(v: &Value) -> usize {
+        serde_json::to_string(v).unwrap().len() - 2
+    }
+
+    #[test]
+    fn escaping_and_replacement_stay_within_the_limits() {
+        let controls: &'static [u8] = Box::leak(vec![1u8; 3 * MAX_VALUE_BYTES].into_boxed_slice());
+        let invalid: &'static [u8] =
+            Box::leak(vec![0xffu8; 3 * MAX_VALUE_BYTES].into_boxed_slice());
+        let name: &'static [u8] = Box::leak(vec![b'"'; 1000].into_boxed_slice());
+        let v = build(
+            &view(b"/\x01\x01\xff", Some(controls)),
+            &[
+                (b"X-C", controls),
+                (b"X-I", invalid),
+                (name, b"v"),
+                (b"X-C", controls),
+            ],
+            false,
+        );
+        for value in [
+            &v["request"]["user_agent"],
+            &v["request"]["headers"]["x-c"],
+            &v["request"]["headers"]["x-i"],
+        ] {
+            let len = json_len(value);
+            assert!(len <= MAX_VALUE_BYTES && len > MAX_VALUE_BYTES - 6, "{len}");
+        }
+        assert_eq!(
+            v["request"]["user_agent"].as_str().unwrap().len(),
+            MAX_VALUE_BYTES / 6
+        );
+        assert_eq!(
+            v["request"]["headers"]["x-i"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            MAX_VALUE_BYTES / 3
+        );
+        let (quoted, _) = v["request"]["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n.starts_with('"'))
+            .unwrap();
+        assert_eq!(quoted.len(), MAX_NAME_BYTES / 2);
+    }
+
+    #[test]
+    fn maps_are_bounded_as_serialized() {
+        let controls: &'static [u8] = Box::leak(vec![1u8; MAX_VALUE_BYTES].into_boxed_slice());
+        let many: Vec<(&'static [u8], &'static [u8])> = (0..200)
+            .map(|i| {
+                let name: &'static [u8] =
+                    Box::leak(format!("x-\x01{i}").into_bytes().into_boxed_slice());
+                (name, controls)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let fields: Vec<(&str, &[u8])> = (0..40)
+            .map(|i| (&*Box::leak(format!("f{i}").into_boxed_str()), controls))
+            .collect();
+        let settings = PayloadSettings {
+            source: "nginx",
+            return_url: None,
+            fields: &fields,
+            send_cookies: false,
+        };
+        build_payload(&view(b"/", None), many.iter().copied(), &settings, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let headers = serde_json::to_string(&v["request"]["headers"]).unwrap();
+        assert!(headers.len() <= MAX_MAP_BYTES, "{}", headers.len());
+        assert!(headers.len() > MAX_MAP_BYTES - MAX_VALUE_BYTES - MAX_NAME_BYTES);
+        let fields = serde_json::to_string(&v["fields"]).unwrap();
+        assert!(fields.len() <= MAX_FIELDS_BYTES, "{}", fields.len());
+        assert!(!v["fields"].as_object().unwrap().is_empty());
+    }
+
+    /// Every string emptied and every map of strings emptied.
+    fn emptied(v: &Value) -> Value {
+        match v {
+            Value::String(_) => json!(""),
+            Value::Object(m) if m.values().all(Value::is_string) => json!({}),
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), emptied(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn the_skeleton_is_the_payload_emptied() {
+        let v = build(&view(b"/p?a=1", Some(b"ua")), &[(b"X-A", b"1")], true);
+        let skeleton: Value = serde_json::from_str(SKELETON).unwrap();
+        assert_eq!(emptied(&v), skeleton);
+        assert_eq!(
+            format_observed_at(SystemTime::now()).len(),
+            OBSERVED_AT_BYTES
+        );
+    }
+
+    #[test]
+    fn the_worst_request_stays_within_the_largest_payload() {
+        // Control bytes everywhere, separate names, cookies on.
+        let controls: &'static [u8] = Box::leak(vec![1u8; 3 * MAX_VALUE_BYTES].into_boxed_slice());
+        let name = |prefix: &str, i: usize| -> &'static [u8] {
+            let mut n = format!("{prefix}{i}-").into_bytes();
+            n.resize(3 * MAX_NAME_BYTES, 1);
+            Box::leak(n.into_boxed_slice())
+        };
+        let mut headers: Vec<(&'static [u8], &'static [u8])> =
+            (0..100).map(|i| (name("x-", i), controls)).collect();
+        for i in 0..100 {
+            let mut cookie = format!("c{i}=").into_bytes();
+            cookie.extend_from_slice(controls);
+            headers.push((b"Cookie", Box::leak(cookie.into_boxed_slice())));
+        }
+        let mut uri = b"/".to_vec();
+        uri.extend(std::iter::repeat_n(b'\x01', 3 * MAX_VALUE_BYTES));
+        uri.push(b'?');
+        for i in 0..100 {
+            uri.extend_from_slice(format!("{i}{}=", "%01".repeat(MAX_NAME_BYTES)).as_bytes());
+            uri.extend(
+                std::iter::repeat_n(b'%', 1)
+                    .chain(*b"01")
+                    .cycle()
+                    .take(9 * MAX_VALUE_BYTES),
+            );
+            uri.push(b'&');
+        }
+        let uri: &'static [u8] = Box::leak(uri.into_boxed_slice());
+        // Shorter values fill the smaller `fields` map more closely.
+        let fields: Vec<(&str, &[u8])> = (0..64)
+            .map(|i| {
+                (
+                    &*Box::leak(format!("f{i}").into_boxed_str()),
+                    &controls[..100],
+                )
+            })
+            .collect();
+        let req = RequestView {
+            method: controls,
+            unparsed_uri: uri,
+            client_ip: controls,
+            user_agent: Some(controls),
+            request_id: controls,
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_774_526_400_123),
+        };
+        let source = "\u{1}".repeat(MAX_NAME_BYTES);
+        let settings = PayloadSettings {
+            source: &source,
+            return_url: Some(controls),
+            fields: &fields,
+            send_cookies: true,
+        };
+        let mut out = Vec::new();
+        build_payload(&req, headers.iter().copied(), &settings, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(
+            out.len() <= MAX_PAYLOAD_BYTES,
+            "{} > {MAX_PAYLOAD_BYTES}",
+            out.len()
+        );
+        // Every part is close to its limit, so the constant is not loose.
+        assert!(out.len() > MAX_PAYLOAD_BYTES - 6 * 1024, "{}", out.len());
+        for map in ["headers", "query_params", "cookies"] {
+            let len = serde_json::to_string(&v["request"][map]).unwrap().len();
+            assert!(
+                len <= MAX_MAP_BYTES && len > MAX_MAP_BYTES - 3 * 1024,
+                "{map}: {len}"
+            );
+        }
+        let len = serde_json::to_string(&v["fields"]).unwrap().len();
+        assert!(
+            len <= MAX_FIELDS_BYTES && len > MAX_FIELDS_BYTES - 1024,
+            "fields: {len}"
         );
     }
 }

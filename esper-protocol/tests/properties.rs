@@ -5,15 +5,85 @@
 
 use std::time::{Duration, SystemTime};
 
+use esper_protocol::answer::contract::MAX_RETRY_AFTER;
 use esper_protocol::pass::{cookie_values, PassKey};
+use esper_protocol::payload::{
+    MAX_ENTRIES, MAX_FIELDS_BYTES, MAX_MAP_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES,
+    MAX_VALUE_BYTES,
+};
 use esper_protocol::query::take_proof;
 use esper_protocol::{
-    build_payload, parse_answer, parse_verify_answer, PayloadSettings, RequestView,
+    build_payload, parse_answer, parse_verify_answer, verify_body, Failure, PayloadSettings,
+    RequestView,
 };
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
+}
+
+/// Bytes that grow the most on the way to JSON: control bytes (six bytes
+/// escaped), invalid UTF-8 (three bytes as U+FFFD), quotes, a split character;
+/// a short random pattern repeated, so that long values are cheap to make.
+fn swelling(min: usize, max: usize) -> impl Strategy<Value = Vec<u8>> {
+    let pattern = prop::collection::vec(
+        prop_oneof![
+            4 => Just(0x01u8),
+            3 => Just(0xffu8),
+            1 => Just(b'"'),
+            1 => Just(0xc3u8),
+            1 => Just(b'a'),
+        ],
+        1..8,
+    );
+    (pattern, min..max).prop_map(|(pattern, len)| pattern.into_iter().cycle().take(len).collect())
+}
+
+/// Size of a JSON value as serialized; a string's without its quotes.
+fn json_len(v: &Value) -> usize {
+    let len = serde_json::to_string(v).unwrap().len();
+    if v.is_string() {
+        len - 2
+    } else {
+        len
+    }
+}
+
+/// Every documented payload bound, measured on the serialized JSON.
+fn check_bounds(out: &[u8]) -> Result<(), TestCaseError> {
+    prop_assert!(out.len() <= MAX_PAYLOAD_BYTES, "{} bytes", out.len());
+    let v: Value = serde_json::from_slice(out).expect("valid JSON");
+    let request = &v["request"];
+    for short in [
+        &v["source"],
+        &v["idempotency_key"],
+        &request["method"],
+        &request["client_ip"],
+    ] {
+        prop_assert!(json_len(short) <= MAX_NAME_BYTES);
+    }
+    for long in [&v["return_url"], &request["path"], &request["user_agent"]] {
+        prop_assert!(long.is_null() || json_len(long) <= MAX_VALUE_BYTES);
+    }
+    let maps = [
+        (&request["headers"], MAX_MAP_BYTES),
+        (&request["query_params"], MAX_MAP_BYTES),
+        (&request["cookies"], MAX_MAP_BYTES),
+        (&v["fields"], MAX_FIELDS_BYTES),
+    ];
+    for (map, max) in maps {
+        let Some(entries) = map.as_object() else {
+            continue;
+        };
+        prop_assert!(json_len(map) <= max, "map of {} bytes", json_len(map));
+        prop_assert!(entries.len() <= MAX_ENTRIES);
+        for (name, value) in entries {
+            prop_assert!(json_len(&Value::String(name.clone())) <= MAX_NAME_BYTES);
+            prop_assert!(json_len(value) <= MAX_VALUE_BYTES);
+        }
+    }
+    Ok(())
 }
 
 /// Bytes that look like query strings and cookies more often than noise does.
@@ -69,23 +139,84 @@ proptest! {
         };
         let mut out = Vec::new();
         build_payload(&view, headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &settings, &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
-        prop_assert!(out.len() < 64 * 1024);
+        check_bounds(&out)?;
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
         prop_assert!(!v["fields"].as_object().unwrap().is_empty());
         prop_assert!(v["request"]["headers"].get("authorization").is_none());
     }
 
     #[test]
-    fn answers_never_panic(status in 100u16..600, ct in prop::option::of(bytes(40)),
-                           id in prop::option::of(bytes(40)), body in bytes(512)) {
-        let _ = parse_answer(status, ct.as_deref(), id.as_deref(), &body);
-        let _ = parse_verify_answer(status, ct.as_deref(), &body, SystemTime::now());
+    fn escaping_and_replacement_never_break_the_bounds(
+        headers in prop::collection::vec((swelling(1, 400), swelling(0, 3000)), 0..80),
+        cookies in prop::collection::vec(swelling(0, 3000), 0..20),
+        ua in swelling(0, 3000),
+        path in swelling(0, 3000),
+        query in prop::collection::vec((swelling(1, 400), swelling(0, 3000)), 0..40),
+        field in swelling(0, 3000),
+    ) {
+        let mut uri = b"/".to_vec();
+        uri.extend_from_slice(&path);
+        uri.push(b'?');
+        for (name, value) in &query {
+            for b in name.iter().chain(b"=").chain(value).chain(b"&") {
+                match b {
+                    b'=' | b'&' => uri.push(*b),
+                    _ => uri.extend_from_slice(format!("%{b:02X}").as_bytes()),
+                }
+            }
+        }
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = headers;
+        for cookie in cookies {
+            let mut header = b"c=".to_vec();
+            header.extend_from_slice(&cookie);
+            headers.push((b"Cookie".to_vec(), header));
+        }
+        let view = RequestView {
+            method: &field,
+            unparsed_uri: &uri,
+            client_ip: &field,
+            user_agent: Some(&ua),
+            request_id: &field,
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        };
+        let fields: Vec<(&str, &[u8])> = vec![("a", &field), ("b", &ua), ("c", &path)];
+        let settings = PayloadSettings {
+            source: "nginx",
+            return_url: Some(&path),
+            fields: &fields,
+            send_cookies: true,
+        };
+        let mut out = Vec::new();
+        build_payload(&view, headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &settings, &mut out);
+        check_bounds(&out)?;
+
+        let verify: Value = serde_json::from_slice(&verify_body("t", &field, &ua)).expect("valid JSON");
+        let payload: Value = serde_json::from_slice(&out).unwrap();
+        prop_assert_eq!(&verify["client_ip"], &payload["request"]["client_ip"]);
+        prop_assert_eq!(&verify["user_agent"], &payload["request"]["user_agent"]);
     }
 
     #[test]
-    fn json_shaped_answers_never_panic(action in "[a-z]{0,10}", url in ".{0,64}", id in ".{0,20}") {
-        let body = serde_json::json!({"action": action, "redirect_url": url, "decision_id": id}).to_string();
-        if let Ok(d) = parse_answer(200, Some(b"application/json"), None, body.as_bytes()) {
+    fn answers_never_panic(status in 100u16..600, ct in prop::option::of(bytes(40)),
+                           id in prop::option::of(bytes(40)), retry_after in prop::option::of(bytes(40)),
+                           body in bytes(512)) {
+        let now = SystemTime::now();
+        let answer = parse_answer(status, ct.as_deref(), id.as_deref(), retry_after.as_deref(), &body, now);
+        if let Err(Failure::RateLimited { retry_after: Some(after) }) = answer {
+            prop_assert!(after <= MAX_RETRY_AFTER);
+        }
+        let _ = parse_verify_answer(status, ct.as_deref(), retry_after.as_deref(), &body, now);
+    }
+
+    #[test]
+    fn json_shaped_answers_never_panic(action in "[a-z]{0,10}", url in ".{0,64}", id in ".{0,20}",
+                                       ttl in any::<i64>(), expires_at in ".{0,30}") {
+        let body = serde_json::json!({
+            "action": action, "redirect_url": url, "decision_id": id,
+            "ttl_seconds": ttl, "expires_at": expires_at,
+        }).to_string();
+        if let Ok(d) = parse_answer(200, Some(b"application/json"), None, None, body.as_bytes(), SystemTime::now()) {
+            prop_assert!(d.lifetime.is_none_or(|l| !l.is_zero()));
             if let Some(url) = d.redirect_url {
                 prop_assert!(url.starts_with("http://") || url.starts_with("https://"));
                 prop_assert!(!url.chars().any(char::is_control));
