@@ -32,6 +32,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use challenge::{Client, Issued, Sessions};
 use plan::{Outcome, Payload};
 
 const USAGE: &str = "usage: esper-mock [--listen IP:PORT] [--api-key KEY] \
@@ -135,6 +136,8 @@ async fn run(opts: Options) -> io::Result<()> {
         runtime_calls: AtomicU64::new(0),
         verify_calls: AtomicU64::new(0),
         records: Mutex::new(Vec::new()),
+        sessions: Mutex::new(Sessions::default()),
+        sessions_opened: AtomicU64::new(0),
         tokens: Mutex::new(HashMap::new()),
         issued: AtomicU64::new(0),
     });
@@ -182,8 +185,12 @@ struct Mock {
     runtime_calls: AtomicU64,
     verify_calls: AtomicU64,
     records: Mutex<Vec<Value>>,
-    /// Tokens issued by `/challenge/solve`, with the lifetime to report.
-    tokens: Mutex<HashMap<String, Option<u64>>>,
+    /// Who each challenge was shown to.
+    sessions: Mutex<Sessions>,
+    /// Never reset, so that a session id outlives `/__mock/reset`.
+    sessions_opened: AtomicU64,
+    /// Tokens issued by `/challenge/solve`.
+    tokens: Mutex<HashMap<String, Issued>>,
     issued: AtomicU64,
 }
 
@@ -275,12 +282,15 @@ impl Mock {
             Ok(call) => call,
             Err(response) => return Ok(response),
         };
-        let plan = plan::plan(
-            &Payload::parse(&body),
-            seq,
-            self.listen,
-            self.default_action,
-        );
+        let payload = Payload::parse(&body);
+        let session = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let plan = plan::plan(&payload, seq, session, self.listen, self.default_action);
+        if matches!(&plan.outcome, Outcome::Answer(a) if a.opens_session) {
+            self.sessions
+                .lock()
+                .unwrap()
+                .open(session, payload.client());
+        }
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
@@ -309,23 +319,31 @@ impl Mock {
 }
 
 impl Mock {
-    /// `/challenge/solve?return_url=U[&ttl=N]`: the visitor passed; send them
-    /// back with a fresh proof token.
+    /// `/challenge/solve?return_url=U[&session=S][&ttl=N]`: the visitor
+    /// passed; send them back with a fresh proof token, bound to the client
+    /// the session's challenge was shown to.
     fn solve(&self, query: &str) -> Response<Body> {
         let mut return_url = None;
         let mut ttl = None;
+        let mut session = None;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "return_url" => return_url = Some(value.into_owned()),
                 "ttl" => ttl = value.parse().ok(),
+                "session" => session = value.parse().ok(),
                 _ => {}
             }
         }
         let Some(return_url) = return_url else {
             return json_response(StatusCode::BAD_REQUEST, r#"{"error":"return_url needed"}"#);
         };
+        // An unknown or forgotten session issues a proof any client may redeem.
+        let client = session.and_then(|id| self.sessions.lock().unwrap().client(id).cloned());
         let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
-        self.tokens.lock().unwrap().insert(token.clone(), ttl);
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), Issued { ttl, client });
         let location = challenge::return_location(&return_url, &token);
         let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
         match HeaderValue::from_str(&location) {
@@ -349,8 +367,9 @@ impl Mock {
         };
         let body: Value = serde_json::from_slice(&body).unwrap_or_default();
         let token = challenge::token_of(&body).unwrap_or_default();
-        let issued = self.tokens.lock().unwrap().get(token).copied();
-        Ok(match challenge::verdict(token, issued) {
+        let issued = self.tokens.lock().unwrap().get(token).cloned();
+        let verdict = challenge::verdict(token, issued.as_ref(), &Client::of(&body));
+        Ok(match verdict {
             challenge::Verdict::Answer(answer) => json_response(StatusCode::OK, answer.to_string()),
             challenge::Verdict::Fail => {
                 json_response(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"mock"}"#)

@@ -8,6 +8,8 @@ use hyper::{header::HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::challenge::Client;
+
 /// The parts of the module's payload the mock looks at; serde skips the rest
 /// without building values for it.
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +23,9 @@ pub struct Payload {
 #[serde(default)]
 struct Request {
     query_params: Map<String, Value>,
+    /// Read as values, so that a payload with odd types still gets answered.
+    client_ip: Value,
+    user_agent: Value,
 }
 
 impl Payload {
@@ -42,6 +47,18 @@ impl Payload {
 
     fn flag(&self, name: &str) -> bool {
         matches!(self.param(name).as_deref(), Some("1" | "true"))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.param(name)?.parse().ok()
+    }
+
+    /// The client the payload speaks for.
+    pub fn client(&self) -> Client {
+        Client {
+            client_ip: self.request.client_ip.as_str().map(str::to_owned),
+            user_agent: self.request.user_agent.as_str().map(str::to_owned),
+        }
     }
 }
 
@@ -70,6 +87,9 @@ pub struct Answer {
     pub decision_id_header: Option<HeaderValue>,
     pub body: Bytes,
     pub delivery: Delivery,
+    /// The answer sends the visitor to the mock's challenge page with the
+    /// session id it was given: remember who the challenge is for.
+    pub opens_session: bool,
 }
 
 /// How the body goes out after the head.
@@ -100,29 +120,38 @@ struct Decision<'a> {
     reason: &'static str,
 }
 
-/// `seq` is the 1-based number of this runtime call; `listen` is the address
-/// the mock is bound to, used for the default challenge page.
-pub fn plan(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Plan {
-    let delay = payload
-        .param("mock_delay_ms")
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis);
+/// `seq` is the 1-based number of this runtime call; `session` the id of the
+/// challenge session the answer opens if it sends the visitor to the mock's
+/// challenge page; `listen` is the address the mock is bound to.
+pub fn plan(
+    payload: &Payload,
+    seq: u64,
+    session: u64,
+    listen: SocketAddr,
+    default_action: &str,
+) -> Plan {
+    let delay = payload.number("mock_delay_ms").map(Duration::from_millis);
     let outcome = if payload.flag("mock_hang") {
         Outcome::Hang
     } else if payload.flag("mock_close") {
         Outcome::Close
     } else {
-        Outcome::Answer(answer(payload, seq, listen, default_action))
+        Outcome::Answer(answer(payload, seq, session, listen, default_action))
     };
     Plan { delay, outcome }
 }
 
 /// Unusable values (a status that is not a number, a header value with control
 /// characters) fall back to the default rather than failing the call.
-fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Answer {
+fn answer(
+    payload: &Payload,
+    seq: u64,
+    session: u64,
+    listen: SocketAddr,
+    default_action: &str,
+) -> Answer {
     let status = payload
-        .param("mock_status")
-        .and_then(|s| s.parse().ok())
+        .number("mock_status")
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::OK);
     let content_type = payload
@@ -136,7 +165,7 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
     let decision_id_header = id_in_header
         .then(|| HeaderValue::from_str(&decision_id).ok())
         .flatten();
-
+    let mut opens_session = false;
     let body = match payload.param("mock_body") {
         Some(raw) => Bytes::from(raw.into_owned()),
         None => {
@@ -144,7 +173,10 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
             let action = action.as_deref().unwrap_or(default_action);
             let redirect_url = match payload.param("mock_redirect") {
                 Some(url) => Some(url),
-                None if action == "challenge" => Some(Cow::Owned(challenge_url(payload, listen))),
+                None if action == "challenge" => {
+                    opens_session = true;
+                    Some(Cow::Owned(challenge_url(payload, session, listen)))
+                }
                 None => None,
             };
             let decision = Decision {
@@ -158,12 +190,9 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
     };
     let delivery = Delivery {
         body_delay: payload
-            .param("mock_body_delay_ms")
-            .and_then(|ms| ms.parse().ok())
+            .number("mock_body_delay_ms")
             .map(Duration::from_millis),
-        body_bytes: payload
-            .param("mock_body_bytes")
-            .and_then(|n| n.parse().ok()),
+        body_bytes: payload.number("mock_body_bytes"),
         reset_in_body: payload.flag("mock_reset_in_body"),
     };
 
@@ -173,13 +202,16 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
         decision_id_header,
         body,
         delivery,
+        opens_session,
     }
 }
 
-/// The mock's own `/challenge` page, carrying the payload's `return_url` along.
-fn challenge_url(payload: &Payload, listen: SocketAddr) -> String {
+/// The mock's own `/challenge` page, carrying the payload's `return_url` and
+/// the challenge session along.
+fn challenge_url(payload: &Payload, session: u64, listen: SocketAddr) -> String {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("return_url", payload.return_url.as_deref().unwrap_or(""))
+        .append_pair("session", &session.to_string())
         .finish();
     format!("http://{listen}/challenge?{query}")
 }
@@ -197,6 +229,7 @@ mod tests {
         plan(
             &Payload::parse(payload.to_string().as_bytes()),
             7,
+            70,
             listen(),
             "allow",
         )
@@ -236,31 +269,63 @@ mod tests {
 
     #[test]
     fn default_action_applies_without_mock_action() {
-        let a = answer_of(plan(&Payload::default(), 1, listen(), "block"));
+        let a = answer_of(plan(&Payload::default(), 1, 10, listen(), "block"));
         assert_eq!(body_json(&a)["action"], "block");
     }
 
     #[test]
     fn unreadable_payload_gets_the_default_answer() {
         for body in [&b"not json"[..], b"", br#"{"request":"x"}"#] {
-            let a = answer_of(plan(&Payload::parse(body), 3, listen(), "allow"));
+            let a = answer_of(plan(&Payload::parse(body), 3, 30, listen(), "allow"));
             assert_eq!(body_json(&a)["decision_id"], "dec-3");
         }
     }
 
     #[test]
-    fn challenge_points_at_the_mock_with_encoded_return_url() {
+    fn challenge_points_at_the_mock_with_encoded_return_url_and_session() {
         let a = answer_of(with_params(json!({"mock_action": "challenge"})));
         assert_eq!(
             body_json(&a)["redirect_url"],
-            "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e"
+            "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e&session=70"
         );
+        assert!(a.opens_session);
         let a = answer_of(plan_for(
             json!({"request": {"query_params": {"mock_action": "challenge"}}}),
         ));
         assert_eq!(
             body_json(&a)["redirect_url"],
-            "http://127.0.0.1:4242/challenge?return_url="
+            "http://127.0.0.1:4242/challenge?return_url=&session=70"
+        );
+        let a = answer_of(with_params(
+            json!({"mock_action": "challenge", "mock_redirect": "https://c.example/x"}),
+        ));
+        assert!(!a.opens_session, "not the mock's page");
+        assert!(!answer_of(with_params(json!({}))).opens_session);
+    }
+
+    #[test]
+    fn the_payload_names_its_client() {
+        let payload = Payload::parse(
+            json!({"request": {"client_ip": "203.0.113.7", "user_agent": "UA"}})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(
+            payload.client(),
+            Client {
+                client_ip: Some("203.0.113.7".into()),
+                user_agent: Some("UA".into())
+            }
+        );
+        let odd = Payload::parse(
+            br#"{"request": {"client_ip": 5, "query_params": {"mock_action": "block"}}}"#,
+        );
+        assert_eq!(odd.client(), Client::default());
+        let a = answer_of(plan(&odd, 1, 1, listen(), "allow"));
+        assert_eq!(
+            body_json(&a)["action"],
+            "block",
+            "odd types do not spoil the payload"
         );
     }
 
