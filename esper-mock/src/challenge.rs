@@ -11,6 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use hyper::StatusCode;
 use serde_json::{json, Value};
 
 /// Challenge sessions remembered; beyond, the oldest are forgotten, so that a
@@ -89,6 +90,8 @@ pub struct Issued {
 pub enum Verdict {
     /// 200 with this JSON body.
     Answer(Value),
+    /// This status with a JSON error body.
+    Status(StatusCode),
     /// 500.
     Fail,
     /// 200 with a body that is not JSON.
@@ -99,7 +102,7 @@ pub enum Verdict {
 
 /// Token prefixes: `valid-` valid; `ttl<N>-` valid for N seconds
 /// (`ttl_seconds`); `exp<N>-` valid until now + N seconds (`expires_at`);
-/// `slow-` hangs; `fail-` answers 500;
+/// `status<CODE>-` answers that status; `slow-` hangs; `fail-` answers 500;
 /// `junk-` answers a body that is not JSON. `issued` tokens are valid, with
 /// the lifetime given at solve time, unless `redeemer` is not the client the
 /// challenge was shown to. Anything else is `{"valid": false}`.
@@ -125,6 +128,11 @@ pub fn verdict(token: &str, issued: Option<&Issued>, redeemer: &Client) -> Verdi
     } else if let Some(secs) = number("exp") {
         let at = SystemTime::now() + Duration::from_secs(secs);
         Verdict::Answer(json!({"valid": true, "expires_at": rfc3339(at)}))
+    } else if let Some(status) = number("status").and_then(|code| {
+        let code = u16::try_from(code).ok()?;
+        StatusCode::from_u16(code).ok()
+    }) {
+        Verdict::Status(status)
     } else if token.starts_with("slow-") {
         Verdict::Hang
     } else if token.starts_with("fail-") {
@@ -149,7 +157,7 @@ pub fn return_location(return_url: &str, token: &str) -> String {
     format!("{return_url}{separator}esper_challenge_proof={token}")
 }
 
-fn rfc3339(at: SystemTime) -> String {
+pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -180,6 +188,21 @@ mod tests {
         assert_eq!(scripted("slow-1"), Verdict::Hang);
         assert_eq!(scripted("fail-1"), Verdict::Fail);
         assert_eq!(scripted("junk-1"), Verdict::Junk);
+        assert_eq!(
+            scripted("status422-x"),
+            Verdict::Status(StatusCode::UNPROCESSABLE_ENTITY)
+        );
+        assert_eq!(
+            scripted("status429-x"),
+            Verdict::Status(StatusCode::TOO_MANY_REQUESTS)
+        );
+        for not_a_status in ["status-422", "status1000-x", "status70000-x", "statusx-1"] {
+            assert_eq!(
+                scripted(not_a_status),
+                Verdict::Answer(json!({"valid": false})),
+                "{not_a_status}"
+            );
+        }
         assert_eq!(
             scripted("anything"),
             Verdict::Answer(json!({"valid": false}))

@@ -1,14 +1,18 @@
 //! Choosing the answer to a runtime call from the `mock_*` query parameters that
 //! the nginx module forwards in `request.query_params`.
 
-use std::{borrow::Cow, net::SocketAddr, time::Duration};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use hyper::{header::HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::challenge::Client;
+use crate::challenge::{self, Client};
 
 /// The parts of the module's payload the mock looks at; serde skips the rest
 /// without building values for it.
@@ -85,6 +89,7 @@ pub struct Answer {
     pub content_type: HeaderValue,
     /// Set when the decision id travels in `X-Esper-Decision-ID`.
     pub decision_id_header: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
     pub delivery: Delivery,
     /// The answer sends the visitor to the mock's challenge page with the
@@ -117,7 +122,35 @@ struct Decision<'a> {
     decision_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redirect_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
     reason: &'static str,
+}
+
+/// `--rate-limit N [--retry-after SECS]`: like Esper's per-key limit, every
+/// runtime call after the first `calls` (since start or the last reset) is
+/// refused with 429.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub calls: u64,
+    pub retry_after: Option<u64>,
+}
+
+impl RateLimit {
+    /// The 429 for runtime call number `seq`, if it is over the limit.
+    pub fn refusal(&self, seq: u64) -> Option<Answer> {
+        (seq > self.calls).then(|| Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            content_type: HeaderValue::from_static("application/json"),
+            decision_id_header: None,
+            retry_after: self.retry_after.map(HeaderValue::from),
+            body: Bytes::from_static(br#"{"error":"rate limited"}"#),
+            delivery: Delivery::default(),
+            opens_session: false,
+        })
+    }
 }
 
 /// `seq` is the 1-based number of this runtime call; `session` the id of the
@@ -165,6 +198,10 @@ fn answer(
     let decision_id_header = id_in_header
         .then(|| HeaderValue::from_str(&decision_id).ok())
         .flatten();
+    let retry_after = payload
+        .param("mock_retry_after")
+        .and_then(|value| HeaderValue::from_str(&value).ok());
+
     let mut opens_session = false;
     let body = match payload.param("mock_body") {
         Some(raw) => Bytes::from(raw.into_owned()),
@@ -179,10 +216,17 @@ fn answer(
                 }
                 None => None,
             };
+            let expires_at = payload.number::<i64>("mock_expires_in").map(|secs| {
+                let now = SystemTime::now();
+                let offset = Duration::from_secs(secs.unsigned_abs());
+                challenge::rfc3339(if secs < 0 { now - offset } else { now + offset })
+            });
             let decision = Decision {
                 action,
                 decision_id: (!id_in_header).then_some(&*decision_id),
                 redirect_url: redirect_url.as_deref(),
+                ttl_seconds: payload.number("mock_ttl"),
+                expires_at,
                 reason: "mock",
             };
             Bytes::from(serde_json::to_vec(&decision).expect("a decision always serialises"))
@@ -200,6 +244,7 @@ fn answer(
         status,
         content_type,
         decision_id_header,
+        retry_after,
         body,
         delivery,
         opens_session,
@@ -330,6 +375,68 @@ mod tests {
     }
 
     #[test]
+    fn decision_lifetimes() {
+        let a = answer_of(with_params(json!({"mock_ttl": "30"})));
+        assert_eq!(body_json(&a)["ttl_seconds"], 30);
+        let a = answer_of(with_params(json!({"mock_ttl": "-5"})));
+        assert_eq!(body_json(&a)["ttl_seconds"], -5);
+        let at = |params: Value| {
+            let a = answer_of(with_params(params));
+            let at = body_json(&a)["expires_at"].as_str().unwrap().to_owned();
+            humantime::parse_rfc3339(&at).unwrap()
+        };
+        let now = SystemTime::now();
+        let later = at(json!({"mock_expires_in": "120"}));
+        let ahead = later.duration_since(now).unwrap().as_secs();
+        assert!((118..=121).contains(&ahead), "{ahead}");
+        let earlier = at(json!({"mock_expires_in": -60}));
+        let behind = now.duration_since(earlier).unwrap().as_secs();
+        assert!((58..=61).contains(&behind), "{behind}");
+        let a = answer_of(with_params(
+            json!({"mock_ttl": "x", "mock_expires_in": "y"}),
+        ));
+        assert!(body_json(&a).get("ttl_seconds").is_none());
+        assert!(body_json(&a).get("expires_at").is_none());
+    }
+
+    #[test]
+    fn retry_after_header() {
+        let a = answer_of(with_params(
+            json!({"mock_status": "429", "mock_retry_after": "5"}),
+        ));
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(a.retry_after, Some(HeaderValue::from_static("5")));
+        let a = answer_of(with_params(
+            json!({"mock_retry_after": "Thu, 26 Mar 2026 12:00:09 GMT"}),
+        ));
+        assert_eq!(
+            a.retry_after,
+            Some(HeaderValue::from_static("Thu, 26 Mar 2026 12:00:09 GMT"))
+        );
+        assert_eq!(answer_of(with_params(json!({}))).retry_after, None);
+    }
+
+    #[test]
+    fn rate_limit_refuses_after_the_limit() {
+        let limit = RateLimit {
+            calls: 2,
+            retry_after: Some(7),
+        };
+        assert_eq!(limit.refusal(1), None);
+        assert_eq!(limit.refusal(2), None);
+        let refusal = limit.refusal(3).unwrap();
+        assert_eq!(refusal.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refusal.retry_after, Some(HeaderValue::from_static("7")));
+        assert_eq!(body_json(&refusal), json!({"error": "rate limited"}));
+        assert!(limit.refusal(1000).is_some());
+        let silent = RateLimit {
+            calls: 0,
+            retry_after: None,
+        };
+        assert_eq!(silent.refusal(1).unwrap().retry_after, None);
+    }
+
+    #[test]
     fn explicit_redirect_is_sent_whatever_the_action() {
         let a = answer_of(with_params(json!({"mock_redirect": "https://c.example/x"})));
         assert_eq!(
@@ -345,6 +452,19 @@ mod tests {
         ));
         assert_eq!(a.decision_id_header, Some(HeaderValue::from_static("abc")));
         assert_eq!(body_json(&a), json!({"action": "allow", "reason": "mock"}));
+    }
+
+    #[test]
+    fn client_error_and_server_error_statuses() {
+        for code in [400, 413, 422, 500, 503] {
+            let a = answer_of(with_params(json!({"mock_status": code.to_string()})));
+            assert_eq!(a.status.as_u16(), code);
+            assert_eq!(
+                body_json(&a)["action"],
+                "allow",
+                "the body stays a decision"
+            );
+        }
     }
 
     #[test]
