@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Channel, Full, LengthLimitError, Limited};
 use hyper::{
     body::Incoming,
-    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER},
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
@@ -32,10 +32,65 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use plan::{Outcome, Payload};
+use challenge::{Client, Issued, Sessions};
+use plan::{Outcome, Payload, Plan, RateLimit};
 
-const USAGE: &str = "usage: esper-mock [--listen IP:PORT] [--api-key KEY] \
-    [--default-action allow|challenge|block] [--no-record] [--threads N]";
+const USAGE: &str = "\
+usage: esper-mock [--listen IP:PORT] [--api-key KEY] [--default-action allow|challenge|block]
+                  [--no-record] [--threads N] [--rate-limit N [--retry-after SECS]] [--help]
+
+  --listen IP:PORT      where to listen (default 127.0.0.1:0); prints \"listening on ADDR\"
+  --api-key KEY         answer 401 to API calls without x-esper-api-key: KEY
+  --default-action A    the runtime action when mock_action is not given (default allow)
+  --no-record           keep no copy of calls for /__mock/requests (benchmarks)
+  --threads N           worker threads (default 1)
+  --rate-limit N        like Esper's per-key limit: after N runtime calls since start or the
+                        last POST /__mock/reset, every runtime call is answered 429
+  --retry-after SECS    those 429s carry Retry-After: SECS (default: no Retry-After)
+
+Runtime calls (POST /api/v1/runtime/mitigation) follow mock_* parameters in the payload's
+request.query_params:
+  mock_action=A          allow, challenge or block (or anything, to test unknown actions)
+  mock_redirect=URL      redirect_url, whatever the action; without it a challenge goes to
+                         the mock's /challenge page and opens a challenge session there
+  mock_decision_id=ID    decision_id (default dec-<call number>)
+  mock_id_in_header=1    the decision id in X-Esper-Decision-ID instead of the body
+  mock_ttl=SECS          \"ttl_seconds\": SECS in the decision (may be 0 or negative)
+  mock_expires_in=SECS   \"expires_at\": now + SECS, RFC 3339 (may be negative: the past)
+  mock_status=CODE       answer with this status (e.g. 400, 413, 422, 429, 500, 503)
+  mock_retry_after=V     Retry-After: V, as given (seconds, an HTTP-date or garbage)
+  mock_content_type=T    Content-Type: T
+  mock_body=RAW          this body instead of a decision
+  mock_delay_ms=MS       wait before answering
+  mock_body_delay_ms=MS  send the head at once and the body MS later
+  mock_body_bytes=N      N bytes of padding instead of the body
+  mock_reset_in_body=1   break the connection half-way through the body
+  mock_hang=1            never answer
+  mock_close=1           close the connection without an answer
+
+Challenge: a challenge sent to the mock's /challenge page opens a session there that
+remembers the payload's request.client_ip and request.user_agent; GET /challenge/solve with
+the same query (return_url, session, and optionally ttl=SECS for the proof's ttl_seconds)
+sends the visitor back to return_url with esper_challenge_proof=proof-<n>.
+
+Proof verification (POST /api/v1/challenge/proof/verify) answers by token (proof or token):
+  proof-<n> from /challenge/solve   valid, but {\"valid\": false} when the body's client_ip
+                                    or user_agent is not the challenged client's (a body
+                                    without them is not checked)
+  valid-*                           valid
+  ttl<N>-*                          valid, ttl_seconds N
+  exp<N>-*                          valid, expires_at now + N seconds
+  status<CODE>-*                    answers that status, e.g. status422-x, status429-x
+  fail-*                            answers 500
+  junk-*                            answers 200 with a body that is not JSON
+  slow-*                            never answers
+  anything else                     {\"valid\": false}
+
+Control:
+  GET /__mock/requests   every API call received: seq, path, version, headers, body
+  GET /__mock/count      {\"runtime\": n, \"verify\": n, \"rate_limited\": n} (runtime calls
+                         answered 429, by the rate limit or mock_status)
+  POST /__mock/reset     forget calls and counts; the rate limit counts afresh";
 const RUNTIME_PATH: &str = "/api/v1/runtime/mitigation";
 const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
 const API_KEY_HEADER: &str = "x-esper-api-key";
@@ -51,16 +106,26 @@ struct Options {
     default_action: &'static str,
     record: bool,
     threads: usize,
+    rate_limit: Option<RateLimit>,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+/// What the command line asks for.
+enum Command {
+    Run(Options),
+    Help,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut opts = Options {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_key: None,
         default_action: "allow",
         record: true,
         threads: 1,
+        rate_limit: None,
     };
+    let mut rate_limit = None;
+    let mut retry_after = None;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -82,15 +147,39 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                     .filter(|&n| n > 0)
                     .ok_or("--threads needs a positive number")?
             }
+            "--rate-limit" => {
+                rate_limit = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--rate-limit needs a number of calls")?,
+                )
+            }
+            "--retry-after" => {
+                retry_after = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--retry-after needs a number of seconds")?,
+                )
+            }
+            "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(opts)
+    opts.rate_limit = match (rate_limit, retry_after) {
+        (Some(calls), retry_after) => Some(RateLimit { calls, retry_after }),
+        (None, Some(_)) => return Err("--retry-after needs --rate-limit".into()),
+        (None, None) => None,
+    };
+    Ok(Command::Run(opts))
 }
 
 fn main() -> ExitCode {
     let opts = match parse_args(std::env::args().skip(1)) {
-        Ok(opts) => opts,
+        Ok(Command::Run(opts)) => opts,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
             eprintln!("esper-mock: {msg}\n{USAGE}");
             return ExitCode::from(2);
@@ -132,9 +221,13 @@ async fn run(opts: Options) -> io::Result<()> {
         api_key: opts.api_key,
         default_action: opts.default_action,
         record: opts.record,
+        rate_limit: opts.rate_limit,
         runtime_calls: AtomicU64::new(0),
         verify_calls: AtomicU64::new(0),
+        rate_limited: AtomicU64::new(0),
         records: Mutex::new(Vec::new()),
+        sessions: Mutex::new(Sessions::default()),
+        sessions_opened: AtomicU64::new(0),
         tokens: Mutex::new(HashMap::new()),
         issued: AtomicU64::new(0),
     });
@@ -179,11 +272,18 @@ struct Mock {
     api_key: Option<String>,
     default_action: &'static str,
     record: bool,
+    rate_limit: Option<RateLimit>,
     runtime_calls: AtomicU64,
     verify_calls: AtomicU64,
+    /// Runtime calls answered 429.
+    rate_limited: AtomicU64,
     records: Mutex<Vec<Value>>,
-    /// Tokens issued by `/challenge/solve`, with the lifetime to report.
-    tokens: Mutex<HashMap<String, Option<u64>>>,
+    /// Who each challenge was shown to.
+    sessions: Mutex<Sessions>,
+    /// Never reset, so that a session id outlives `/__mock/reset`.
+    sessions_opened: AtomicU64,
+    /// Tokens issued by `/challenge/solve`.
+    tokens: Mutex<HashMap<String, Issued>>,
     issued: AtomicU64,
 }
 
@@ -211,6 +311,7 @@ impl Mock {
                 let count = json!({
                     "runtime": self.runtime_calls.load(Ordering::Relaxed),
                     "verify": self.verify_calls.load(Ordering::Relaxed),
+                    "rate_limited": self.rate_limited.load(Ordering::Relaxed),
                 });
                 json_response(StatusCode::OK, count.to_string())
             }
@@ -219,6 +320,7 @@ impl Mock {
                 records.clear();
                 self.runtime_calls.store(0, Ordering::Relaxed);
                 self.verify_calls.store(0, Ordering::Relaxed);
+                self.rate_limited.store(0, Ordering::Relaxed);
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             }
             (&Method::GET, "/challenge") => respond(
@@ -275,12 +377,25 @@ impl Mock {
             Ok(call) => call,
             Err(response) => return Ok(response),
         };
-        let plan = plan::plan(
-            &Payload::parse(&body),
-            seq,
-            self.listen,
-            self.default_action,
-        );
+        let refusal = self.rate_limit.and_then(|limit| limit.refusal(seq));
+        let plan = match refusal {
+            Some(answer) => Plan {
+                delay: None,
+                outcome: Outcome::Answer(answer),
+            },
+            None => {
+                let payload = Payload::parse(&body);
+                let session = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
+                let plan = plan::plan(&payload, seq, session, self.listen, self.default_action);
+                if matches!(&plan.outcome, Outcome::Answer(a) if a.opens_session) {
+                    self.sessions
+                        .lock()
+                        .unwrap()
+                        .open(session, payload.client());
+                }
+                plan
+            }
+        };
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
@@ -289,18 +404,25 @@ impl Mock {
             Outcome::Hang => std::future::pending().await,
             // A service error makes hyper close the connection without a response.
             Outcome::Close => Err("mock_close".into()),
-            Outcome::Answer(answer) if answer.delivery.is_streamed() => {
-                let mut response = Response::new(streamed(answer.body, answer.delivery));
-                *response.status_mut() = answer.status;
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, answer.content_type);
-                Ok(response)
-            }
             Outcome::Answer(answer) => {
-                let mut response = respond(answer.status, answer.content_type, answer.body);
+                let mut response = if answer.delivery.is_streamed() {
+                    let mut response = Response::new(streamed(answer.body, answer.delivery));
+                    *response.status_mut() = answer.status;
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, answer.content_type);
+                    response
+                } else {
+                    respond(answer.status, answer.content_type, answer.body)
+                };
                 if let Some(id) = answer.decision_id_header {
                     response.headers_mut().insert("x-esper-decision-id", id);
+                }
+                if let Some(after) = answer.retry_after {
+                    response.headers_mut().insert(RETRY_AFTER, after);
+                }
+                if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                    self.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(response)
             }
@@ -309,23 +431,31 @@ impl Mock {
 }
 
 impl Mock {
-    /// `/challenge/solve?return_url=U[&ttl=N]`: the visitor passed; send them
-    /// back with a fresh proof token.
+    /// `/challenge/solve?return_url=U[&session=S][&ttl=N]`: the visitor
+    /// passed; send them back with a fresh proof token, bound to the client
+    /// the session's challenge was shown to.
     fn solve(&self, query: &str) -> Response<Body> {
         let mut return_url = None;
         let mut ttl = None;
+        let mut session = None;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "return_url" => return_url = Some(value.into_owned()),
                 "ttl" => ttl = value.parse().ok(),
+                "session" => session = value.parse().ok(),
                 _ => {}
             }
         }
         let Some(return_url) = return_url else {
             return json_response(StatusCode::BAD_REQUEST, r#"{"error":"return_url needed"}"#);
         };
+        // An unknown or forgotten session issues a proof any client may redeem.
+        let client = session.and_then(|id| self.sessions.lock().unwrap().client(id).cloned());
         let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
-        self.tokens.lock().unwrap().insert(token.clone(), ttl);
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), Issued { ttl, client });
         let location = challenge::return_location(&return_url, &token);
         let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
         match HeaderValue::from_str(&location) {
@@ -349,9 +479,11 @@ impl Mock {
         };
         let body: Value = serde_json::from_slice(&body).unwrap_or_default();
         let token = challenge::token_of(&body).unwrap_or_default();
-        let issued = self.tokens.lock().unwrap().get(token).copied();
-        Ok(match challenge::verdict(token, issued) {
+        let issued = self.tokens.lock().unwrap().get(token).cloned();
+        let verdict = challenge::verdict(token, issued.as_ref(), &Client::of(&body));
+        Ok(match verdict {
             challenge::Verdict::Answer(answer) => json_response(StatusCode::OK, answer.to_string()),
+            challenge::Verdict::Status(status) => json_response(status, r#"{"error":"mock"}"#),
             challenge::Verdict::Fail => {
                 json_response(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"mock"}"#)
             }

@@ -1,12 +1,18 @@
 //! Choosing the answer to a runtime call from the `mock_*` query parameters that
 //! the nginx module forwards in `request.query_params`.
 
-use std::{borrow::Cow, net::SocketAddr, time::Duration};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use hyper::{header::HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::challenge::{self, Client};
 
 /// The parts of the module's payload the mock looks at; serde skips the rest
 /// without building values for it.
@@ -21,6 +27,9 @@ pub struct Payload {
 #[serde(default)]
 struct Request {
     query_params: Map<String, Value>,
+    /// Read as values, so that a payload with odd types still gets answered.
+    client_ip: Value,
+    user_agent: Value,
 }
 
 impl Payload {
@@ -42,6 +51,18 @@ impl Payload {
 
     fn flag(&self, name: &str) -> bool {
         matches!(self.param(name).as_deref(), Some("1" | "true"))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.param(name)?.parse().ok()
+    }
+
+    /// The client the payload speaks for.
+    pub fn client(&self) -> Client {
+        Client {
+            client_ip: self.request.client_ip.as_str().map(str::to_owned),
+            user_agent: self.request.user_agent.as_str().map(str::to_owned),
+        }
     }
 }
 
@@ -68,8 +89,12 @@ pub struct Answer {
     pub content_type: HeaderValue,
     /// Set when the decision id travels in `X-Esper-Decision-ID`.
     pub decision_id_header: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
     pub delivery: Delivery,
+    /// The answer sends the visitor to the mock's challenge page with the
+    /// session id it was given: remember who the challenge is for.
+    pub opens_session: bool,
 }
 
 /// How the body goes out after the head.
@@ -97,32 +122,69 @@ struct Decision<'a> {
     decision_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redirect_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
     reason: &'static str,
 }
 
-/// `seq` is the 1-based number of this runtime call; `listen` is the address
-/// the mock is bound to, used for the default challenge page.
-pub fn plan(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Plan {
-    let delay = payload
-        .param("mock_delay_ms")
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis);
+/// `--rate-limit N [--retry-after SECS]`: like Esper's per-key limit, every
+/// runtime call after the first `calls` (since start or the last reset) is
+/// refused with 429.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub calls: u64,
+    pub retry_after: Option<u64>,
+}
+
+impl RateLimit {
+    /// The 429 for runtime call number `seq`, if it is over the limit.
+    pub fn refusal(&self, seq: u64) -> Option<Answer> {
+        (seq > self.calls).then(|| Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            content_type: HeaderValue::from_static("application/json"),
+            decision_id_header: None,
+            retry_after: self.retry_after.map(HeaderValue::from),
+            body: Bytes::from_static(br#"{"error":"rate limited"}"#),
+            delivery: Delivery::default(),
+            opens_session: false,
+        })
+    }
+}
+
+/// `seq` is the 1-based number of this runtime call; `session` the id of the
+/// challenge session the answer opens if it sends the visitor to the mock's
+/// challenge page; `listen` is the address the mock is bound to.
+pub fn plan(
+    payload: &Payload,
+    seq: u64,
+    session: u64,
+    listen: SocketAddr,
+    default_action: &str,
+) -> Plan {
+    let delay = payload.number("mock_delay_ms").map(Duration::from_millis);
     let outcome = if payload.flag("mock_hang") {
         Outcome::Hang
     } else if payload.flag("mock_close") {
         Outcome::Close
     } else {
-        Outcome::Answer(answer(payload, seq, listen, default_action))
+        Outcome::Answer(answer(payload, seq, session, listen, default_action))
     };
     Plan { delay, outcome }
 }
 
 /// Unusable values (a status that is not a number, a header value with control
 /// characters) fall back to the default rather than failing the call.
-fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str) -> Answer {
+fn answer(
+    payload: &Payload,
+    seq: u64,
+    session: u64,
+    listen: SocketAddr,
+    default_action: &str,
+) -> Answer {
     let status = payload
-        .param("mock_status")
-        .and_then(|s| s.parse().ok())
+        .number("mock_status")
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::OK);
     let content_type = payload
@@ -136,7 +198,11 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
     let decision_id_header = id_in_header
         .then(|| HeaderValue::from_str(&decision_id).ok())
         .flatten();
+    let retry_after = payload
+        .param("mock_retry_after")
+        .and_then(|value| HeaderValue::from_str(&value).ok());
 
+    let mut opens_session = false;
     let body = match payload.param("mock_body") {
         Some(raw) => Bytes::from(raw.into_owned()),
         None => {
@@ -144,13 +210,23 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
             let action = action.as_deref().unwrap_or(default_action);
             let redirect_url = match payload.param("mock_redirect") {
                 Some(url) => Some(url),
-                None if action == "challenge" => Some(Cow::Owned(challenge_url(payload, listen))),
+                None if action == "challenge" => {
+                    opens_session = true;
+                    Some(Cow::Owned(challenge_url(payload, session, listen)))
+                }
                 None => None,
             };
+            let expires_at = payload.number::<i64>("mock_expires_in").map(|secs| {
+                let now = SystemTime::now();
+                let offset = Duration::from_secs(secs.unsigned_abs());
+                challenge::rfc3339(if secs < 0 { now - offset } else { now + offset })
+            });
             let decision = Decision {
                 action,
                 decision_id: (!id_in_header).then_some(&*decision_id),
                 redirect_url: redirect_url.as_deref(),
+                ttl_seconds: payload.number("mock_ttl"),
+                expires_at,
                 reason: "mock",
             };
             Bytes::from(serde_json::to_vec(&decision).expect("a decision always serialises"))
@@ -158,12 +234,9 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
     };
     let delivery = Delivery {
         body_delay: payload
-            .param("mock_body_delay_ms")
-            .and_then(|ms| ms.parse().ok())
+            .number("mock_body_delay_ms")
             .map(Duration::from_millis),
-        body_bytes: payload
-            .param("mock_body_bytes")
-            .and_then(|n| n.parse().ok()),
+        body_bytes: payload.number("mock_body_bytes"),
         reset_in_body: payload.flag("mock_reset_in_body"),
     };
 
@@ -171,15 +244,19 @@ fn answer(payload: &Payload, seq: u64, listen: SocketAddr, default_action: &str)
         status,
         content_type,
         decision_id_header,
+        retry_after,
         body,
         delivery,
+        opens_session,
     }
 }
 
-/// The mock's own `/challenge` page, carrying the payload's `return_url` along.
-fn challenge_url(payload: &Payload, listen: SocketAddr) -> String {
+/// The mock's own `/challenge` page, carrying the payload's `return_url` and
+/// the challenge session along.
+fn challenge_url(payload: &Payload, session: u64, listen: SocketAddr) -> String {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("return_url", payload.return_url.as_deref().unwrap_or(""))
+        .append_pair("session", &session.to_string())
         .finish();
     format!("http://{listen}/challenge?{query}")
 }
@@ -197,6 +274,7 @@ mod tests {
         plan(
             &Payload::parse(payload.to_string().as_bytes()),
             7,
+            70,
             listen(),
             "allow",
         )
@@ -236,32 +314,126 @@ mod tests {
 
     #[test]
     fn default_action_applies_without_mock_action() {
-        let a = answer_of(plan(&Payload::default(), 1, listen(), "block"));
+        let a = answer_of(plan(&Payload::default(), 1, 10, listen(), "block"));
         assert_eq!(body_json(&a)["action"], "block");
     }
 
     #[test]
     fn unreadable_payload_gets_the_default_answer() {
         for body in [&b"not json"[..], b"", br#"{"request":"x"}"#] {
-            let a = answer_of(plan(&Payload::parse(body), 3, listen(), "allow"));
+            let a = answer_of(plan(&Payload::parse(body), 3, 30, listen(), "allow"));
             assert_eq!(body_json(&a)["decision_id"], "dec-3");
         }
     }
 
     #[test]
-    fn challenge_points_at_the_mock_with_encoded_return_url() {
+    fn challenge_points_at_the_mock_with_encoded_return_url_and_session() {
         let a = answer_of(with_params(json!({"mock_action": "challenge"})));
         assert_eq!(
             body_json(&a)["redirect_url"],
-            "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e"
+            "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e&session=70"
         );
+        assert!(a.opens_session);
         let a = answer_of(plan_for(
             json!({"request": {"query_params": {"mock_action": "challenge"}}}),
         ));
         assert_eq!(
             body_json(&a)["redirect_url"],
-            "http://127.0.0.1:4242/challenge?return_url="
+            "http://127.0.0.1:4242/challenge?return_url=&session=70"
         );
+        let a = answer_of(with_params(
+            json!({"mock_action": "challenge", "mock_redirect": "https://c.example/x"}),
+        ));
+        assert!(!a.opens_session, "not the mock's page");
+        assert!(!answer_of(with_params(json!({}))).opens_session);
+    }
+
+    #[test]
+    fn the_payload_names_its_client() {
+        let payload = Payload::parse(
+            json!({"request": {"client_ip": "203.0.113.7", "user_agent": "UA"}})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(
+            payload.client(),
+            Client {
+                client_ip: Some("203.0.113.7".into()),
+                user_agent: Some("UA".into())
+            }
+        );
+        let odd = Payload::parse(
+            br#"{"request": {"client_ip": 5, "query_params": {"mock_action": "block"}}}"#,
+        );
+        assert_eq!(odd.client(), Client::default());
+        let a = answer_of(plan(&odd, 1, 1, listen(), "allow"));
+        assert_eq!(
+            body_json(&a)["action"],
+            "block",
+            "odd types do not spoil the payload"
+        );
+    }
+
+    #[test]
+    fn decision_lifetimes() {
+        let a = answer_of(with_params(json!({"mock_ttl": "30"})));
+        assert_eq!(body_json(&a)["ttl_seconds"], 30);
+        let a = answer_of(with_params(json!({"mock_ttl": "-5"})));
+        assert_eq!(body_json(&a)["ttl_seconds"], -5);
+        let at = |params: Value| {
+            let a = answer_of(with_params(params));
+            let at = body_json(&a)["expires_at"].as_str().unwrap().to_owned();
+            humantime::parse_rfc3339(&at).unwrap()
+        };
+        let now = SystemTime::now();
+        let later = at(json!({"mock_expires_in": "120"}));
+        let ahead = later.duration_since(now).unwrap().as_secs();
+        assert!((118..=121).contains(&ahead), "{ahead}");
+        let earlier = at(json!({"mock_expires_in": -60}));
+        let behind = now.duration_since(earlier).unwrap().as_secs();
+        assert!((58..=61).contains(&behind), "{behind}");
+        let a = answer_of(with_params(
+            json!({"mock_ttl": "x", "mock_expires_in": "y"}),
+        ));
+        assert!(body_json(&a).get("ttl_seconds").is_none());
+        assert!(body_json(&a).get("expires_at").is_none());
+    }
+
+    #[test]
+    fn retry_after_header() {
+        let a = answer_of(with_params(
+            json!({"mock_status": "429", "mock_retry_after": "5"}),
+        ));
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(a.retry_after, Some(HeaderValue::from_static("5")));
+        let a = answer_of(with_params(
+            json!({"mock_retry_after": "Thu, 26 Mar 2026 12:00:09 GMT"}),
+        ));
+        assert_eq!(
+            a.retry_after,
+            Some(HeaderValue::from_static("Thu, 26 Mar 2026 12:00:09 GMT"))
+        );
+        assert_eq!(answer_of(with_params(json!({}))).retry_after, None);
+    }
+
+    #[test]
+    fn rate_limit_refuses_after_the_limit() {
+        let limit = RateLimit {
+            calls: 2,
+            retry_after: Some(7),
+        };
+        assert_eq!(limit.refusal(1), None);
+        assert_eq!(limit.refusal(2), None);
+        let refusal = limit.refusal(3).unwrap();
+        assert_eq!(refusal.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refusal.retry_after, Some(HeaderValue::from_static("7")));
+        assert_eq!(body_json(&refusal), json!({"error": "rate limited"}));
+        assert!(limit.refusal(1000).is_some());
+        let silent = RateLimit {
+            calls: 0,
+            retry_after: None,
+        };
+        assert_eq!(silent.refusal(1).unwrap().retry_after, None);
     }
 
     #[test]
@@ -280,6 +452,19 @@ mod tests {
         ));
         assert_eq!(a.decision_id_header, Some(HeaderValue::from_static("abc")));
         assert_eq!(body_json(&a), json!({"action": "allow", "reason": "mock"}));
+    }
+
+    #[test]
+    fn client_error_and_server_error_statuses() {
+        for code in [400, 413, 422, 500, 503] {
+            let a = answer_of(with_params(json!({"mock_status": code.to_string()})));
+            assert_eq!(a.status.as_u16(), code);
+            assert_eq!(
+                body_json(&a)["action"],
+                "allow",
+                "the body stays a decision"
+            );
+        }
     }
 
     #[test]
