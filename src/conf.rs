@@ -21,14 +21,14 @@ use ngx::ffi::{
     ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_pcalloc, ngx_str_t,
     ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
-use crate::ffi::{bytes, guard};
 use crate::enforcement::{self, Zone};
+use crate::ffi::{bytes, guard};
 use crate::worker::ConfClients;
 use crate::Module;
 
@@ -636,7 +636,11 @@ unsafe fn parse_enforcement_zone(
             }
             zone = Some((name.to_owned(), size));
         } else if let Some(value) = arg.strip_prefix("ttl=") {
-            ttl = Duration::from_millis(time_ms(value).filter(|&ms| ms >= 1000).ok_or_else(invalid)?);
+            ttl = Duration::from_millis(
+                time_ms(value)
+                    .filter(|&ms| ms >= 1000)
+                    .ok_or_else(invalid)?,
+            );
         } else {
             return Err(invalid());
         }

@@ -48,13 +48,20 @@ impl Zone {
         size: usize,
         ttl: Duration,
     ) -> Result<Rc<Zone>, String> {
+        let zone = Rc::new(Zone {
+            name: name.to_owned(),
+            ttl,
+            shm: NonNull::dangling(),
+            table: AtomicPtr::new(std::ptr::null_mut()),
+        });
+        // nginx keeps this name without a copy: it points into the zone,
+        // which lives as long as the configuration.
         let mut ngx_name = ngx_str_t {
-            len: name.len(),
-            data: name.as_ptr().cast_mut(),
+            len: zone.name.len(),
+            data: zone.name.as_ptr().cast_mut(),
         };
         let tag = (Module::module() as *const _ as *mut c_void).cast();
-        // SAFETY: per the function contract; nginx copies the name into the
-        // cycle and keeps the zone with it.
+        // SAFETY: per the function contract; nginx keeps the zone with the cycle.
         let shm = unsafe { ngx_shared_memory_add(cf, &mut ngx_name, size, tag) };
         let mut shm = NonNull::new(shm).ok_or("cannot add the shared memory zone")?;
         // SAFETY: nginx's zone of this configuration, not yet mapped.
@@ -62,12 +69,8 @@ impl Zone {
         if !shm_ref.data.is_null() {
             return Err(format!("duplicate zone \"{name}\""));
         }
-        let zone = Rc::new(Zone {
-            name: name.to_owned(),
-            ttl,
-            shm,
-            table: AtomicPtr::new(std::ptr::null_mut()),
-        });
+        let mut zone = zone;
+        Rc::get_mut(&mut zone).expect("not shared yet").shm = shm;
         shm_ref.init = Some(init_zone);
         shm_ref.data = Rc::as_ptr(&zone).cast_mut().cast();
         Ok(zone)
@@ -162,8 +165,14 @@ unsafe fn table_at<'a>(base: NonNull<u8>, layout: &Layout) -> Table<'a> {
     unsafe {
         Table::new(
             &mut *base.cast::<Meta>(),
-            std::slice::from_raw_parts_mut(base.add(layout.buckets_offset).cast::<u32>(), layout.buckets),
-            std::slice::from_raw_parts_mut(base.add(layout.slots_offset).cast::<Slot>(), layout.capacity),
+            std::slice::from_raw_parts_mut(
+                base.add(layout.buckets_offset).cast::<u32>(),
+                layout.buckets,
+            ),
+            std::slice::from_raw_parts_mut(
+                base.add(layout.slots_offset).cast::<Slot>(),
+                layout.capacity,
+            ),
         )
     }
 }

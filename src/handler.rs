@@ -20,9 +20,9 @@ use std::fmt;
 use std::ptr::fn_addr_eq;
 use std::time::{Duration, SystemTime};
 
-use esper_protocol::pass::set_cookie;
 use esper_protocol::enforcement::{entry_lifetime, EntityKey};
 use esper_protocol::entity_table::{Remembered, Stored};
+use esper_protocol::pass::set_cookie;
 use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
@@ -388,7 +388,7 @@ thread_local! {
     /// Budget of this worker's error-log lines about Esper failures.
     static FAILURE_LOG: RefCell<LogThrottle> = RefCell::new(LogThrottle::default());
     /// Budget of this worker's lines about full enforcement zones.
-    static EVICTION_LOG: RefCell<LogThrottle> = RefCell::new(LogThrottle::default());
+    static EVICTION_LOG: RefCell<LogThrottle> = const { RefCell::new(LogThrottle::per_second(1)) };
 }
 
 /// Writes a line about an Esper failure, unless this second's budget is

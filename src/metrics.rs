@@ -4,8 +4,8 @@
 //! location that serves them in Prometheus' text format.
 
 use std::ffi::c_void;
-use std::rc::Rc;
 use std::ptr::{null_mut, NonNull};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use esper_protocol::metrics::{

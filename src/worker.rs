@@ -452,7 +452,10 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
             };
             let transition = match how {
                 End::Answered(outcome) => {
-                    let available = outcome.as_ref().err().is_none_or(|f| !f.is_availability_failure());
+                    let available = outcome
+                        .as_ref()
+                        .err()
+                        .is_none_or(|f| !f.is_availability_failure());
                     breaker.record(ticket, now, available, settings)
                 }
                 End::TimedOut => breaker.record(ticket, now, false, settings),
@@ -563,8 +566,14 @@ async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outc
     }
     let now = std::time::SystemTime::now();
     if verify {
-        parse_verify_answer(status, content_type.as_deref(), retry_after.as_deref(), &answer, now)
-            .map(Reply::Proof)
+        parse_verify_answer(
+            status,
+            content_type.as_deref(),
+            retry_after.as_deref(),
+            &answer,
+            now,
+        )
+        .map(Reply::Proof)
     } else {
         parse_answer(
             status,

@@ -197,7 +197,11 @@ impl<'a> Table<'a> {
         expires_ms: u64,
         now_ms: u64,
     ) -> Stored {
-        let url = decision.redirect_url.as_deref().unwrap_or_default().as_bytes();
+        let url = decision
+            .redirect_url
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes();
         let action = match decision.action {
             Action::Allow => return Stored::No,
             Action::Challenge if url.is_empty() || url.len() > MAX_URL_BYTES => return Stored::No,
@@ -235,7 +239,11 @@ impl<'a> Table<'a> {
                 at
             }
         };
-        let id = decision.decision_id.as_deref().unwrap_or_default().as_bytes();
+        let id = decision
+            .decision_id
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes();
         let id = &id[..floor_char_boundary(id, MAX_ID_BYTES)];
         let slot = &mut self.slots[at as usize];
         slot.action = action;
@@ -251,7 +259,9 @@ impl<'a> Table<'a> {
     /// Forgets the entity's challenge (a verified proof); a block stays.
     pub fn forget_challenge(&mut self, key: &EntityKey) -> bool {
         match self.find(key) {
-            Some(at) if stored_action(self.slots[at as usize].action) == Some(Action::Challenge) => {
+            Some(at)
+                if stored_action(self.slots[at as usize].action) == Some(Action::Challenge) =>
+            {
                 self.remove(at);
                 true
             }
@@ -432,7 +442,10 @@ mod tests {
     fn remembers_until_expiry() {
         let mut m = Memory::new(4);
         let mut t = m.table();
-        assert_eq!(t.remember(&key(1), &block("d1"), 1000, 0), Stored::Yes { evicted: false });
+        assert_eq!(
+            t.remember(&key(1), &block("d1"), 1000, 0),
+            Stored::Yes { evicted: false }
+        );
         assert_eq!(t.get(&key(1), 999), Some(block("d1")));
         assert_eq!(t.get(&key(2), 999), None);
         assert_eq!(t.get(&key(1), 1000), None, "expired");
@@ -455,7 +468,10 @@ mod tests {
         assert!(t.is_empty());
         let url = "https://c.example/challenge?s=1";
         t.remember(&key(1), &challenge(url), 1000, 0);
-        assert_eq!(t.get(&key(1), 1).unwrap().redirect_url.as_deref(), Some(url));
+        assert_eq!(
+            t.get(&key(1), 1).unwrap().redirect_url.as_deref(),
+            Some(url)
+        );
     }
 
     #[test]
@@ -466,7 +482,10 @@ mod tests {
             t.remember(&key(n), &block("d"), 1000, 0);
         }
         assert!(t.get(&key(1), 1).is_some(), "1 is now the most recent");
-        assert_eq!(t.remember(&key(4), &block("d"), 1000, 1), Stored::Yes { evicted: true });
+        assert_eq!(
+            t.remember(&key(4), &block("d"), 1000, 1),
+            Stored::Yes { evicted: true }
+        );
         assert_eq!(t.get(&key(2), 1), None, "2 was the least recently used");
         for n in [1, 3, 4] {
             assert!(t.get(&key(n), 1).is_some(), "{n} kept");
@@ -480,7 +499,10 @@ mod tests {
         let mut t = m.table();
         t.remember(&key(1), &block("d"), 10, 0);
         t.remember(&key(2), &block("d"), 1000, 0);
-        assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: false });
+        assert_eq!(
+            t.remember(&key(3), &block("d"), 1000, 20),
+            Stored::Yes { evicted: false }
+        );
         assert_eq!(t.evictions(), 0);
     }
 
@@ -511,9 +533,15 @@ mod tests {
     fn kept_across_a_new_view_unless_the_layout_changed() {
         let mut m = Memory::new(4);
         m.table().remember(&key(1), &block("d"), 1000, 0);
-        assert!(m.table().get(&key(1), 1).is_some(), "a reload keeps the entries");
+        assert!(
+            m.table().get(&key(1), 1).is_some(),
+            "a reload keeps the entries"
+        );
         m.meta.magic = 0;
-        assert!(m.table().is_empty(), "memory of another layout is laid out anew");
+        assert!(
+            m.table().is_empty(),
+            "memory of another layout is laid out anew"
+        );
     }
 
     #[test]
@@ -541,7 +569,12 @@ mod tests {
                     t.get(&key(n % 40), now);
                 }
                 3 => {
-                    t.remember(&key(n % 40), &challenge("https://c.example/x"), now + 50, now);
+                    t.remember(
+                        &key(n % 40),
+                        &challenge("https://c.example/x"),
+                        now + 50,
+                        now,
+                    );
                 }
                 _ => {
                     t.remember(&key(n % 40), &block("d"), now + (n % 90) as u64, now);

@@ -6,14 +6,31 @@
 pub const LINES_PER_SECOND: u32 = 10;
 
 /// The budget of one kind of log line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogThrottle {
+    budget: u32,
     second: u64,
     written: u32,
     suppressed: u64,
 }
 
+impl Default for LogThrottle {
+    fn default() -> Self {
+        LogThrottle::per_second(LINES_PER_SECOND)
+    }
+}
+
 impl LogThrottle {
+    /// A budget of `lines` a second.
+    pub const fn per_second(lines: u32) -> Self {
+        LogThrottle {
+            budget: lines,
+            second: 0,
+            written: 0,
+            suppressed: 0,
+        }
+    }
+
     /// Whether a line may be written at `now` (seconds). `Some(n)`: write it,
     /// and say that `n` similar lines were left out since the last one.
     pub fn admit(&mut self, now: u64) -> Option<u64> {
@@ -21,7 +38,7 @@ impl LogThrottle {
             self.second = now;
             self.written = 0;
         }
-        if self.written >= LINES_PER_SECOND {
+        if self.written >= self.budget {
             self.suppressed += 1;
             return None;
         }
@@ -33,6 +50,15 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_of_one() {
+        let mut t = LogThrottle::per_second(1);
+        assert_eq!(t.admit(5), Some(0));
+        assert_eq!(t.admit(5), None);
+        assert_eq!(t.admit(5), None);
+        assert_eq!(t.admit(6), Some(2));
+    }
 
     #[test]
     fn budget_per_second_and_count_of_what_was_left_out() {

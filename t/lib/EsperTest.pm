@@ -66,7 +66,8 @@ sub start_mock {
     my $line = <$out>;
     die "mock did not start\n" unless defined $line && $line =~ /listening on 127\.0\.0\.1:(\d+)/;
     push @{$self->{pids}}, $pid;
-    $self->{mock_out} = $out;
+    # Kept open: closing a piped open waits for the mock to exit.
+    push @{$self->{mock_outs}}, $out;
     $self->{mock_port} = $1;
     return $1;
 }
