@@ -55,6 +55,17 @@ check_fails(in_location('esper_circuit_breaker failures=0;'), 'invalid parameter
 check_fails(in_location('esper_circuit_breaker window=soon;'), 'invalid parameter "window=soon"', 'bad breaker window');
 check_fails(in_location('esper_circuit_breaker colour=red;'), 'invalid parameter "colour=red"', 'unknown breaker parameter');
 check_fails(in_location('esper_circuit_breaker off; esper_circuit_breaker off;'), '"esper_circuit_breaker" directive is duplicate', 'duplicate breaker');
+check_fails("esper_api_key k;\n" . in_location('esper on; esper_enforcement nowhere;'), 'unknown esper_enforcement_zone "nowhere"', 'unknown zone');
+check_fails("esper_enforcement_zone zone=z:1x;", 'invalid zone size "zone=z:1x"', 'bad zone size');
+check_fails("esper_enforcement_zone zone=z:4k;", 'zone "z" is too small', 'zone too small');
+check_fails("esper_enforcement_zone zone=:1m;", 'invalid zone name "zone=:1m"', 'empty zone name');
+check_fails("esper_enforcement_zone zone=z:1m ttl=0;", 'invalid parameter "ttl=0"', 'zero zone ttl');
+check_fails("esper_enforcement_zone zone=z:1m ttl=soon;", 'invalid parameter "ttl=soon"', 'bad zone ttl');
+check_fails("esper_enforcement_zone ttl=10s;", '"zone" parameter is missing', 'zone parameter missing');
+check_fails("esper_enforcement_zone zone=z:1m colour=red;", 'invalid parameter "colour=red"', 'unknown zone parameter');
+check_fails("esper_enforcement_zone zone=z:1m;\nesper_enforcement_zone zone=z:1m;", 'duplicate zone "z"', 'duplicate zone');
+check_fails(in_location('esper_enforcement_zone zone=z:1m;'), '"esper_enforcement_zone" directive is not allowed here', 'zone outside http');
+check_fails(in_location('esper_enforcement a; esper_enforcement b;'), '"esper_enforcement" directive is duplicate', 'duplicate esper_enforcement');
 
 $t->write_file('good.key', ('k' x 64) . "\n");
 my ($status, $output) = $t->test_config(<<'EOF');
@@ -79,12 +90,18 @@ my ($status, $output) = $t->test_config(<<'EOF');
     esper_max_pending 256;
     esper_circuit_breaker failures=50 window=30s cooldown=10s;
     esper_http2 on;
+    esper_enforcement_zone zone=bots:1m ttl=5m;
+    esper_enforcement_zone zone=other:64k;
+    esper_enforcement bots;
     server {
         listen 127.0.0.1:%%PORT%%;
         esper on;
+        esper_enforcement other;
         location / { }
         location /static/ { esper off; }
         location /no-breaker/ { esper_circuit_breaker off; }
+        location /bots/ { esper_enforcement bots; }
+        location /no-zone/ { esper_enforcement off; }
     }
 EOF
 is($status, 0, 'every directive at http level passes nginx -t') or diag $output;

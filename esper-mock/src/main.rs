@@ -555,11 +555,12 @@ fn record_entry(seq: u64, path: &str, parts: &hyper::http::request::Parts, body:
             (name.to_string(), Value::String(values.join(", ")))
         })
         .collect();
+    let bytes = body.len();
     let body = serde_json::from_slice(body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
     let received_at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let version = format!("{:?}", parts.version);
-    json!({"seq": seq, "path": path, "version": version, "headers": headers, "body": body, "received_at_ms": received_at_ms})
+    json!({"seq": seq, "path": path, "version": version, "headers": headers, "body": body, "bytes": bytes, "received_at_ms": received_at_ms})
 }
