@@ -29,11 +29,11 @@ integration:
 # The module built for a separate nginx source tree, with cargo and with
 # nginx's own build system.
 external:
-	scripts/check-external-build.sh
+	t/tools/check-external-build.sh
 
 # The module built for the distribution's nginx and run in it.
 distro:
-	scripts/check-distro-nginx.sh
+	t/tools/check-distro-nginx.sh
 
 # The Docker image, both variants, built with buildah on stand-in base images
 # and run (also part of `integration`).
@@ -51,7 +51,7 @@ fuzz: deps
 
 # The t/ suite against an nginx built with AddressSanitizer (several minutes).
 sanitize: deps
-	scripts/sanitize.sh
+	t/tools/sanitize.sh
 
 # Not part of `make test`: a few minutes of load on this machine.
 bench: build

@@ -4,7 +4,7 @@
 # module for /usr/sbin/nginx, and runs a smoke part of t/ with that very
 # nginx binary. Elsewhere it says so and does nothing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 if ! command -v apt-get >/dev/null; then
     echo "not a Debian-like system: the distribution nginx check does not apply"
