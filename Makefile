@@ -5,12 +5,16 @@
 CARGO ?= cargo
 NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps build run test unit integration external distro module docker-check bench fuzz sanitize clean
+.PHONY: all deps deps-build build run test unit integration external check-packages module deb docker-check bench fuzz sanitize clean
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
+
+# What building the module (and its package) needs, without the test tools.
+deps-build:
+	@scripts/install-deps.sh --build
 
 build: deps
 	$(CARGO) build --release --workspace
@@ -18,7 +22,7 @@ build: deps
 run: build
 	scripts/run-demo.sh
 
-test: build unit integration external distro
+test: build unit integration external
 
 unit:
 	$(CARGO) test --release --workspace
@@ -29,11 +33,15 @@ integration:
 # The module built for a separate nginx source tree, with cargo and with
 # nginx's own build system.
 external:
-	scripts/check-external-build.sh
+	t/tools/check-external-build.sh
 
-# The module built for the distribution's nginx and run in it.
-distro:
-	scripts/check-distro-nginx.sh
+# Debian 12 and 13, each in a debootstrapped chroot under target/chroots (the
+# host's nginx is never touched): the module built for the distribution's
+# nginx and the t/ smoke set run in it; the package built, checked by lintian,
+# installed, run with a site in front of the mock, purged; and each suite's
+# package refused by apt beside the other suite's nginx.
+check-packages: build
+	t/tools/check-packages.sh
 
 # The Docker image, both variants, built with buildah on stand-in base images
 # and run (also part of `integration`).
@@ -41,8 +49,13 @@ docker-check: build
 	prove t/image.t
 
 # The module for the nginx you run: make module NGINX=/usr/sbin/nginx
-module: deps
+module: deps-build
 	NGINX=$(NGINX) scripts/build-for-nginx.sh
+
+# A Debian package of it (libnginx-mod-http-esper), made the way Debian ships
+# nginx modules: make deb NGINX=/usr/sbin/nginx
+deb: deps-build
+	NGINX=$(NGINX) scripts/build-deb.sh
 
 # Property tests of everything that reads untrusted bytes, far longer than the
 # default run inside `make test` (a few minutes).
@@ -51,13 +64,16 @@ fuzz: deps
 
 # The t/ suite against an nginx built with AddressSanitizer (several minutes).
 sanitize: deps
-	scripts/sanitize.sh
+	t/tools/sanitize.sh
 
 # Not part of `make test`: a few minutes of load on this machine.
 bench: build
 	scripts/install-deps.sh --bench
 	python3 bench/bench.py
 
+# Never while a check chroot has the host's toolchain mounted in target/.
 clean:
+	@if findmnt -rn -o TARGET | grep -q '^$(CURDIR)/target/'; then \
+		echo "target/ has mounts (a check-packages run?); not cleaning" >&2; exit 1; fi
 	$(CARGO) clean
 	rm -rf t/tmp

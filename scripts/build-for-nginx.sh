@@ -66,6 +66,17 @@ if [ ${#flags[@]} -eq 0 ]; then
         esac
     done
 fi
+# Extra compiler and linker options for the module (make deb passes
+# Debian's hardening flags), added to the target's own.
+add_opt() { # option, value
+    local i
+    for i in "${!flags[@]}"; do
+        case "${flags[$i]}" in "$1="*) flags[$i]="${flags[$i]} $2"; return ;; esac
+    done
+    flags+=("$1=$2")
+}
+[ -z "${MODULE_CC_OPT:-}" ] || add_opt --with-cc-opt "$MODULE_CC_OPT"
+[ -z "${MODULE_LD_OPT:-}" ] || add_opt --with-ld-opt "$MODULE_LD_OPT"
 case " ${flags[*]} " in
     *" --with-compat "*) ;;
     *) echo "warning: $nginx was not configured --with-compat; the module must then match its build exactly" >&2 ;;

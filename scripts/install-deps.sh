@@ -21,7 +21,8 @@ case "$mode" in
             openssl           # test certificates in t/tls.t
             procps            # pgrep, used by the harness
             gettext-base      # envsubst: t/docker.t renders the Docker template as the image does
-            buildah debootstrap   # t/image.t builds the Dockerfile on stand-in base images
+            buildah debootstrap   # t/image.t builds the Dockerfile on stand-in base images;
+                                  # make check-packages makes its Debian chroots
         )
         ;;
     *) echo "usage: $0 [--build | --bench]" >&2; exit 2 ;;

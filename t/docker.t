@@ -13,7 +13,7 @@ use EsperTest;
 my $root = $EsperTest::ROOT;
 my $nginx = EsperTest::nginx_binary();
 my $envsh = "$root/nginx-conf/docker/docker-entrypoint.d/10-esper-environment.envsh";
-my $render = "$root/scripts/standin/20-envsubst-on-templates.sh";
+my $render = "$root/t/tools/standin/20-envsubst-on-templates.sh";
 my $template = "$root/nginx-conf/docker/templates/default.conf.template";
 
 my $t = EsperTest->new;

@@ -1,5 +1,5 @@
 # The Docker image itself: the Dockerfile built with buildah on stand-in base
-# images (scripts/docker-image.sh), both variants, each run as a container in
+# images (t/tools/docker-image.sh), both variants, each run as a container in
 # front of the mock Esper. buildah's chroot isolation shares the host's
 # network and process table, so the container's nginx is reached on loopback
 # and stopped with a signal like any nginx.
@@ -21,10 +21,10 @@ sub buildah { EsperTest::capture('buildah', '--storage-driver', 'vfs', @_) }
 
 END {
     buildah('rm', @containers) if @containers;
-    system("$root/scripts/docker-image.sh", 'clean');
+    system("$root/t/tools/docker-image.sh", 'clean');
 }
 
-my ($status, $output) = EsperTest::capture("$root/scripts/docker-image.sh", 'build');
+my ($status, $output) = EsperTest::capture("$root/t/tools/docker-image.sh", 'build');
 if (!is($status, 0, 'both variants build')) {
     diag $output;
     done_testing;

@@ -5,7 +5,7 @@
 # nginx's own build system (./configure --add-dynamic-module=<this repository>
 # && make). The tree used here is a copy of the vendored nginx source.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 work=${EXTERNAL_WORK_DIR:-$PWD/target/external}
 src=$(scripts/vendored-nginx-source.sh)

@@ -15,7 +15,7 @@
 # already exists is kept unless --rebuild is given. The debootstrapped rootfs
 # is cached in target/docker/ (remove it to fetch the packages again).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 rebuild=false
 case "${1:-}" in
@@ -52,7 +52,7 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 nginx_image=docker.io/library/nginx:$NGINX_VERSION
 unprivileged_image=docker.io/nginxinc/nginx-unprivileged:$NGINX_VERSION
 rust_image=docker.io/library/rust:$RUST_VERSION-slim
-description="local stand-in made by scripts/docker-standins.sh"
+description="local stand-in made by t/tools/docker-standins.sh"
 
 work=$PWD/target/docker
 rootfs=$work/rootfs-bookworm
@@ -167,12 +167,12 @@ make_nginx_image() { # image name, "nginx" or "unprivileged"
     make -C "$nginx_build" install DESTDIR="$mnt" >/dev/null
     # The official packages keep only these in /etc/nginx; pages are in /usr/share.
     rm -rf "$mnt"/etc/nginx/{html,*.default,koi-utf,koi-win,win-utf,fastcgi.conf}
-    install -m 644 "scripts/standin/$conf" "$mnt/etc/nginx/nginx.conf"
+    install -m 644 "t/tools/standin/$conf" "$mnt/etc/nginx/nginx.conf"
     mkdir -p "$mnt"/{etc/nginx/conf.d,usr/lib/nginx/modules,usr/share/nginx/html,var/cache/nginx,docker-entrypoint.d}
-    sed "s/listen       80;/listen       $port;/" scripts/standin/default.conf >"$mnt/etc/nginx/conf.d/default.conf"
-    install -m 644 scripts/standin/{index,50x}.html "$mnt/usr/share/nginx/html/"
-    install -m 755 scripts/standin/docker-entrypoint.sh "$mnt/"
-    install -m 755 scripts/standin/20-envsubst-on-templates.sh "$mnt/docker-entrypoint.d/"
+    sed "s/listen       80;/listen       $port;/" t/tools/standin/default.conf >"$mnt/etc/nginx/conf.d/default.conf"
+    install -m 644 t/tools/standin/{index,50x}.html "$mnt/usr/share/nginx/html/"
+    install -m 755 t/tools/standin/docker-entrypoint.sh "$mnt/"
+    install -m 755 t/tools/standin/20-envsubst-on-templates.sh "$mnt/docker-entrypoint.d/"
     ln -sfn /usr/lib/nginx/modules "$mnt/etc/nginx/modules"
     # Logs go to the container's output, where `docker logs` reads them.
     ln -sfn /dev/stdout "$mnt/var/log/nginx/access.log"

@@ -1,12 +1,12 @@
 #!/bin/bash
 # Builds the project's Dockerfile with buildah, both variants, on the stand-in
-# base images (scripts/docker-standins.sh): no Docker engine runs here and no
+# base images (t/tools/docker-standins.sh): no Docker engine runs here and no
 # registry can be reached. t/image.t runs the results.
 #
 #   docker-image.sh build   localhost/nginx-esper:check and :check-unprivileged
 #   docker-image.sh clean   removes them and every layer their builds cached
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # buildah 1.28 ignores STORAGE_DRIVER in the environment.
 buildah_vfs() { buildah --storage-driver vfs "$@"; }
@@ -14,7 +14,7 @@ image=localhost/nginx-esper
 
 case "${1:-}" in
     build)
-        scripts/docker-standins.sh
+        t/tools/docker-standins.sh
         mkdir -p target/docker
         start=$SECONDS
         # --layers: the unprivileged build reuses the builder stage.

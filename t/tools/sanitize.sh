@@ -7,7 +7,7 @@
 # nginx does not free its pools when a process exits. The packaging tests
 # (docker.t, image.t) build their own modules and do not apply.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 target=${SANITIZE_TARGET_DIR:-$PWD/target/sanitize}
 export NGX_CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g"
