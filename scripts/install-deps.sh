@@ -23,11 +23,12 @@ case "$mode" in
             gettext-base      # envsubst: t/docker.t renders the Docker template as the image does
             buildah debootstrap   # t/image.t builds the Dockerfile on stand-in base images;
                                   # make check-packages makes its Debian chroots
+            python3 python3-pip   # t/http3.t's client (aioquic, installed below)
         )
         ;;
     *) echo "usage: $0 [--build | --bench]" >&2; exit 2 ;;
 esac
-[ "$mode" = --bench ] && packages+=(wrk python3-pip)
+[ "$mode" = --bench ] && packages+=(wrk)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -44,6 +45,12 @@ fi
 
 if [ "$mode" = --bench ] && ! python3 -c 'import matplotlib' 2>/dev/null; then
     python3 -m pip install --quiet matplotlib
+fi
+
+# aioquic, the HTTP/3 client of t/http3.t (t/tools/h3client.py), at the
+# version pinned there.
+if [ "$mode" != --build ] && ! python3 -c 'import aioquic' 2>/dev/null; then
+    python3 -m pip install --quiet -r "$(dirname "$0")/../t/tools/requirements.txt"
 fi
 
 if ! command -v cargo >/dev/null; then
