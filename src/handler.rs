@@ -31,8 +31,8 @@ use ngx::ffi::{
     ngx_http_core_run_phases, ngx_http_get_variable_index, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_test_reading, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_time,
-    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
-    NGX_LOG_INFO, NGX_OK,
+    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -143,6 +143,13 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
         return match state.outcome.take() {
             // SAFETY: per the function contract.
             Some(outcome) => unsafe { resumed(r, conf, state, outcome) },
+            // Woken while the call is pending: an HTTP/3 client that
+            // cancelled the stream (STOP_SENDING) leaves a write error.
+            // SAFETY: per the function contract.
+            None if state.call.is_some() && unsafe { request::client_gone(r) } => {
+                state.abandon();
+                NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+            }
             None if state.call.is_some() => NGX_DONE as ngx_int_t,
             None => NGX_DECLINED as ngx_int_t,
         };
@@ -541,6 +548,18 @@ unsafe fn redirect(
 }
 
 impl RequestState {
+    /// The client went away while the call was pending: drop the call and
+    /// its deadline.
+    fn abandon(&mut self) {
+        if self.deadline.timer_set() != 0 {
+            // SAFETY: the timer was armed by `access` on this thread.
+            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
+        }
+        if let Some(id) = self.call.take() {
+            worker::forget(id);
+        }
+    }
+
     /// Records an outcome (call finished or deadline reached) and stops the timer.
     fn finish(&mut self, outcome: Outcome) {
         if self.deadline.timer_set() != 0 {

@@ -50,9 +50,19 @@ pub unsafe fn payload(r: *mut ngx_http_request_t, conf: &LocConf, main: &MainCon
             send_cookies: conf.send_cookies == 1,
         };
         let mut body = Vec::with_capacity(1024);
+        // HTTP/3 carries the host only as `:authority`, which nginx does not
+        // turn into a Host header (it does for HTTP/2): send it as one, so
+        // Esper sees the same headers whatever the protocol.
+        let authority = (req.headers_in.host.is_null() && !req.host_start.is_null()).then(|| {
+            let len = req.host_end.offset_from(req.host_start).max(0) as usize;
+            (
+                &b"host"[..],
+                std::slice::from_raw_parts(req.host_start, len),
+            )
+        });
         build_payload(
             &view,
-            headers(&req.headers_in.headers),
+            headers(&req.headers_in.headers).chain(authority),
             &settings,
             &mut body,
         );
@@ -171,6 +181,17 @@ fn forget_cached_uri_variables(r: &mut ngx_http_request_t) {
 pub unsafe fn request_uri<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
     // SAFETY: per the function contract.
     unsafe { bytes(&(*r).unparsed_uri) }
+}
+
+/// True when the client can no longer receive the answer (an HTTP/3 stream
+/// the client stopped).
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn client_gone(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: per the function contract; a live request has a connection
+    // with its write event.
+    unsafe { (*(*(*r).connection).write).error() != 0 }
 }
 
 /// True when the client connection is TLS.
