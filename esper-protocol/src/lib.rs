@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod pass;
 pub mod payload;
 pub mod query;
+pub mod response;
 pub mod throttle;
 
 pub use answer::{parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck};

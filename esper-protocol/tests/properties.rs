@@ -1,5 +1,6 @@
 //! Property tests over everything that reads untrusted bytes: the payload
-//! builder, the answer parsers, the proof query rewrite and the cookie codec.
+//! builder, the answer parsers, the proof query rewrite, the cookie codec and
+//! the reading of `Accept`.
 //! No input may panic; the payload is always valid JSON. `make test` runs the
 //! default number of cases; `make fuzz` runs many more (PROPTEST_CASES).
 
@@ -12,6 +13,7 @@ use esper_protocol::payload::{
     MAX_VALUE_BYTES,
 };
 use esper_protocol::query::take_proof;
+use esper_protocol::response::{accepts_json, block_body, challenge_body, wants_json, JsonMode};
 use esper_protocol::{
     build_payload, parse_answer, parse_verify_answer, verify_body, Failure, PayloadSettings,
     RequestView,
@@ -107,6 +109,27 @@ fn queryish(max: usize) -> impl Strategy<Value = Vec<u8>> {
         }
         v
     })
+}
+
+/// `Accept`-like bytes: the pieces its parser looks at, and any byte.
+fn acceptish(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(&b"application/json"[..]),
+        Just(&b"+json"[..]),
+        Just(&b"*/*"[..]),
+        Just(&b";q=0"[..]),
+        Just(&b"q=0.5"[..]),
+        Just(&b";"[..]),
+        Just(&b","[..]),
+        Just(&b"="[..]),
+        Just(&b"\""[..]),
+        Just(&b"\\"[..]),
+        Just(&b" "[..]),
+        Just(&b"."[..]),
+    ]
+    .prop_map(<[u8]>::to_vec);
+    let any_byte = any::<u8>().prop_map(|b| vec![b]);
+    prop::collection::vec(prop_oneof![3 => piece, 1 => any_byte], 0..max).prop_map(|p| p.concat())
 }
 
 proptest! {
@@ -239,5 +262,26 @@ proptest! {
             prop_assert!(!key.verify(v, SystemTime::now(), b"1.2.3.4", b"ua"));
         }
         prop_assert!(!key.verify(&value, SystemTime::now(), b"1.2.3.4", b"ua"));
+    }
+
+    #[test]
+    fn accept_never_panics_and_an_explicit_refusal_wins(a in acceptish(24), b in acceptish(24)) {
+        let accepted = accepts_json([&a[..], &b[..]]);
+        let headers: [(&[u8], &[u8]); 3] =
+            [(b"Sec-Fetch-Mode", b"cors"), (b"Accept", &a), (b"accept", &b)];
+        prop_assert_eq!(wants_json(JsonMode::Auto, headers), accepted);
+        prop_assert!(!accepts_json([&a[..], b"application/json;q=0", &b[..]]));
+    }
+
+    #[test]
+    fn json_bodies_carry_any_text(url in any::<String>(), id in prop::option::of(any::<String>())) {
+        let challenge: Value = serde_json::from_str(&challenge_body(&url, id.as_deref())).unwrap();
+        prop_assert_eq!(&challenge["action"], "challenge");
+        prop_assert_eq!(&challenge["redirect_url"], url.as_str());
+        let block: Value = serde_json::from_str(&block_body(id.as_deref())).unwrap();
+        prop_assert_eq!(&block["action"], "block");
+        for body in [&challenge, &block] {
+            prop_assert_eq!(body.get("decision_id").and_then(Value::as_str), id.as_deref());
+        }
     }
 }
