@@ -14,6 +14,7 @@ use std::time::Duration;
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::{self as values, ApiUrl};
 use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
+use esper_protocol::response::JsonMode;
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
@@ -162,6 +163,10 @@ pub struct LocConf {
     pub hybrid_key: *mut ngx_http_complex_value_t,
     /// `esper_forward_decision_id`
     pub forward_decision_id: ngx_flag_t,
+    /// `esper_json_response`, as set (an index into JSON_RESPONSES).
+    json_response_index: ngx_uint_t,
+    /// `esper_json_response`, resolved at merge time.
+    pub json_response: JsonMode,
     /// `esper_enforcement`: the zone's name and where it was named; `Some(None)` is `off`.
     enforcement: Option<Option<(String, String)>>,
     /// The zone `esper_enforcement` names, resolved at merge time where `esper on`.
@@ -198,6 +203,8 @@ impl LocConf {
             pass_secret: None,
             hybrid_key: null_mut(),
             forward_decision_id: UNSET_FLAG,
+            json_response_index: UNSET_UINT,
+            json_response: JsonMode::Auto,
             enforcement: None,
             zone: None,
             target: None,
@@ -240,6 +247,29 @@ static mut FAILURE_ACTIONS: [ngx_conf_enum_t; 3] = [
     },
 ];
 
+const JSON_AUTO: ngx_uint_t = 0;
+const JSON_ON: ngx_uint_t = 1;
+const JSON_OFF: ngx_uint_t = 2;
+
+static mut JSON_RESPONSES: [ngx_conf_enum_t; 4] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("auto"),
+        value: JSON_AUTO,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("on"),
+        value: JSON_ON,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("off"),
+        value: JSON_OFF,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
+];
+
 static mut MODES: [ngx_conf_enum_t; 3] = [
     ngx_conf_enum_t {
         name: ngx_string!("enforce"),
@@ -255,7 +285,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 26] = [
+pub static mut COMMANDS: [ngx_command_t; 27] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -426,6 +456,13 @@ pub static mut COMMANDS: [ngx_command_t; 26] = [
         offset: 0,
         post: null_mut(),
     },
+    command(
+        ngx_string!("esper_json_response"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, json_response_index),
+        addr_of!(JSON_RESPONSES) as *mut c_void,
+    ),
     command(
         ngx_string!("esper_enforcement"),
         NGX_CONF_TAKE1,
@@ -974,6 +1011,17 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         0,
     );
     inherit_clone(&mut conf.enforcement, &prev.enforcement);
+    inherit(
+        &mut conf.json_response_index,
+        prev.json_response_index,
+        UNSET_UINT,
+        JSON_AUTO,
+    );
+    conf.json_response = match conf.json_response_index {
+        JSON_ON => JsonMode::On,
+        JSON_OFF => JsonMode::Off,
+        _ => JsonMode::Auto,
+    };
 
     if conf.enable != 1 {
         return Ok(());

@@ -40,7 +40,7 @@ use ngx::ngx_string;
 use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
 use crate::ffi::{guard, log_error, push_header, remove_headers};
 use crate::worker::{self, Call, CallId, Outcome, Reply};
-use crate::{metrics, request, Module};
+use crate::{metrics, request, response, Module};
 
 /// Which call a request waits for.
 #[derive(Clone, Copy)]
@@ -237,13 +237,15 @@ unsafe fn enforce(
     state.decision_id = decision.decision_id;
     metrics::count_result(state.result);
     metrics::count_enforced(decision.action);
-    match decision.action {
-        Action::Challenge => {
-            let url = decision.redirect_url.unwrap_or_default();
-            // SAFETY: per the function contract.
-            unsafe { redirect(r, conf, url.as_bytes(), None) }
-        }
-        Action::Block | Action::Allow => conf.block_status as ngx_int_t,
+    // SAFETY: per the function contract.
+    unsafe {
+        response::deny(
+            r,
+            conf,
+            decision.action,
+            decision.redirect_url.as_deref(),
+            state.decision_id.as_deref(),
+        )
     }
 }
 
@@ -452,12 +454,16 @@ unsafe fn apply(
         Action::Allow => unsafe { proceed(r, conf, state) },
         // SAFETY: per the function contract.
         _ if monitor => unsafe { proceed(r, conf, state) },
-        Action::Block => conf.block_status as ngx_int_t,
-        Action::Challenge => {
-            let url = decision.redirect_url.unwrap_or_default();
-            // SAFETY: per the function contract.
-            unsafe { redirect(r, conf, url.as_bytes(), None) }
-        }
+        // SAFETY: per the function contract.
+        action => unsafe {
+            response::deny(
+                r,
+                conf,
+                action,
+                decision.redirect_url.as_deref(),
+                state.decision_id.as_deref(),
+            )
+        },
     }
 }
 
@@ -514,37 +520,7 @@ unsafe fn pass_and_return(
     // SAFETY: per the function contract.
     let back = same_site_path(unsafe { request::request_uri(r) });
     // SAFETY: per the function contract.
-    unsafe { redirect(r, conf, &back, Some(cookie.as_bytes())) }
-}
-
-/// Answers with `esper_challenge_status` to `location`, never cached.
-///
-/// # Safety
-/// `r` must be a live request.
-unsafe fn redirect(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    location: &[u8],
-    cookie: Option<&[u8]>,
-) -> ngx_int_t {
-    // SAFETY: per the function contract.
-    unsafe {
-        let out = &mut (*r).headers_out;
-        let pool = (*r).pool;
-        let Some(h) = push_header(&mut out.headers, pool, "Location", location) else {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        };
-        out.location = h;
-        if push_header(&mut out.headers, pool, "Cache-Control", b"no-store").is_none() {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        if let Some(cookie) = cookie {
-            if push_header(&mut out.headers, pool, "Set-Cookie", cookie).is_none() {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-            }
-        }
-    }
-    conf.challenge_status as ngx_int_t
+    unsafe { response::redirect(r, conf, &back, Some(cookie.as_bytes())) }
 }
 
 impl RequestState {

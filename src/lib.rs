@@ -13,6 +13,7 @@ mod ffi;
 mod handler;
 mod metrics;
 mod request;
+mod response;
 mod variables;
 mod worker;
 

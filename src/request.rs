@@ -216,6 +216,17 @@ unsafe fn pool_str(pool: *mut ngx::ffi::ngx_pool_t, data: &[u8]) -> Option<ngx_s
     unsafe { ngx_str_t::from_bytes(pool, data) }
 }
 
+/// The request's headers, as name and value bytes.
+///
+/// # Safety
+/// `r` must be a live request that outlives the iterator.
+pub unsafe fn headers_of<'a>(
+    r: *mut ngx_http_request_t,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    // SAFETY: per the function contract.
+    unsafe { headers(&(*r).headers_in.headers) }
+}
+
 /// The live entries of an nginx header list, as name and value bytes.
 ///
 /// # Safety

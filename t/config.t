@@ -66,6 +66,7 @@ check_fails("esper_enforcement_zone zone=z:1m colour=red;", 'invalid parameter "
 check_fails("esper_enforcement_zone zone=z:1m;\nesper_enforcement_zone zone=z:1m;", 'duplicate zone "z"', 'duplicate zone');
 check_fails(in_location('esper_enforcement_zone zone=z:1m;'), '"esper_enforcement_zone" directive is not allowed here', 'zone outside http');
 check_fails(in_location('esper_enforcement a; esper_enforcement b;'), '"esper_enforcement" directive is duplicate', 'duplicate esper_enforcement');
+check_fails(in_location('esper_json_response sometimes;'), 'invalid value "sometimes"', 'bad esper_json_response');
 
 $t->write_file('good.key', ('k' x 64) . "\n");
 my ($status, $output) = $t->test_config(<<'EOF');
@@ -93,6 +94,7 @@ my ($status, $output) = $t->test_config(<<'EOF');
     esper_enforcement_zone zone=bots:1m ttl=5m;
     esper_enforcement_zone zone=other:64k;
     esper_enforcement bots;
+    esper_json_response off;
     server {
         listen 127.0.0.1:%%PORT%%;
         esper on;
@@ -102,6 +104,8 @@ my ($status, $output) = $t->test_config(<<'EOF');
         location /no-breaker/ { esper_circuit_breaker off; }
         location /bots/ { esper_enforcement bots; }
         location /no-zone/ { esper_enforcement off; }
+        location /api/ { esper_json_response on; }
+        location /spa/ { esper_json_response auto; }
     }
 EOF
 is($status, 0, 'every directive at http level passes nginx -t') or diag $output;
