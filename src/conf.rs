@@ -17,12 +17,12 @@ use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
 use esper_protocol::response::JsonMode;
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
+    ngx_array_t, ngx_command_t, ngx_conf_enum_t, ngx_conf_full_name, ngx_conf_set_enum_slot,
     ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot,
     ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_pcalloc, ngx_str_t,
-    ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    ngx_http_complex_value_t, ngx_http_set_predicate_slot, ngx_int_t, ngx_msec_t, ngx_parse_time,
+    ngx_pcalloc, ngx_str_t, ngx_uint_t, time_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
     NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::HttpModuleMainConf;
@@ -43,6 +43,8 @@ const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 const UNSET_INT: ngx_int_t = -1;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_TIME: time_t = -1;
+/// nginx's NGX_CONF_UNSET_PTR, which `ngx_http_set_predicate_slot` expects.
+const UNSET_PTR: *mut ngx_array_t = usize::MAX as *mut ngx_array_t;
 const DEFAULT_TIMEOUT_MS: ngx_msec_t = 300;
 const DEFAULT_PASS_COOKIE: &str = "esper_challenge";
 const DEFAULT_MAX_PENDING: ngx_int_t = 1024;
@@ -163,6 +165,9 @@ pub struct LocConf {
     pub hybrid_key: *mut ngx_http_complex_value_t,
     /// `esper_forward_decision_id`
     pub forward_decision_id: ngx_flag_t,
+    /// `esper_bypass`: compiled values, any of them neither empty nor "0"
+    /// lets the request through unasked; null when unset.
+    pub bypass: *mut ngx_array_t,
     /// `esper_json_response`, as set (an index into JSON_RESPONSES).
     json_response_index: ngx_uint_t,
     /// `esper_json_response`, resolved at merge time.
@@ -203,6 +208,7 @@ impl LocConf {
             pass_secret: None,
             hybrid_key: null_mut(),
             forward_decision_id: UNSET_FLAG,
+            bypass: UNSET_PTR,
             json_response_index: UNSET_UINT,
             json_response: JsonMode::Auto,
             enforcement: None,
@@ -285,7 +291,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 27] = [
+pub static mut COMMANDS: [ngx_command_t; 28] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -456,6 +462,13 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
         offset: 0,
         post: null_mut(),
     },
+    command(
+        ngx_string!("esper_bypass"),
+        NGX_CONF_1MORE,
+        ngx_http_set_predicate_slot,
+        offset_of!(LocConf, bypass),
+        null_mut(),
+    ),
     command(
         ngx_string!("esper_json_response"),
         NGX_CONF_TAKE1,
@@ -1011,6 +1024,7 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         0,
     );
     inherit_clone(&mut conf.enforcement, &prev.enforcement);
+    inherit(&mut conf.bypass, prev.bypass, UNSET_PTR, null_mut());
     inherit(
         &mut conf.json_response_index,
         prev.json_response_index,

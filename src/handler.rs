@@ -151,11 +151,16 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
                 NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
             }
             None if state.call.is_some() => NGX_DONE as ngx_int_t,
+            // An internal redirect after a bypass: this location judges the
+            // request by its own `esper_bypass` (what Esper decided is never
+            // judged twice).
+            // SAFETY: per the function contract.
+            None if state.result == "bypassed" => unsafe { judge(r, conf, state) },
             None => NGX_DECLINED as ngx_int_t,
         };
     }
 
-    let (Some(_), Some(pass)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
+    let (Some(_), Some(_)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
         metrics::count_result("skipped");
         return NGX_DECLINED as ngx_int_t;
     };
@@ -183,6 +188,34 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     // SAFETY: attach returned a live state owned by the request pool.
     let state = unsafe { &mut *state };
+    // SAFETY: per the function contract.
+    unsafe { judge(r, conf, state) }
+}
+
+/// Judges a request where `esper on`, in this order: the operator's
+/// `esper_bypass`; a proof to verify; a pass cookie; the enforcement zone;
+/// else Esper's runtime decision.
+///
+/// # Safety
+/// `r` must be the live main request that owns `state`.
+unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+    let Some(pass) = conf.pass.as_ref() else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    // SAFETY: per the function contract.
+    match unsafe { request::bypassed(r, conf.bypass) } {
+        None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        Some(true) => {
+            // Never verified, but never passed on either.
+            // SAFETY: per the function contract.
+            let _ = unsafe { request::take_challenge_proof(r) };
+            state.result = "bypassed";
+            metrics::count_result(state.result);
+            // SAFETY: per the function contract.
+            return unsafe { proceed(r, conf, state) };
+        }
+        Some(false) => {}
+    }
     if conf.zone.is_some() && conf.mode != MODE_MONITOR {
         // SAFETY: per the function contract.
         let (ip, ua) = unsafe { request::entity(r) };

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 use esper_protocol::query::{replace_target, take_proof, target_without_proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
-    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_get_indexed_variable,
-    ngx_http_request_t, ngx_http_variable_t, ngx_list_t, ngx_str_t, ngx_table_elt_t, NGX_OK,
+    ngx_array_t, ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_get_indexed_variable,
+    ngx_http_request_t, ngx_http_test_predicates, ngx_http_variable_t, ngx_int_t, ngx_list_t,
+    ngx_str_t, ngx_table_elt_t, NGX_DECLINED, NGX_OK,
 };
 use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
 
@@ -192,6 +193,24 @@ pub unsafe fn client_gone(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: per the function contract; a live request has a connection
     // with its write event.
     unsafe { (*(*(*r).connection).write).error() != 0 }
+}
+
+/// Whether `esper_bypass` lets the request through unasked: some value is
+/// neither empty nor "0". `None` when a value cannot be evaluated.
+///
+/// # Safety
+/// `r` must be a live request and `predicates` null or the location's
+/// compiled `esper_bypass` values.
+pub unsafe fn bypassed(r: *mut ngx_http_request_t, predicates: *mut ngx_array_t) -> Option<bool> {
+    if predicates.is_null() {
+        return Some(false);
+    }
+    // SAFETY: per the function contract.
+    match unsafe { ngx_http_test_predicates(r, predicates) } {
+        rc if rc == NGX_DECLINED as ngx_int_t => Some(true),
+        rc if rc == NGX_OK as ngx_int_t => Some(false),
+        _ => None,
+    }
 }
 
 /// True when the client connection is TLS.
