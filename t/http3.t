@@ -28,6 +28,7 @@ my $conf = <<'EOF';
     esper_api_url http://%%MOCK%%;
     esper_api_key k;
     esper_timeout 3s;
+    esper_enforcement_zone zone=h3bots:1m;
     log_format esper '$server_protocol|$request_method|$request_uri|$status|$esper_result|$esper_action|$request_time';
     access_log %%DIR%%/logs/esper.log esper;
     server {
@@ -61,6 +62,11 @@ my $conf = <<'EOF';
             esper_field server_name $server_name;
             esper_field scheme $scheme;
             esper_send_cookies on;
+            proxy_pass http://127.0.0.1:%%APP%%;
+        }
+        location /zone/ {
+            esper on;
+            esper_enforcement h3bots;
             proxy_pass http://127.0.0.1:%%APP%%;
         }
         location = /metrics { esper_metrics; }
@@ -322,6 +328,29 @@ my ($hybrid, $plain) = h3(
 );
 like($hybrid->{body}, qr/hybrid=hk-127\.0\.0\.1 decision=dec-\d+ a=1$/, 'the module sets them; client copies removed, other headers kept');
 like($plain->{body}, qr/hybrid= decision= /, 'client copies removed where nothing replaces them');
+
+# 8. JSON responses and the enforcement zone over HTTP/3.
+my @api = (['sec-fetch-mode', 'cors'], ['accept', 'application/json']);
+my ($json_block, $json_challenge, $page) = h3(
+    { path => '/j?mock_action=block&mock_decision_id=j-1', headers => \@api },
+    { path => '/j?mock_action=challenge&mock_decision_id=j-2', headers => \@api },
+    { path => '/j?mock_action=block', headers => [['sec-fetch-mode', 'navigate'], ['accept', 'text/html']] },
+);
+is($json_block->{status}, 403, 'JSON block over HTTP/3');
+is($json_block->{body}, '{"action":"block","decision_id":"j-1"}', 'its body');
+is($json_block->{headers}{'content-type'}, 'application/json', 'its content type');
+is($json_block->{headers}{vary}, 'Accept, Sec-Fetch-Mode, X-Requested-With', 'and Vary');
+is($json_challenge->{status}, 403, 'JSON challenge over HTTP/3');
+like($json_challenge->{body}, qr{^\{"action":"challenge","redirect_url":"http://127\.0\.0\.1:$mock/challenge\?[^"]+","decision_id":"j-2"\}$}, 'its body');
+like($page->{headers}{'content-type'} // '', qr{^text/html}, 'a navigation gets the block page');
+$t->mock_reset;
+my ($first) = h3({ path => '/zone/a?mock_action=block&mock_decision_id=z-3', headers => [['user-agent', 'h3-bot']] });
+is($first->{status}, 403, 'blocked over HTTP/3 and remembered');
+my @again = h3(map { { path => "/zone/b?mock_action=allow&n=$_", headers => [['user-agent', 'h3-bot'], @api] } } 1 .. 5);
+is(scalar(grep { $_->{status} == 403 && $_->{body} eq '{"action":"block","decision_id":"z-3"}' } @again), 5,
+    'five streams enforced from the zone, in JSON');
+is($t->mock_count, 1, 'without another call');
+ok($t->wait_for_log('logs/esper.log', qr{^HTTP/3\.0\|GET\|/zone/b\?mock_action=allow&n=1\|403\|enforced\|block\|}m), '$esper_result enforced');
 
 my @above_info = grep { /\[(warn|error|crit|alert|emerg)\]/ } split /\n/, $t->error_log;
 is(scalar @above_info, 0, 'nothing in the error log beyond info') or diag join "\n", @above_info;
