@@ -1,6 +1,7 @@
 //! Reading Esper's answer to a runtime decision call.
 //!
-//! The response schema is not published (ESPER_API.md §1 "Response", INFERRED).
+//! The response schema is not published (docs/esper-contract.md, "Answer",
+//! INFERRED).
 //! Every inferred name lives in [`contract`] so that one edit follows Esper when it
 //! publishes more.
 
@@ -9,8 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-/// Names inferred from Esper's recipes; the alternatives listed in ESPER_API.md
-/// are all accepted.
+/// Names inferred from Esper's recipes; the alternatives listed in
+/// docs/esper-contract.md are all accepted (its "When Esper publishes more"
+/// maps each item here to what it stands for).
 pub mod contract {
     use std::time::{Duration, SystemTime};
 
@@ -22,16 +24,17 @@ pub mod contract {
     pub const DECISION_ID_HEADER: &str = "x-esper-decision-id";
     /// Largest answer body read; a decision is a few hundred bytes.
     pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-    /// Proof verification answer (ESPER_API.md §2, INFERRED): `valid` must be
-    /// `true`.
+    /// Proof verification answer (docs/esper-contract.md, "Managed challenge",
+    /// INFERRED): `valid` must be `true`.
     pub const VERIFY_VALID_FIELD: &str = "valid";
-    /// How long a verified proof or a decision stays good (ESPER_API.md §2,
-    /// INFERRED for the verify answer; the decision answer is read the same
+    /// How long a verified proof or a decision stays good
+    /// (docs/esper-contract.md, "Managed challenge" and "Answer"; INFERRED
+    /// for the verify answer; the decision answer is read the same
     /// way, INFERRED too): either field, the sooner wins. See [`lifetime`].
     pub const EXPIRES_AT_FIELD: &str = "expires_at";
     pub const TTL_FIELD: &str = "ttl_seconds";
-    /// Verify request (ESPER_API.md §2, INFERRED): the token goes under both
-    /// candidate names.
+    /// Verify request (docs/esper-contract.md, "Managed challenge", INFERRED):
+    /// the token goes under both candidate names.
     pub const VERIFY_TOKEN_FIELDS: [&str; 2] = ["proof", "token"];
     /// Verify request: the redeeming client, so that Esper can refuse a proof
     /// solved by someone else (INFERRED). Named exactly as in the decision

@@ -6,7 +6,8 @@ use std::fmt;
 /// Path of the runtime decision endpoint below `esper_api_url`.
 pub const DECISION_PATH: &str = "/api/v1/runtime/mitigation";
 
-/// Path of the challenge proof verification endpoint (ESPER_API.md §2).
+/// Path of the challenge proof verification endpoint (docs/esper-contract.md,
+/// "Managed challenge").
 pub const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
 
 /// `esper_api_url` when none is set.

@@ -1,4 +1,5 @@
-//! The JSON body of `POST /api/v1/runtime/mitigation` (ESPER_API.md §1).
+//! The JSON body of `POST /api/v1/runtime/mitigation` (docs/esper-contract.md,
+//! "Runtime decision request").
 //!
 //! Input is whatever bytes the client sent; output is always valid JSON of a
 //! bounded size. Non-UTF-8 bytes become U+FFFD; over-long values are cut at a

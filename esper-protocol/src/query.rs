@@ -5,7 +5,7 @@
 //! order, with its original encoding.
 
 /// Query parameter Esper appends when a visitor returns from a challenge
-/// (ESPER_API.md §2, CONFIRMED).
+/// (docs/esper-contract.md, "Managed challenge", CONFIRMED).
 pub const PROOF_PARAM: &str = "esper_challenge_proof";
 
 /// A query string with the proof parameter taken out.
