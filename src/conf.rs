@@ -29,7 +29,8 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
 use crate::enforcement::{self, Zone};
-use crate::ffi::{bytes, guard};
+use crate::ffi::bytes;
+use crate::log::guard;
 use crate::worker::ConfClients;
 use crate::Module;
 
@@ -922,7 +923,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             Ok(()) => NGX_CONF_OK,
             Err(message) => {
                 // SAFETY: cf is live; the message names its own file and line.
-                unsafe { crate::ffi::log_error(NGX_LOG_EMERG, (*cf).log, &message) };
+                unsafe { crate::log::log_error(NGX_LOG_EMERG, (*cf).log, &message) };
                 NGX_CONF_ERROR
             }
         }

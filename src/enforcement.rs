@@ -18,7 +18,7 @@ use ngx::ffi::{
     ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_WARN, NGX_OK,
 };
 
-use crate::ffi::{guard, log_error};
+use crate::log::{guard, log_error};
 use ngx::http::HttpModule;
 
 use crate::Module;

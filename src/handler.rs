@@ -38,7 +38,8 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpC
 use ngx::ngx_string;
 
 use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
-use crate::ffi::{guard, log_error, push_header, remove_headers};
+use crate::headers::{push_header, remove_headers};
+use crate::log::{debug, guard, log_error};
 use crate::worker::{self, Call, CallId, Outcome, Reply};
 use crate::{metrics, request, response, Module};
 
@@ -188,6 +189,7 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     // SAFETY: attach returned a live state owned by the request pool.
     let state = unsafe { &mut *state };
+    debug!(r, "esper: state attached");
     // SAFETY: per the function contract.
     unsafe { judge(r, conf, state) }
 }
@@ -211,6 +213,7 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
             let _ = unsafe { request::take_challenge_proof(r) };
             state.result = "bypassed";
             metrics::count_result(state.result);
+            debug!(r, "esper: bypassed by esper_bypass");
             // SAFETY: per the function contract.
             return unsafe { proceed(r, conf, state) };
         }
@@ -227,6 +230,10 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
     // SAFETY: per the function contract.
     if let Some(Some(token)) = unsafe { request::take_challenge_proof(r) } {
         state.stage = Stage::Verifying;
+        debug!(
+            r,
+            "esper: challenge proof taken out of the request, verifying it"
+        );
         // SAFETY: per the function contract.
         let (ip, ua) = unsafe { request::entity(r) };
         let body = verify_body(&token, ip, ua);
@@ -237,7 +244,17 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
     // A pass skips a remembered challenge, never a remembered block.
     let remembered = state.zone_lookup(conf);
     // SAFETY: per the function contract.
-    if unsafe { request::has_valid_pass(r, pass) } {
+    let has_pass = unsafe { request::has_valid_pass(r, pass) };
+    debug!(
+        r,
+        "esper: pass cookie {}",
+        if has_pass {
+            "accepted"
+        } else {
+            "absent or refused"
+        }
+    );
+    if has_pass {
         if let Some(block) = remembered.filter(|d| d.action == Action::Block) {
             // SAFETY: per the function contract.
             return unsafe { enforce(r, conf, state, block) };
@@ -265,6 +282,11 @@ unsafe fn enforce(
     state: &mut RequestState,
     decision: Remembered,
 ) -> ngx_int_t {
+    debug!(
+        r,
+        "esper: {} remembered by the enforcement zone",
+        decision.action.as_str()
+    );
     state.result = "enforced";
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
@@ -318,6 +340,10 @@ unsafe fn start(
     // SAFETY: per the function contract; the main configuration exists
     // whenever a location has a target.
     let main = unsafe { Module::main_conf(&*r) }.expect("main conf");
+    let call_kind = match call {
+        Call::Decide(_) => "runtime decision",
+        Call::Verify(_) => "proof verification",
+    };
     match worker::call(
         main,
         target,
@@ -325,7 +351,10 @@ unsafe fn start(
         on_outcome,
         (state as *mut RequestState).cast(),
     ) {
-        Ok(id) => state.call = Some(id),
+        Ok(id) => {
+            debug!(r, "esper: call {id} started ({})", call_kind);
+            state.call = Some(id);
+        }
         // SAFETY: per the function contract.
         Err(failure) => return unsafe { resumed(r, conf, state, Err(failure)) },
     }
@@ -354,6 +383,7 @@ unsafe fn resumed(
     let log = unsafe { (*(*r).connection).log };
     match (state.stage, outcome) {
         (Stage::Verifying, Ok(Reply::Proof(ProofCheck::Verified { lifetime }))) => {
+            debug!(r, "esper: challenge proof verified");
             // The proof answers the remembered challenge; a block stays.
             if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
                 zone.forget_challenge(key);
@@ -368,6 +398,7 @@ unsafe fn resumed(
             unsafe { pass_and_return(r, conf, lifetime) }
         }
         (Stage::Verifying, outcome) => {
+            debug!(r, "esper: challenge proof not verified");
             // Never a pass: the runtime decision runs as for any request.
             match outcome {
                 Err(failure) => {
@@ -412,6 +443,7 @@ unsafe fn resumed(
             } else {
                 (false, "failure action block")
             };
+            debug!(r, "esper: failure action applied");
             log_failure(
                 log,
                 format_args!("esper decision failed: {failure}; {applied}"),
@@ -461,6 +493,16 @@ unsafe fn apply(
     decision: Decision,
 ) -> ngx_int_t {
     let monitor = conf.mode == MODE_MONITOR;
+    debug!(
+        r,
+        "esper: decision {} applied{}",
+        decision.action.as_str(),
+        if monitor {
+            " (monitor mode: not enforced)"
+        } else {
+            ""
+        }
+    );
     if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
         let remembered = Remembered {
             action: decision.action,
@@ -590,7 +632,9 @@ unsafe fn on_outcome(data: *mut c_void, outcome: Outcome) {
     let request = {
         // SAFETY: per the function contract.
         let state = unsafe { &mut *data.cast::<RequestState>() };
-        state.call = None;
+        if let Some(id) = state.call.take() {
+            debug!(state.request, "esper: call {id} answered");
+        }
         state.finish(outcome);
         state.request
     };
@@ -604,6 +648,7 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
         let request = {
             // SAFETY: the timer's data is its RequestState, alive while armed.
             let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
+            debug!(state.request, "esper: deadline reached");
             if let Some(id) = state.call.take() {
                 worker::expire(id);
             }

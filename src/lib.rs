@@ -2,15 +2,19 @@
 //! at nginx's access phase and applies the answer (allow, challenge, block).
 //!
 //! This file only registers the module; each concern has its own file:
-//! `conf` (directives), `handler` (the access phase), `worker` (the background
+//! `conf` (directives), `handler` (the access phase), `response` (the
+//! redirects, blocks and JSON answers it makes), `worker` (the background
 //! runtime and its event-loop wake-up), `request` (reading the request),
-//! `variables` ($esper_*), `metrics` (shared counters and `esper_metrics`),
-//! `ffi` (small shared helpers around nginx types).
+//! `enforcement` (`esper_enforcement_zone`), `variables` ($esper_*),
+//! `metrics` (shared counters and `esper_metrics`), `headers` (header-list
+//! surgery), `log` (logging and the panic guard), `ffi` (nginx strings).
 
 mod conf;
 mod enforcement;
 mod ffi;
 mod handler;
+mod headers;
+mod log;
 mod metrics;
 mod request;
 mod response;
@@ -75,7 +79,7 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
 /// Never fails: nginx does not respawn a worker whose `init_process` fails,
 /// so a runtime that cannot start is logged and leaves the failure action.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    ffi::guard((), || {
+    log::guard((), || {
         // SAFETY: nginx passes the live cycle of this process.
         unsafe { worker::start(cycle) }
     });
@@ -83,7 +87,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 }
 
 extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-    ffi::guard((), || {
+    log::guard((), || {
         // SAFETY: nginx passes the live cycle of this process.
         unsafe { worker::stop(cycle) }
     });

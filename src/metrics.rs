@@ -23,7 +23,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpC
 use ngx::ngx_string;
 
 use crate::enforcement::Zone;
-use crate::ffi::guard;
+use crate::log::guard;
 use crate::Module;
 
 /// The counters as they lie in shared memory.

@@ -16,7 +16,7 @@ use ngx::ffi::{
 };
 
 use crate::conf::LocConf;
-use crate::ffi::push_header;
+use crate::headers::push_header;
 use crate::request;
 
 const ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;

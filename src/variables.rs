@@ -10,8 +10,8 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 use ngx::ngx_string;
 
-use crate::ffi::guard;
 use crate::handler::find;
+use crate::log::guard;
 use crate::{request, Module};
 
 #[derive(Clone, Copy)]

@@ -28,7 +28,7 @@ use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
 
 use crate::conf::{ClientProfile, MainConf, Target};
-use crate::ffi::{guard, log_error};
+use crate::log::{guard, log_error};
 use crate::metrics;
 use crate::Module;
 

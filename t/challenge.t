@@ -1,4 +1,4 @@
-# The managed challenge round trip (ESPER_API.md section 2): challenged,
+# The managed challenge round trip (docs/esper-contract.md, "Managed challenge"): challenged,
 # solved at Esper, back with a proof, verified, pass cookie, and passes
 # without another runtime call; everything a client could try to get around it.
 use strict;

@@ -1,4 +1,4 @@
-# The exact body and headers of the decision call (ESPER_API.md section 1).
+# The exact body and headers of the decision call (docs/esper-contract.md, "Runtime decision request").
 use strict;
 use warnings;
 use lib 't/lib';

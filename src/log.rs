@@ -1,0 +1,49 @@
+//! Logging from the module, and the guard that keeps a panic from unwinding
+//! into nginx.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT};
+
+/// A `NGX_LOG_DEBUG_HTTP` line on the connection log of request `$r` (a
+/// `*mut ngx_http_request_t`), formatted only when the log wants it and
+/// compiled in only for an nginx built `--with-debug`.
+macro_rules! debug {
+    ($r:expr, $($arg:tt)+) => {
+        // SAFETY: a live request has a connection with its log.
+        let log = unsafe { (*(*$r).connection).log };
+        ngx::ngx_log_debug_mask!(DebugMask::Http, log, $($arg)+);
+    };
+}
+pub(crate) use debug;
+
+/// Runs an `extern "C"` body so that a panic never unwinds into nginx: it is
+/// logged and `fallback` is returned instead.
+pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // SAFETY: ngx_cycle is set for the whole life of an nginx process.
+            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            log_error(
+                NGX_LOG_ALERT,
+                log,
+                &format!("esper: internal error: {what}"),
+            );
+            fallback
+        }
+    }
+}
+
+/// Writes one line to an nginx log at `level` (an `NGX_LOG_*` value).
+pub fn log_error(level: u32, log: *mut ngx_log_t, message: &str) {
+    if log.is_null() {
+        return;
+    }
+    ngx::ngx_log_error!(level, log, "{}", message);
+}
