@@ -3,8 +3,8 @@
 
 One nginx binary (the vendored one, built with auth_request), one worker, one
 mock Esper (compiled, --no-record), one load generator (wrk), loopback only.
-Every case runs in this one invocation; A, B and C run several times,
-interleaved, and the medians are reported. Writes bench/results.md,
+Every case runs in this one invocation; A, B, C and G's allow-path lookup run
+several times, interleaved, and the medians are reported. Writes bench/results.md,
 bench/results.json and bench/latency.png.
 """
 
@@ -51,6 +51,7 @@ http {{
     esper_api_url http://127.0.0.1:{mock};
     esper_api_key bench-key;
     upstream esper {{ server 127.0.0.1:{mock}; keepalive 64; }}
+    esper_enforcement_zone zone=bench_zone:10m ttl=5m;
     server {{
         listen 127.0.0.1:{port} backlog=8192;
         root {tmp}/html;
@@ -60,6 +61,10 @@ http {{
         location /hold/ {{ esper on; esper_timeout 30s; alias {tmp}/html/; }}
         location /hold-h2/ {{ esper on; esper_timeout 30s; esper_http2 on; alias {tmp}/html/; }}
         location /c/ {{ auth_request /auth; alias {tmp}/html/; }}
+        location /bz/ {{ esper on; esper_enforcement bench_zone; alias {tmp}/html/; }}
+        location /flood/ {{ esper on; alias {tmp}/html/; }}
+        location /flood-zone/ {{ esper on; esper_enforcement bench_zone; alias {tmp}/html/; }}
+        location = /esper-metrics {{ esper_metrics; }}
         location = /auth {{
             internal;
             proxy_pass http://esper/api/v1/runtime/mitigation;
@@ -146,22 +151,23 @@ def wait_port(port):
     sys.exit(f"nothing listens on {port}")
 
 
-def wrk(url, connections, seconds, body=None):
+def wrk(url, connections, seconds, body=None, user_agent=None):
     env = dict(os.environ)
     if body:
         env["WRK_BODY"] = body
+    headers = ["-H", f"User-Agent: {user_agent}"] if user_agent else []
     out = run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-               "-s", REPORT_LUA, url], env=env).stdout
+               *headers, "-s", REPORT_LUA, url], env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     result = json.loads(line[5:])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
 
 
-def measured(nginx, url, connections, seconds):
+def measured(nginx, url, connections, seconds, user_agent=None):
     """A wrk run with the worker's CPU time and RSS."""
     cpu = nginx.cpu_seconds()
-    r = wrk(url, connections, seconds)
+    r = wrk(url, connections, seconds, user_agent=user_agent)
     r["cpu_s_per_1k"] = (nginx.cpu_seconds() - cpu) / r["requests"] * 1000 if r["requests"] else None
     r["rss_kb"] = nginx.rss_kb()
     return r
@@ -170,6 +176,79 @@ def measured(nginx, url, connections, seconds):
 def mock_count(mock_port):
     with urllib.request.urlopen(f"http://127.0.0.1:{mock_port}/__mock/count", timeout=5) as resp:
         return json.load(resp)["runtime"]
+
+
+def metrics(nginx):
+    """The module's counters (esper_metrics), as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{nginx.port}/esper-metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name.replace(" ", "")] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def metric_delta(before, after, name):
+    return after.get(name, 0) - before.get(name, 0)
+
+
+FLOOD_CONNECTIONS = 50
+ORDINARY_CONNECTIONS = 10
+
+
+def flood(nginx, mock_port, seconds, location, run_no):
+    """G: one blocked entity (one client IP and User-Agent) at full speed, 50
+    connections, for `seconds` + 2 s; an ordinary client (another
+    User-Agent, allowed, 10 connections) in the same location is measured
+    beside it for `seconds`, from 1 s after the flood starts. The flooding
+    entity's User-Agent is new each run, so a zone entry from an earlier run
+    never spares it the first calls."""
+    flood_url = f"http://127.0.0.1:{nginx.port}/{location}/index.html?mock_action=block"
+    ordinary_url = f"http://127.0.0.1:{nginx.port}/{location}/index.html?mock_action=allow"
+    m0, calls0 = metrics(nginx), mock_count(mock_port)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(flood=wrk(flood_url, FLOOD_CONNECTIONS, seconds + 2,
+                                                             user_agent=f"flood-bot-{location}-{run_no}")))
+    t.start()
+    time.sleep(1)
+    ordinary = measured(nginx, ordinary_url, ORDINARY_CONNECTIONS, seconds, user_agent="ordinary-client")
+    t.join()
+    m1, calls1 = metrics(nginx), mock_count(mock_port)
+    f = out["flood"]
+    flood_s = f["duration_us"] / 1e6
+    # Only the flooding entity is answered block: Esper's block decisions are
+    # its calls (answered ones; a call cut off when wrk stops is not counted).
+    flood_calls = metric_delta(m0, m1, 'esper_decisions_total{action="block"}')
+    calls = calls1 - calls0
+    return {
+        "location": location, "flood": f, "ordinary": ordinary,
+        "flood_rps": f["rps"],
+        "flood_blocked": f["errors"]["status"],
+        "flood_blocked_share": f["errors"]["status"] / f["requests"] if f["requests"] else 0.0,
+        "flood_calls": flood_calls,
+        "flood_calls_per_s": flood_calls / flood_s,
+        "esper_calls": calls, "esper_calls_per_s": calls / flood_s,
+        "enforced": metric_delta(m0, m1, 'esper_enforced_requests_total{action="block"}'),
+        "ordinary_rps": ordinary["rps"],
+        "ordinary_p99_us": ordinary["latency_us"]["99"],
+        "ordinary_errors": sum(ordinary["errors"].values()),
+    }
+
+
+def median_flood(runs):
+    keys = ["flood_rps", "flood_blocked_share", "flood_calls", "flood_calls_per_s", "esper_calls",
+            "esper_calls_per_s", "enforced", "ordinary_rps", "ordinary_p99_us"]
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["flood_calls_max"] = max(r["flood_calls"] for r in runs)
+    out["flood_blocked_share_min"] = min(r["flood_blocked_share"] for r in runs)
+    out["ordinary_errors"] = sum(r["ordinary_errors"] for r in runs)
+    out["runs"] = len(runs)
+    return out
 
 
 def median_of(runs):
@@ -300,8 +379,9 @@ def table(results):
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     names = {"A": "A. baseline (esper off)", "B": "B. esper on, allow", "B2": "B. with esper_http2 on",
              "C": "C. auth_request",
-             "D": "D. esper off beside 200 slow decisions", "E": "E. deadline, Esper never answers"}
-    for key in ["A", "B", "B2", "C", "D", "E"]:
+             "D": "D. esper off beside 200 slow decisions", "E": "E. deadline, Esper never answers",
+             "G-lookup": "G. allow-lookup: B with esper_enforcement (a zone miss per request)"}
+    for key in ["A", "B", "B2", "C", "D", "E", "G-lookup"]:
         r = c[key]
         lat = r["latency_us"]
         rows.append(f"| {names[key]} | {r['rps']:,.0f} | {lat['50'] / 1000:.2f} | {lat['99'] / 1000:.2f} | "
@@ -309,6 +389,20 @@ def table(results):
     t = results["targets"]
     m = results["memory"]
     m1 = results["memory_http1"]
+    g = results["flood"]
+    rows += ["",
+             f"G. flood: one blocked entity, {FLOOD_CONNECTIONS} connections at full speed, beside an ordinary "
+             f"allowed client ({ORDINARY_CONNECTIONS} connections, another User-Agent, same location)",
+             "",
+             "| case | flood requests/s | Esper calls/s (all) | flooding entity's calls/s | its calls in all "
+             "| flood blocked | blocked from the zone | ordinary requests/s | ordinary p99 ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, label in (("without_zone", "G. flood without zone"), ("with_zone", "G. flood with zone")):
+        r = g[key]
+        rows.append(f"| {label} | {r['flood_rps']:,.0f} | {r['esper_calls_per_s']:,.0f} | "
+                    f"{r['flood_calls_per_s']:,.1f} | {r['flood_calls']:,.0f} | "
+                    f"{r['flood_blocked_share'] * 100:.2f} % | {r['enforced']:,.0f} | "
+                    f"{r['ordinary_rps']:,.0f} | {r['ordinary_p99_us'] / 1000:.2f} |")
     lines = rows + [
         "",
         f"mock Esper alone: {results['mock_rps']:,.0f} requests/s (not the bottleneck)",
@@ -344,6 +438,7 @@ def main():
         nginx = Nginx(mock_port)
         urls = {k: f"http://127.0.0.1:{nginx.port}/{k.lower()}/index.html" for k in "ABC"}
         urls["B2"] = f"http://127.0.0.1:{nginx.port}/h2/index.html"
+        urls["G-lookup"] = f"http://127.0.0.1:{nginx.port}/bz/index.html"
         for url in urls.values():
             wrk(url, 50, 1)  # warm up connections and pools
         runs = {k: [] for k in urls}
@@ -359,6 +454,17 @@ def main():
         cases["E"] = median_of([e])
         mem = memory(nginx, mock_port, 120, "h2", "hold-h2")
         mem_http1 = memory(nginx, mock_port, 120, "b", "hold")
+
+        flood_runs = {"without_zone": [], "with_zone": []}
+        for i in range(args.runs):
+            for key, location in (("without_zone", "flood"), ("with_zone", "flood-zone")):
+                flood_runs[key].append(flood(nginx, mock_port, args.seconds, location, i))
+                r = flood_runs[key][-1]
+                print(f"run {i + 1}/{args.runs} G {key}: flood {r['flood_rps']:,.0f} requests/s, "
+                      f"{r['flood_calls']:.0f} calls for it, ordinary p99 {r['ordinary_p99_us'] / 1000:.2f} ms",
+                      file=sys.stderr)
+        g = {k: median_flood(v) for k, v in flood_runs.items()}
+        gz, gn, gl = g["with_zone"], g["without_zone"], cases["G-lookup"]
 
         b, c, a = cases["B"], cases["C"], cases["A"]
         targets = [
@@ -388,15 +494,32 @@ def main():
             ("F: < 16 KB of worker memory per pending decision (esper_http2 on, second round)",
              f"{mem['steady']['kb_per_pending']:.1f} kB (first round {mem['cold']['kb_per_pending']:.1f} kB)",
              mem["steady"]["kb_per_pending"] < 16),
+            (f"G: with the zone, the flooding entity costs at most one call per connection "
+             f"(<= {FLOOD_CONNECTIONS + 1} calls in all, every run)",
+             f"{gz['flood_calls_max']:.0f} calls ({gz['flood_calls_per_s']:,.1f}/s over the flood; "
+             f"without the zone {gn['flood_calls_per_s']:,.0f}/s)",
+             gz["flood_calls_max"] <= FLOOD_CONNECTIONS + 1),
+            ("G: with the zone, >= 99.9 % of the flood blocked (every run)",
+             f"{gz['flood_blocked_share_min'] * 100:.3f} % ({gz['enforced']:,.0f} from the zone, median)",
+             gz["flood_blocked_share_min"] >= 0.999),
+            ("G: ordinary client's p99 beside the flood with the zone <= 1.5 x B's p99",
+             f"{gz['ordinary_p99_us'] / 1000:.2f} ms vs {b['latency_us']['99'] / 1000:.2f} ms "
+             f"({gz['ordinary_p99_us'] / b['latency_us']['99']:.2f} x; without the zone "
+             f"{gn['ordinary_p99_us'] / 1000:.2f} ms)",
+             gz["ordinary_p99_us"] <= 1.5 * b["latency_us"]["99"]),
+            ("G: zone lookup on the allow path keeps >= 0.95 of B's throughput",
+             f"{gl['rps'] / b['rps']:.2f} ({gl['rps']:,.0f} vs {b['rps']:,.0f} requests/s)",
+             gl["rps"] / b["rps"] >= 0.95),
         ]
         results = {
             "machine": {"cpus": os.cpu_count(), "runs": args.runs, "seconds": args.seconds,
                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
             "mock_rps": mock_alone["rps"],
             "ratios": {"B/A": b["rps"] / a["rps"], "B/C": b["rps"] / c["rps"],
-                       "B/C cpu": b["cpu_s_per_1k"] / c["cpu_s_per_1k"]},
-            "cases": cases, "raw": {"runs": runs, "D": d, "E": e}, "memory": mem,
-            "memory_http1": mem_http1,
+                       "B/C cpu": b["cpu_s_per_1k"] / c["cpu_s_per_1k"],
+                       "G-lookup/B": gl["rps"] / b["rps"]},
+            "cases": cases, "raw": {"runs": runs, "D": d, "E": e, "G": flood_runs}, "memory": mem,
+            "memory_http1": mem_http1, "flood": g,
             "targets": targets,
         }
         text = table(results)
@@ -407,7 +530,7 @@ def main():
         png = chart(results, os.path.join(BENCH, "latency.png"))
         with open(os.path.join(BENCH, "results.md"), "w") as f:
             f.write(f"# Benchmark results\n\n{results['machine']['when']}, {os.cpu_count()} cores, "
-                    f"medians of {args.runs} runs of {args.seconds} s for A, B, C.\n\n{text}\n\n{ratios}\n")
+                    f"medians of {args.runs} runs of {args.seconds} s for A, B, C, G.\n\n{text}\n\n{ratios}\n")
             if png:
                 f.write("\n![latency by percentile](latency.png)\n")
         with open(os.path.join(BENCH, "results.json"), "w") as f:

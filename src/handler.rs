@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use esper_protocol::enforcement::{entry_lifetime, EntityKey};
 use esper_protocol::entity_table::{Remembered, Stored};
+use esper_protocol::metrics::EsperResult;
 use esper_protocol::pass::set_cookie;
 use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
@@ -74,7 +75,7 @@ pub struct RequestState {
     /// `$esper_action`
     pub action: Option<Action>,
     /// `$esper_result`
-    pub result: &'static str,
+    pub result: Option<EsperResult>,
     /// `$esper_decision_id`
     pub decision_id: Option<String>,
     /// The entity's key in the location's enforcement zone; `None` where no
@@ -156,13 +157,13 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
             // request by its own `esper_bypass` (what Esper decided is never
             // judged twice).
             // SAFETY: per the function contract.
-            None if state.result == "bypassed" => unsafe { judge(r, conf, state) },
+            None if state.result == Some(EsperResult::Bypassed) => unsafe { judge(r, conf, state) },
             None => NGX_DECLINED as ngx_int_t,
         };
     }
 
     let (Some(_), Some(_)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
-        metrics::count_result("skipped");
+        metrics::count_result(EsperResult::Skipped);
         return NGX_DECLINED as ngx_int_t;
     };
     // SAFETY: per the function contract.
@@ -211,8 +212,7 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
             // Never verified, but never passed on either.
             // SAFETY: per the function contract.
             let _ = unsafe { request::take_challenge_proof(r) };
-            state.result = "bypassed";
-            metrics::count_result(state.result);
+            state.judged(EsperResult::Bypassed);
             debug!(r, "esper: bypassed by esper_bypass");
             // SAFETY: per the function contract.
             return unsafe { proceed(r, conf, state) };
@@ -259,8 +259,7 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
             // SAFETY: per the function contract.
             return unsafe { enforce(r, conf, state, block) };
         }
-        state.result = "pass";
-        metrics::count_result("pass");
+        state.judged(EsperResult::Pass);
         // SAFETY: per the function contract.
         return unsafe { proceed(r, conf, state) };
     }
@@ -287,10 +286,9 @@ unsafe fn enforce(
         "esper: {} remembered by the enforcement zone",
         decision.action.as_str()
     );
-    state.result = "enforced";
+    state.judged(EsperResult::Enforced);
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
-    metrics::count_result(state.result);
     metrics::count_enforced(decision.action);
     // SAFETY: per the function contract.
     unsafe {
@@ -392,8 +390,7 @@ unsafe fn resumed(
                 // SAFETY: per the function contract.
                 return unsafe { enforce(r, conf, state, block) };
             }
-            state.result = "pass";
-            metrics::count_result("pass");
+            state.judged(EsperResult::Pass);
             // SAFETY: per the function contract.
             unsafe { pass_and_return(r, conf, lifetime) }
         }
@@ -430,8 +427,7 @@ unsafe fn resumed(
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         }
         (_, Err(failure)) => {
-            state.result = failure.result();
-            metrics::count_result(state.result);
+            state.judged(failure.result());
             metrics::count_error(&failure);
             if let Some(ms) = state.latency {
                 metrics::observe_latency(ms as u64);
@@ -516,9 +512,12 @@ unsafe fn apply(
     }
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
-    state.result = if monitor { "monitor" } else { "decided" };
+    state.judged(if monitor {
+        EsperResult::Monitor
+    } else {
+        EsperResult::Decided
+    });
     metrics::count_action(decision.action);
-    metrics::count_result(state.result);
     if let Some(ms) = state.latency {
         metrics::observe_latency(ms as u64);
     }
@@ -599,6 +598,12 @@ unsafe fn pass_and_return(
 }
 
 impl RequestState {
+    /// Records what became of the request, for `$esper_result` and the metrics.
+    fn judged(&mut self, result: EsperResult) {
+        self.result = Some(result);
+        metrics::count_result(result);
+    }
+
     /// The client went away while the call was pending: drop the call and
     /// its deadline.
     fn abandon(&mut self) {
@@ -696,7 +701,7 @@ unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
             started: ngx_current_msec,
             latency: None,
             action: None,
-            result: "",
+            result: None,
             decision_id: None,
             entity: None,
         }));

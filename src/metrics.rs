@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use esper_protocol::metrics::{
-    self as names, action_index, enforced_index, error_index, latency_bucket, result_index,
+    self as names, action_index, enforced_index, error_index, latency_bucket, EsperResult,
     Snapshot, ZoneSnapshot, ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
 };
 use esper_protocol::{Action, Failure};
@@ -67,10 +67,8 @@ fn sub(counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
     }
 }
 
-pub fn count_result(result: &str) {
-    if let Some(i) = result_index(result) {
-        add(|c| &c.results[i], 1);
-    }
+pub fn count_result(result: EsperResult) {
+    add(|c| &c.results[result.index()], 1);
 }
 
 pub fn count_action(action: Action) {

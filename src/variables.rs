@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use esper_protocol::metrics::EsperResult;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
     ngx_pnalloc, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
@@ -64,9 +65,13 @@ unsafe fn value<'a>(r: *mut ngx_http_request_t, variable: Variable) -> Option<Co
     match variable {
         Variable::Action => state?.action.map(|a| Cow::Borrowed(a.as_str().as_bytes())),
         Variable::Result => match state {
-            Some(s) => Some(Cow::Borrowed(s.result.as_bytes())),
+            Some(s) => Some(Cow::Borrowed(
+                s.result.map_or("", EsperResult::as_str).as_bytes(),
+            )),
             // Not judged here (`esper off`).
-            None if conf.is_none_or(|c| c.target.is_none()) => Some(Cow::Borrowed(b"skipped")),
+            None if conf.is_none_or(|c| c.target.is_none()) => {
+                Some(Cow::Borrowed(EsperResult::Skipped.as_str().as_bytes()))
+            }
             // Judged here, but not yet.
             None => None,
         },

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use crate::metrics::EsperResult;
+
 /// Names inferred from Esper's recipes; the alternatives listed in
 /// docs/esper-contract.md are all accepted (its "When Esper publishes more"
 /// maps each item here to what it stands for).
@@ -139,10 +141,10 @@ pub enum Failure {
 
 impl Failure {
     /// `$esper_result` for this failure.
-    pub fn result(&self) -> &'static str {
+    pub fn result(&self) -> EsperResult {
         match self {
-            Failure::Timeout => "timeout",
-            _ => "error",
+            Failure::Timeout => EsperResult::Timeout,
+            _ => EsperResult::Error,
         }
     }
 
@@ -704,10 +706,10 @@ mod tests {
             Failure::RateLimited { retry_after: None }.to_string(),
             "rate limited by Esper (429)"
         );
-        assert_eq!(Failure::RateLimited { retry_after: None }.result(), "error");
+        assert_eq!(Failure::RateLimited { retry_after: None }.result().as_str(), "error");
         assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
-        assert_eq!(Failure::Timeout.result(), "timeout");
-        assert_eq!(Failure::Status(502).result(), "error");
+        assert_eq!(Failure::Timeout.result().as_str(), "timeout");
+        assert_eq!(Failure::Status(502).result().as_str(), "error");
         assert_eq!(
             ok("{\"action\":\"a\\nb\"}"),
             Err(Failure::UnknownAction("a?b".into()))

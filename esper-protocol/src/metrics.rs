@@ -32,8 +32,28 @@ pub const ENFORCED_ACTIONS: [Action; 2] = [Action::Block, Action::Challenge];
 /// Upper bounds of the latency histogram, in milliseconds (then `+Inf`).
 pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500];
 
-pub fn result_index(result: &str) -> Option<usize> {
-    RESULTS.iter().position(|r| *r == result)
+/// What became of a request: `$esper_result`, and the `result` label of
+/// `esper_requests_total` (in the order of [`RESULTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EsperResult {
+    Decided,
+    Monitor,
+    Pass,
+    Timeout,
+    Error,
+    Skipped,
+    Enforced,
+    Bypassed,
+}
+
+impl EsperResult {
+    pub fn as_str(self) -> &'static str {
+        RESULTS[self.index()]
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 pub fn action_index(action: Action) -> usize {
@@ -245,7 +265,7 @@ mod tests {
     fn renders_every_family_with_its_samples() {
         let mut s = Snapshot::default();
         s.actions[action_index(Action::Block)] = 3;
-        s.results[result_index("timeout").unwrap()] = 2;
+        s.results[EsperResult::Timeout.index()] = 2;
         s.errors[error_index(&Failure::Status(500)).unwrap()] = 4;
         s.pending = 7;
         s.latency_buckets[latency_bucket(3)] = 1;
@@ -269,7 +289,7 @@ mod tests {
     #[test]
     fn renders_enforcement_and_rate_limits() {
         let mut s = Snapshot::default();
-        s.results[result_index("enforced").unwrap()] = 6;
+        s.results[EsperResult::Enforced.index()] = 6;
         s.enforced[enforced_index(Action::Block).unwrap()] = 4;
         s.enforced[enforced_index(Action::Challenge).unwrap()] = 2;
         s.errors[error_index(&Failure::RateLimited { retry_after: None }).unwrap()] = 3;
@@ -326,12 +346,12 @@ mod tests {
         assert_eq!(enforced_index(Action::Block), Some(0));
         assert_eq!(enforced_index(Action::Challenge), Some(1));
         assert_eq!(enforced_index(Action::Allow), None);
-        assert_eq!(result_index("enforced"), Some(6));
-        assert_eq!(result_index("bypassed"), Some(7));
+        assert_eq!(EsperResult::Enforced.as_str(), "enforced");
+        assert_eq!(EsperResult::Bypassed.as_str(), "bypassed");
         assert_eq!(latency_bucket(5), 0);
         assert_eq!(latency_bucket(6), 1);
         assert_eq!(latency_bucket(2501), 9);
-        assert_eq!(result_index("skipped"), Some(5));
-        assert_eq!(result_index("nonsense"), None);
+        assert_eq!(EsperResult::Skipped.as_str(), "skipped");
+        assert_eq!(EsperResult::Decided.as_str(), "decided");
     }
 }
