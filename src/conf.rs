@@ -34,10 +34,25 @@ use crate::log::guard;
 use crate::worker::ConfClients;
 use crate::Module;
 
-pub const FAILURE_ALLOW: ngx_uint_t = 0;
-pub const FAILURE_BLOCK: ngx_uint_t = 1;
-pub const MODE_ENFORCE: ngx_uint_t = 0;
-pub const MODE_MONITOR: ngx_uint_t = 1;
+const FAILURE_ALLOW: ngx_uint_t = 0;
+const FAILURE_BLOCK: ngx_uint_t = 1;
+const MODE_ENFORCE: ngx_uint_t = 0;
+const MODE_MONITOR: ngx_uint_t = 1;
+
+/// `esper_mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Decisions are asked for and recorded, never applied.
+    Monitor,
+}
+
+/// `esper_failure_action`: what a request gets when no usable decision came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureAction {
+    Allow,
+    Block,
+}
 
 const UNSET_FLAG: ngx_flag_t = -1;
 const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
@@ -130,10 +145,14 @@ pub struct LocConf {
     api_key: Option<String>,
     /// `esper_timeout`
     pub timeout: ngx_msec_t,
-    /// `esper_failure_action`
-    pub failure_action: ngx_uint_t,
-    /// `esper_mode`
-    pub mode: ngx_uint_t,
+    /// `esper_failure_action`, as set (an index into FAILURE_ACTIONS).
+    failure_action_index: ngx_uint_t,
+    /// `esper_mode`, as set (an index into MODES).
+    mode_index: ngx_uint_t,
+    /// `esper_mode`, resolved at merge time.
+    pub mode: Mode,
+    /// `esper_failure_action`, resolved at merge time.
+    pub failure_action: FailureAction,
     /// `esper_block_status`
     pub block_status: ngx_uint_t,
     /// `esper_challenge_status`
@@ -191,8 +210,10 @@ impl LocConf {
             api_url: None,
             api_key: None,
             timeout: UNSET_MSEC,
-            failure_action: UNSET_UINT,
-            mode: UNSET_UINT,
+            failure_action_index: UNSET_UINT,
+            mode_index: UNSET_UINT,
+            mode: Mode::Enforce,
+            failure_action: FailureAction::Allow,
             block_status: UNSET_UINT,
             challenge_status: UNSET_UINT,
             return_url: null_mut(),
@@ -325,14 +346,14 @@ pub static mut COMMANDS: [ngx_command_t; 28] = [
         ngx_string!("esper_failure_action"),
         NGX_CONF_TAKE1,
         ngx_conf_set_enum_slot,
-        offset_of!(LocConf, failure_action),
+        offset_of!(LocConf, failure_action_index),
         addr_of!(FAILURE_ACTIONS) as *mut c_void,
     ),
     command(
         ngx_string!("esper_mode"),
         NGX_CONF_TAKE1,
         ngx_conf_set_enum_slot,
-        offset_of!(LocConf, mode),
+        offset_of!(LocConf, mode_index),
         addr_of!(MODES) as *mut c_void,
     ),
     command(
@@ -959,12 +980,25 @@ unsafe fn merge(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Resu
         DEFAULT_TIMEOUT_MS,
     );
     inherit(
-        &mut conf.failure_action,
-        prev.failure_action,
+        &mut conf.failure_action_index,
+        prev.failure_action_index,
         UNSET_UINT,
         FAILURE_ALLOW,
     );
-    inherit(&mut conf.mode, prev.mode, UNSET_UINT, MODE_ENFORCE);
+    conf.failure_action = match conf.failure_action_index {
+        FAILURE_BLOCK => FailureAction::Block,
+        _ => FailureAction::Allow,
+    };
+    inherit(
+        &mut conf.mode_index,
+        prev.mode_index,
+        UNSET_UINT,
+        MODE_ENFORCE,
+    );
+    conf.mode = match conf.mode_index {
+        MODE_MONITOR => Mode::Monitor,
+        _ => Mode::Enforce,
+    };
     inherit(&mut conf.block_status, prev.block_status, UNSET_UINT, 403);
     inherit(
         &mut conf.challenge_status,

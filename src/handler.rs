@@ -1,18 +1,22 @@
-//! The access-phase handler. A main request goes through these states, once:
+//! The access-phase handler. A main request goes through these steps:
 //!
 //! 1. not judged here (`esper off`) or already decided: continue;
-//! 2. first visit: remove client copies of Esper's request headers; if the
-//!    visitor is back from a challenge, take the proof out of the request and
-//!    verify it (3); else a valid pass cookie continues at once; else start
-//!    the runtime decision (4);
+//! 2. first visit: remove client copies of Esper's request headers, then
+//!    `judge`: the operator's `esper_bypass` lets it continue unasked (the
+//!    proof still taken out); a visitor back from a challenge has the proof
+//!    taken out and verified (3); a valid pass cookie continues (unless the
+//!    enforcement zone remembers a block); a decision the zone remembers is
+//!    applied without a call; else the runtime decision is asked for (4);
 //! 3. proof verified: pass cookie and a redirect to the clean URL; not
 //!    verified: the runtime decision (4);
-//! 4. woken by the decision or by the deadline timer: apply it (continue,
-//!    redirect to the challenge, or answer the block status).
+//! 4. woken by the answer or by the deadline timer: apply it (continue,
+//!    challenge or block, remembered in the zone), or the failure action.
 //!
-//! While a call is pending, the request waits and the worker keeps serving
-//! other connections. The state is kept for the variables and for internal
-//! redirects, which are never judged again.
+//! `Stage` says where the request is: idle, waiting for one call, or with an
+//! answer to apply. While a call is pending, the request waits and the worker
+//! keeps serving other connections. The state is kept for the variables and
+//! for internal redirects, which are never judged again (but a bypassed
+//! request is judged by the next location's own `esper_bypass`).
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -38,19 +42,21 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
-use crate::conf::{LocConf, FAILURE_ALLOW, MODE_MONITOR};
+use crate::conf::{FailureAction, LocConf, Mode};
 use crate::headers::{push_header, remove_headers};
 use crate::log::{debug, guard, log_error};
-use crate::worker::{self, Call, CallId, Outcome, Reply};
+use crate::worker::{self, Answer, Call, CallId, CallKind};
 use crate::{metrics, request, response, Module};
 
-/// Which call a request waits for.
-#[derive(Clone, Copy)]
+/// Where a request is between Esper and the access phase.
 enum Stage {
-    /// The challenge proof the visitor came back with.
-    Verifying,
-    /// The runtime decision.
-    Deciding,
+    /// Not waiting for Esper: not asked yet, or what came back was applied.
+    Idle,
+    /// Waiting for the answer to a call, up to the deadline.
+    Waiting { call: CallId, kind: CallKind },
+    /// The answer, or the deadline's failure, arrived; applied when the
+    /// request's phases run again.
+    Arrived(Answer),
 }
 
 /// Request headers that only Esper and this module may set.
@@ -64,11 +70,7 @@ pub struct RequestState {
     request: *mut ngx_http_request_t,
     /// Fires at `esper_timeout` even if the background runtime stalls.
     deadline: ngx_event_t,
-    call: Option<CallId>,
-    /// What the pending or arrived outcome answers.
     stage: Stage,
-    /// Arrived but not yet applied.
-    outcome: Option<Outcome>,
     started: ngx_msec_t,
     /// `$esper_latency`, in milliseconds.
     pub latency: Option<ngx_msec_t>,
@@ -142,23 +144,28 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
     if let Some(state) = unsafe { find(r) } {
         // SAFETY: the state lives until the request pool is destroyed.
         let state = unsafe { &mut *state };
-        return match state.outcome.take() {
+        return match std::mem::replace(&mut state.stage, Stage::Idle) {
             // SAFETY: per the function contract.
-            Some(outcome) => unsafe { resumed(r, conf, state, outcome) },
+            Stage::Arrived(answer) => unsafe { resumed(r, conf, state, answer) },
             // Woken while the call is pending: an HTTP/3 client that
             // cancelled the stream (STOP_SENDING) leaves a write error.
             // SAFETY: per the function contract.
-            None if state.call.is_some() && unsafe { request::client_gone(r) } => {
-                state.abandon();
+            Stage::Waiting { call, .. } if unsafe { request::client_gone(r) } => {
+                state.abandon(call);
                 NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
             }
-            None if state.call.is_some() => NGX_DONE as ngx_int_t,
+            waiting @ Stage::Waiting { .. } => {
+                state.stage = waiting;
+                NGX_DONE as ngx_int_t
+            }
             // An internal redirect after a bypass: this location judges the
             // request by its own `esper_bypass` (what Esper decided is never
             // judged twice).
             // SAFETY: per the function contract.
-            None if state.result == Some(EsperResult::Bypassed) => unsafe { judge(r, conf, state) },
-            None => NGX_DECLINED as ngx_int_t,
+            Stage::Idle if state.result == Some(EsperResult::Bypassed) => unsafe {
+                judge(r, conf, state)
+            },
+            Stage::Idle => NGX_DECLINED as ngx_int_t,
         };
     }
 
@@ -219,7 +226,7 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
         }
         Some(false) => {}
     }
-    if conf.zone.is_some() && conf.mode != MODE_MONITOR {
+    if conf.zone.is_some() && conf.mode == Mode::Enforce {
         // SAFETY: per the function contract.
         let (ip, ua) = unsafe { request::entity(r) };
         state.entity = Some(EntityKey::new(ip, ua));
@@ -229,7 +236,6 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
     // taken out of the request whatever happens next.
     // SAFETY: per the function contract.
     if let Some(Some(token)) = unsafe { request::take_challenge_proof(r) } {
-        state.stage = Stage::Verifying;
         debug!(
             r,
             "esper: challenge proof taken out of the request, verifying it"
@@ -311,7 +317,6 @@ unsafe fn start_decision(
     conf: &LocConf,
     state: &mut RequestState,
 ) -> ngx_int_t {
-    state.stage = Stage::Deciding;
     // SAFETY: per the function contract; the main configuration exists
     // whenever a location has a target.
     let body = unsafe { request::payload(r, conf, Module::main_conf(&*r).expect("main conf")) };
@@ -332,29 +337,22 @@ unsafe fn start(
     let target = conf.target.as_ref().expect("only called where esper is on");
     let limit = conf.max_pending.max(1) as usize;
     if worker::pending() >= limit {
+        let answer = call.failed(Failure::Overloaded(limit));
         // SAFETY: per the function contract.
-        return unsafe { resumed(r, conf, state, Err(Failure::Overloaded(limit))) };
+        return unsafe { resumed(r, conf, state, answer) };
     }
     // SAFETY: per the function contract; the main configuration exists
     // whenever a location has a target.
     let main = unsafe { Module::main_conf(&*r) }.expect("main conf");
-    let call_kind = match call {
-        Call::Decide(_) => "runtime decision",
-        Call::Verify(_) => "proof verification",
-    };
-    match worker::call(
-        main,
-        target,
-        call,
-        on_outcome,
-        (state as *mut RequestState).cast(),
-    ) {
-        Ok(id) => {
-            debug!(r, "esper: call {id} started ({})", call_kind);
-            state.call = Some(id);
+    let kind = call.kind();
+    let data = (state as *mut RequestState).cast();
+    match worker::call(main, target, call, on_answer, data) {
+        Ok(call) => {
+            debug!(r, "esper: call {call} started ({})", kind.as_str());
+            state.stage = Stage::Waiting { call, kind };
         }
         // SAFETY: per the function contract.
-        Err(failure) => return unsafe { resumed(r, conf, state, Err(failure)) },
+        Err(failure) => return unsafe { resumed(r, conf, state, kind.failed(failure)) },
     }
     // SAFETY: the timer event lives in the state, which removes it from the
     // timer tree before it is freed (`cleanup`).
@@ -374,13 +372,13 @@ unsafe fn resumed(
     r: *mut ngx_http_request_t,
     conf: &LocConf,
     state: &mut RequestState,
-    outcome: Outcome,
+    answer: Answer,
 ) -> ngx_int_t {
     // SAFETY: per the function contract; the connection log adds the client
     // and the request to each line.
     let log = unsafe { (*(*r).connection).log };
-    match (state.stage, outcome) {
-        (Stage::Verifying, Ok(Reply::Proof(ProofCheck::Verified { lifetime }))) => {
+    match answer {
+        Answer::Proof(Ok(ProofCheck::Verified { lifetime })) => {
             debug!(r, "esper: challenge proof verified");
             // The proof answers the remembered challenge; a block stays.
             if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
@@ -394,10 +392,10 @@ unsafe fn resumed(
             // SAFETY: per the function contract.
             unsafe { pass_and_return(r, conf, lifetime) }
         }
-        (Stage::Verifying, outcome) => {
+        Answer::Proof(not_verified) => {
             debug!(r, "esper: challenge proof not verified");
             // Never a pass: the runtime decision runs as for any request.
-            match outcome {
+            match not_verified {
                 Err(failure) => {
                     metrics::count_error(&failure);
                     log_failure(
@@ -414,27 +412,19 @@ unsafe fn resumed(
             // SAFETY: per the function contract.
             unsafe { start_decision(r, conf, state) }
         }
-        (_, Ok(Reply::Decision(decision))) => {
+        Answer::Decision(Ok(decision)) => {
             // SAFETY: per the function contract.
             unsafe { apply(r, conf, state, decision) }
         }
-        (_, Ok(Reply::Proof(_))) => {
-            log_error(
-                NGX_LOG_ERR,
-                log,
-                "esper: a proof answer arrived for a runtime decision",
-            );
-            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
-        }
-        (_, Err(failure)) => {
+        Answer::Decision(Err(failure)) => {
             state.judged(failure.result());
             metrics::count_error(&failure);
             if let Some(ms) = state.latency {
                 metrics::observe_latency(ms as u64);
             }
-            let (continues, applied) = if conf.mode == MODE_MONITOR {
+            let (continues, applied) = if conf.mode == Mode::Monitor {
                 (true, "monitor mode, request continues")
-            } else if conf.failure_action == FAILURE_ALLOW {
+            } else if conf.failure_action == FailureAction::Allow {
                 (true, "failure action allow")
             } else {
                 (false, "failure action block")
@@ -488,7 +478,7 @@ unsafe fn apply(
     state: &mut RequestState,
     decision: Decision,
 ) -> ngx_int_t {
-    let monitor = conf.mode == MODE_MONITOR;
+    let monitor = conf.mode == Mode::Monitor;
     debug!(
         r,
         "esper: decision {} applied{}",
@@ -606,26 +596,27 @@ impl RequestState {
 
     /// The client went away while the call was pending: drop the call and
     /// its deadline.
-    fn abandon(&mut self) {
-        if self.deadline.timer_set() != 0 {
-            // SAFETY: the timer was armed by `access` on this thread.
-            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
-        }
-        if let Some(id) = self.call.take() {
-            worker::forget(id);
-        }
+    fn abandon(&mut self, call: CallId) {
+        self.stop_deadline();
+        worker::forget(call);
     }
 
-    /// Records an outcome (call finished or deadline reached) and stops the timer.
-    fn finish(&mut self, outcome: Outcome) {
-        if self.deadline.timer_set() != 0 {
-            // SAFETY: the timer was armed by `access` on this thread.
-            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
-        }
+    /// Records what arrived (the answer, or the deadline's failure) and
+    /// stops the timer.
+    fn arrived(&mut self, answer: Answer) {
+        self.stop_deadline();
         // SAFETY: reading nginx's cached clock on its own thread.
         let now = unsafe { ngx_current_msec };
         self.latency = Some(now.wrapping_sub(self.started));
-        self.outcome = Some(outcome);
+        self.stage = Stage::Arrived(answer);
+    }
+
+    fn stop_deadline(&mut self) {
+        if self.deadline.timer_set() != 0 {
+            // SAFETY: the timer was armed by `start` on this thread and is
+            // still in the timer tree.
+            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
+        }
     }
 }
 
@@ -633,14 +624,14 @@ impl RequestState {
 ///
 /// # Safety
 /// `data` must be a live `RequestState` whose call is still registered.
-unsafe fn on_outcome(data: *mut c_void, outcome: Outcome) {
+unsafe fn on_answer(data: *mut c_void, answer: Answer) {
     let request = {
         // SAFETY: per the function contract.
         let state = unsafe { &mut *data.cast::<RequestState>() };
-        if let Some(id) = state.call.take() {
-            debug!(state.request, "esper: call {id} answered");
+        if let Stage::Waiting { call, .. } = state.stage {
+            debug!(state.request, "esper: call {call} answered");
         }
-        state.finish(outcome);
+        state.arrived(answer);
         state.request
     };
     // SAFETY: the request owns the state, so it is alive too.
@@ -654,10 +645,10 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             // SAFETY: the timer's data is its RequestState, alive while armed.
             let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
             debug!(state.request, "esper: deadline reached");
-            if let Some(id) = state.call.take() {
-                worker::expire(id);
+            if let Stage::Waiting { call, kind } = state.stage {
+                worker::expire(call);
+                state.arrived(kind.failed(Failure::Timeout));
             }
-            state.finish(Err(Failure::Timeout));
             state.request
         };
         // SAFETY: the request owns the state, so it is alive too.
@@ -695,9 +686,7 @@ unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
             request: r,
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
             deadline: std::mem::zeroed(),
-            call: None,
-            stage: Stage::Deciding,
-            outcome: None,
+            stage: Stage::Idle,
             started: ngx_current_msec,
             latency: None,
             action: None,
@@ -748,12 +737,9 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     guard((), || {
         // SAFETY: `data` is the Box made by `attach`, freed only here.
         let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
-        if state.deadline.timer_set() != 0 {
-            // SAFETY: the timer was armed on this thread and is still in the tree.
-            unsafe { ngx::ffi::ngx_del_timer(&mut state.deadline) };
-        }
-        if let Some(id) = state.call.take() {
-            worker::forget(id);
+        match state.stage {
+            Stage::Waiting { call, .. } => state.abandon(call),
+            Stage::Idle | Stage::Arrived(_) => state.stop_deadline(),
         }
     })
 }

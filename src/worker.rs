@@ -40,33 +40,78 @@ pub enum Call {
     Verify(Vec<u8>),
 }
 
-/// A usable answer to a [`Call`].
-pub enum Reply {
-    Decision(Decision),
-    Proof(ProofCheck),
+/// What came of a [`Call`], of the call's own kind: a decision call never
+/// gets a proof check back, nor the other way round.
+pub enum Answer {
+    Decision(Result<Decision, Failure>),
+    Proof(Result<ProofCheck, Failure>),
 }
 
-/// What a call produced.
-pub type Outcome = Result<Reply, Failure>;
+impl Answer {
+    /// The failure, if the call failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Answer::Decision(result) => result.as_ref().err(),
+            Answer::Proof(result) => result.as_ref().err(),
+        }
+    }
+}
+
+impl Call {
+    /// The answer a call of this kind gets when `failure` ends it.
+    pub fn failed(&self, failure: Failure) -> Answer {
+        self.kind().failed(failure)
+    }
+
+    pub fn kind(&self) -> CallKind {
+        match self {
+            Call::Decide(_) => CallKind::Decide,
+            Call::Verify(_) => CallKind::Verify,
+        }
+    }
+}
+
+/// Which of the two calls, without its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    Decide,
+    Verify,
+}
+
+impl CallKind {
+    pub fn failed(self, failure: Failure) -> Answer {
+        match self {
+            CallKind::Decide => Answer::Decision(Err(failure)),
+            CallKind::Verify => Answer::Proof(Err(failure)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Decide => "runtime decision",
+            CallKind::Verify => "proof verification",
+        }
+    }
+}
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
 
 /// Receives, on the nginx thread, the outcome of a call that is still wanted.
 /// `data` is what was given to [`call`].
-pub type Waiter = unsafe fn(data: *mut c_void, outcome: Outcome);
+pub type Waiter = unsafe fn(data: *mut c_void, answer: Answer);
 
 /// Outcomes waiting for the nginx thread, and the eventfd that wakes it.
 struct Completions {
-    queue: Mutex<Vec<(CallId, Outcome)>>,
+    queue: Mutex<Vec<(CallId, Answer)>>,
     eventfd: OwnedFd,
 }
 
 impl Completions {
-    fn push(&self, id: CallId, outcome: Outcome) {
+    fn push(&self, id: CallId, answer: Answer) {
         let was_empty = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.push((id, outcome));
+            queue.push((id, answer));
             queue.len() == 1
         };
         // One wake-up per batch: the nginx thread reads the eventfd before it
@@ -78,7 +123,7 @@ impl Completions {
         }
     }
 
-    fn take(&self) -> Vec<(CallId, Outcome)> {
+    fn take(&self) -> Vec<(CallId, Answer)> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *queue)
     }
@@ -131,7 +176,7 @@ struct Pending {
 
 /// How a call left the pending set, for its endpoint's circuit breaker.
 enum End<'a> {
-    Answered(&'a Outcome),
+    Answered(&'a Answer),
     TimedOut,
     Abandoned,
 }
@@ -310,17 +355,17 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
             Runtime::Running(worker) => Some(worker.completions.take()),
             Runtime::Absent | Runtime::Failed => None,
         });
-        for (id, outcome) in batch.into_iter().flatten() {
+        for (id, answer) in batch.into_iter().flatten() {
             // Look each call up only now: resuming an earlier request of the
             // batch may have freed this one (an HTTP/2 connection closing), and
             // a freed request has already forgotten its call.
-            let Some((waiter, data)) = end(id, End::Answered(&outcome)) else {
+            let Some((waiter, data)) = end(id, End::Answered(&answer)) else {
                 continue;
             };
             // SAFETY: a call stays registered only while its data is alive: the
             // owner unregisters it (`forget`) before freeing the data. The
             // borrow is released, so the waiter may start or forget calls.
-            unsafe { waiter(data, outcome) };
+            unsafe { waiter(data, answer) };
         }
     })
 }
@@ -376,8 +421,8 @@ pub fn call(
         // No timer here: the request's nginx timer bounds every call, and
         // cancels it (`expire`) at the deadline.
         let task = worker.runtime.spawn(async move {
-            let outcome = exchange(&client, &task_target, call).await;
-            completions.push(id, outcome);
+            let answer = exchange(&client, &task_target, call).await;
+            completions.push(id, answer);
         });
         let pending = Pending {
             waiter,
@@ -439,9 +484,12 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
         pending.task.abort();
         metrics::pending_changed(0, 1);
         let now = now_ms();
-        if let End::Answered(Err(Failure::RateLimited { retry_after })) = how {
-            metrics::count_rate_limited();
-            pending.conf.retry_gates.borrow_mut()[pending.target.endpoint].note(now, *retry_after);
+        if let End::Answered(answer) = &how {
+            if let Some(Failure::RateLimited { retry_after }) = answer.failure() {
+                metrics::count_rate_limited();
+                pending.conf.retry_gates.borrow_mut()[pending.target.endpoint]
+                    .note(now, *retry_after);
+            }
         }
         if let (Some(settings), Some(admitted)) = (&pending.target.breaker, pending.admitted) {
             let mut breakers = pending.conf.breakers.borrow_mut();
@@ -451,10 +499,9 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
                 Admit::Refuse => unreachable!("a refused call is never pending"),
             };
             let transition = match how {
-                End::Answered(outcome) => {
-                    let available = outcome
-                        .as_ref()
-                        .err()
+                End::Answered(answer) => {
+                    let available = answer
+                        .failure()
                         .is_none_or(|f| !f.is_availability_failure());
                     breaker.record(ticket, now, available, settings)
                 }
@@ -531,12 +578,58 @@ pub unsafe fn stop(cycle: *mut ngx_cycle_t) {
     unsafe { ngx_close_connection(worker.notifier) };
 }
 
-/// One call and its answer, read up to [`MAX_ANSWER_BYTES`].
-async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outcome {
-    let (url, body, verify) = match call {
-        Call::Decide(body) => (&target.decision_url, body, false),
-        Call::Verify(body) => (&target.verify_url, body, true),
+/// One call and its answer, of the call's kind.
+async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Answer {
+    let kind = call.kind();
+    let (url, body) = match call {
+        Call::Decide(body) => (&target.decision_url, body),
+        Call::Verify(body) => (&target.verify_url, body),
     };
+    let response = match read(client, target, url, body).await {
+        Ok(response) => response,
+        Err(failure) => return kind.failed(failure),
+    };
+    let now = std::time::SystemTime::now();
+    let (status, content_type, retry_after) = (
+        response.status,
+        response.content_type.as_deref(),
+        response.retry_after.as_deref(),
+    );
+    match kind {
+        CallKind::Decide => Answer::Decision(parse_answer(
+            status,
+            content_type,
+            response.decision_id.as_deref(),
+            retry_after,
+            &response.body,
+            now,
+        )),
+        CallKind::Verify => Answer::Proof(parse_verify_answer(
+            status,
+            content_type,
+            retry_after,
+            &response.body,
+            now,
+        )),
+    }
+}
+
+/// What `exchange` reads of Esper's HTTP answer.
+struct RawResponse {
+    status: u16,
+    content_type: Option<Vec<u8>>,
+    decision_id: Option<Vec<u8>>,
+    retry_after: Option<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+/// Sends one call and reads its answer, up to [`MAX_ANSWER_BYTES`].
+async fn read(
+    client: &reqwest::Client,
+    target: &Target,
+    url: &reqwest::Url,
+    body: Vec<u8>,
+) -> Result<RawResponse, Failure> {
     let mut response = client
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -545,46 +638,22 @@ async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Outc
         .send()
         .await
         .map_err(transport)?;
-    let status = response.status().as_u16();
     let headers = response.headers();
-    let content_type = headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .map(|v| v.as_bytes().to_vec());
-    let decision_id = headers
-        .get(DECISION_ID_HEADER)
-        .map(|v| v.as_bytes().to_vec());
-    let retry_after = headers
-        .get(reqwest::header::RETRY_AFTER)
-        .map(|v| v.as_bytes().to_vec());
-
-    let mut answer = Vec::new();
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
+    let mut raw = RawResponse {
+        status: response.status().as_u16(),
+        content_type: header(reqwest::header::CONTENT_TYPE.as_str()),
+        decision_id: header(DECISION_ID_HEADER),
+        retry_after: header(reqwest::header::RETRY_AFTER.as_str()),
+        body: Vec::new(),
+    };
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+        if raw.body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(Failure::TooLarge);
         }
-        answer.extend_from_slice(&chunk);
+        raw.body.extend_from_slice(&chunk);
     }
-    let now = std::time::SystemTime::now();
-    if verify {
-        parse_verify_answer(
-            status,
-            content_type.as_deref(),
-            retry_after.as_deref(),
-            &answer,
-            now,
-        )
-        .map(Reply::Proof)
-    } else {
-        parse_answer(
-            status,
-            content_type.as_deref(),
-            decision_id.as_deref(),
-            retry_after.as_deref(),
-            &answer,
-            now,
-        )
-        .map(Reply::Decision)
-    }
+    Ok(raw)
 }
 
 /// The reason of a transport error, without the URL and from the root cause.

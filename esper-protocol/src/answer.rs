@@ -706,7 +706,10 @@ mod tests {
             Failure::RateLimited { retry_after: None }.to_string(),
             "rate limited by Esper (429)"
         );
-        assert_eq!(Failure::RateLimited { retry_after: None }.result().as_str(), "error");
+        assert_eq!(
+            Failure::RateLimited { retry_after: None }.result().as_str(),
+            "error"
+        );
         assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
         assert_eq!(Failure::Timeout.result().as_str(), "timeout");
         assert_eq!(Failure::Status(502).result().as_str(), "error");
