@@ -58,8 +58,8 @@ http {{
         location /a/ {{ alias {tmp}/html/; }}
         location /b/ {{ esper on; alias {tmp}/html/; }}
         location /h2/ {{ esper on; esper_http2 on; alias {tmp}/html/; }}
-        location /hold/ {{ esper on; esper_timeout 30s; alias {tmp}/html/; }}
-        location /hold-h2/ {{ esper on; esper_timeout 30s; esper_http2 on; alias {tmp}/html/; }}
+        location /hold/ {{ esper on; esper_timeout 30s; esper_max_pending 8192; alias {tmp}/html/; }}
+        location /hold-h2/ {{ esper on; esper_timeout 30s; esper_max_pending 8192; esper_http2 on; alias {tmp}/html/; }}
         location /c/ {{ auth_request /auth; alias {tmp}/html/; }}
         location /bz/ {{ esper on; esper_enforcement bench_zone; alias {tmp}/html/; }}
         location /flood/ {{ esper on; alias {tmp}/html/; }}
