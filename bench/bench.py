@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""`make bench`: the decision path side by side with nginx's own auth_request.
+"""`make bench`: the decision path side by side with nginx's own auth_request
+and with a plain proxy_pass of the same call.
 
 One nginx binary (the vendored one, built with auth_request), one worker, one
 mock Esper (compiled, --no-record), one load generator (wrk), loopback only.
-Every case runs in this one invocation; A, B, C and G's allow-path lookup run
-several times, interleaved, and the medians are reported. Writes bench/results.md,
-bench/results.json and bench/latency.png.
+For the TLS cases a second nginx (the same binary) terminates TLS with a test
+CA in front of the mock. Case R runs a third nginx with two workers. Every case
+runs in this one invocation; the cases of INTERLEAVED run several times,
+interleaved, and the medians are reported. Writes bench/results.md,
+bench/results.json and bench/latency.png (not with --only).
 """
 
 import argparse
 import json
 import os
 import re
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -39,6 +44,39 @@ PAYLOAD = json.dumps({
     "fields": {"host": "127.0.0.1"},
 }, separators=(",", ":"))
 
+# Case R: the mock answers after this long (mock_delay_ms, read from the
+# payload's request.query_params: the module forwards the query string; the
+# auth_request case sends it in its fixed body).
+R_DELAY_MS = 20
+R_CONNECTIONS = 1000
+R_LIGHT_CONNECTIONS = 200
+R_WORKERS = 2
+R_PAYLOAD = json.dumps(dict(json.loads(PAYLOAD), request=dict(
+    json.loads(PAYLOAD)["request"], query_params={"mock_delay_ms": str(R_DELAY_MS)})), separators=(",", ":"))
+
+# The cases measured side by side, interleaved, `--runs` times each.
+INTERLEAVED = ["A", "B", "B2", "P", "C", "B-TLS", "P-TLS", "C-TLS", "G-lookup"]
+TLS_CASES = ["B-TLS", "P-TLS", "C-TLS"]
+PATHS = {"A": "a", "B": "b", "B2": "h2", "P": "p", "C": "c", "B-TLS": "b-tls", "P-TLS": "p-tls",
+         "C-TLS": "c-tls", "G-lookup": "bz"}
+
+# The same POST to the mock as auth_request's, through nginx's proxy module:
+# case C's subrequest, case P's proxied request (its answer is relayed), and
+# their TLS twins.
+PROXY_CALL = """
+            proxy_method POST;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Content-Type application/json;
+            proxy_set_header x-esper-api-key bench-key;
+            proxy_pass_request_body off;
+            proxy_set_body '{payload}';"""
+PROXY_TLS = """
+            proxy_ssl_trusted_certificate {tls_dir}/ca.pem;
+            proxy_ssl_verify on;
+            proxy_ssl_name 127.0.0.1;
+            proxy_ssl_session_reuse on;"""
+
 NGINX_CONF = """
 load_module {module};
 worker_processes 1;
@@ -51,6 +89,7 @@ http {{
     esper_api_url http://127.0.0.1:{mock};
     esper_api_key bench-key;
     upstream esper {{ server 127.0.0.1:{mock}; keepalive 64; }}
+    upstream esper_tls {{ server 127.0.0.1:{tls}; keepalive 64; }}
     esper_enforcement_zone zone=bench_zone:10m ttl=5m;
     server {{
         listen 127.0.0.1:{port} backlog=8192;
@@ -61,26 +100,103 @@ http {{
         location /hold/ {{ esper on; esper_timeout 30s; esper_max_pending 8192; alias {tmp}/html/; }}
         location /hold-h2/ {{ esper on; esper_timeout 30s; esper_max_pending 8192; esper_http2 on; alias {tmp}/html/; }}
         location /c/ {{ auth_request /auth; alias {tmp}/html/; }}
+        location /p/ {{
+            rewrite ^ /api/v1/runtime/mitigation break;
+            proxy_pass http://esper;{proxy_call}
+        }}
+        location /b-tls/ {{
+            esper on;
+            esper_api_url https://127.0.0.1:{tls};
+            esper_ssl_trusted_certificate {tls_dir}/ca.pem;
+            alias {tmp}/html/;
+        }}
+        location /p-tls/ {{
+            rewrite ^ /api/v1/runtime/mitigation break;
+            proxy_pass https://esper_tls;{proxy_call}{proxy_tls}
+        }}
+        location /c-tls/ {{ auth_request /auth-tls; alias {tmp}/html/; }}
+        location = /auth-tls {{
+            internal;
+            proxy_pass https://esper_tls/api/v1/runtime/mitigation;{proxy_call}{proxy_tls}
+        }}
         location /bz/ {{ esper on; esper_enforcement bench_zone; alias {tmp}/html/; }}
         location /flood/ {{ esper on; alias {tmp}/html/; }}
         location /flood-zone/ {{ esper on; esper_enforcement bench_zone; alias {tmp}/html/; }}
         location = /esper-metrics {{ esper_metrics; }}
         location = /auth {{
             internal;
-            proxy_pass http://esper/api/v1/runtime/mitigation;
-            proxy_method POST;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Content-Type application/json;
-            proxy_set_header x-esper-api-key bench-key;
-            proxy_pass_request_body off;
-            proxy_set_body '{payload}';
+            proxy_pass http://esper/api/v1/runtime/mitigation;{proxy_call}
         }}
         location /e/ {{
             esper on;
             esper_timeout 100ms;
             esper_failure_action block;
             alias {tmp}/html/;
+        }}
+    }}
+}}
+"""
+
+
+# The TLS terminator in front of the mock, for B-TLS, P-TLS and C-TLS: the
+# same for every case. Only a connection's first request is logged, with
+# whether its handshake resumed a session: the log counts TLS handshakes.
+# Clients may keep their connections (keepalive_requests and
+# keepalive_timeout far beyond a run), so the count shows how often a
+# client opens a connection, not how often this server closes one.
+TERMINATOR_CONF = """
+worker_processes 1;
+worker_rlimit_nofile 30000;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+    map $connection_requests $first_request {{ 1 1; default 0; }}
+    log_format handshake '$msec $connection $ssl_session_reused $ssl_protocol';
+    access_log {prefix}/handshakes.log handshake if=$first_request;
+    upstream mock {{ server 127.0.0.1:{mock}; keepalive 256; }}
+    ssl_session_cache shared:bench_tls:10m;
+    ssl_session_timeout 1h;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=8192;
+        ssl_certificate {prefix}/leaf.pem;
+        ssl_certificate_key {prefix}/leaf.key;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+# Case R: production latency. Two workers, the mock answers after
+# R_DELAY_MS, 1,000 clients; the module over HTTP/1.1 and with esper_http2
+# on, against auth_request (its upstream may keep as many connections as
+# there are clients). Each of the three has a mock of its own (the same
+# binary, one thread), so the connections open to "Esper" are counted per case.
+R_CONF = """
+load_module {module};
+worker_processes {workers};
+worker_rlimit_nofile 30000;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    esper_api_key bench-key;
+    upstream esper {{ server 127.0.0.1:{mock_c}; keepalive 1024; }}
+    keepalive_requests 10000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=8192;
+        location /b/ {{ esper on; esper_api_url http://127.0.0.1:{mock_b}; alias {tmp}/html/; }}
+        location /h2/ {{ esper on; esper_http2 on; esper_api_url http://127.0.0.1:{mock_b2}; alias {tmp}/html/; }}
+        location /c/ {{ auth_request /auth; alias {tmp}/html/; }}
+        location = /auth {{
+            internal;
+            proxy_pass http://esper/api/v1/runtime/mitigation;{proxy_call}
         }}
     }}
 }}
@@ -97,47 +213,111 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
+def nginx_binary():
+    return open(os.path.join(ROOT, "target/release/nginx-build-dir")).read().strip() + "/nginx"
+
+
+def module_path():
+    return os.path.join(ROOT, "target/release/libngx_http_esper_module.so")
+
+
 class Nginx:
-    def __init__(self, mock_port):
-        self.binary = open(os.path.join(ROOT, "target/release/nginx-build-dir")).read().strip() + "/nginx"
+    """An nginx of its own prefix directory (config, pid, logs) under TMP."""
+
+    def __init__(self, template, prefix, workers=1, **fmt):
+        self.binary = nginx_binary()
+        self.prefix = prefix
         self.port = free_port()
+        self.workers_wanted = workers
+        os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
         os.makedirs(os.path.join(TMP, "html"), exist_ok=True)
         with open(os.path.join(TMP, "html/index.html"), "w") as f:
             f.write("ok\n")
-        conf = NGINX_CONF.format(
-            module=os.path.join(ROOT, "target/release/libngx_http_esper_module.so"),
-            tmp=TMP, mock=mock_port, port=self.port, payload=PAYLOAD)
-        self.conf = os.path.join(TMP, "nginx.conf")
+        conf = template.format(tmp=TMP, prefix=prefix, port=self.port, workers=workers, **fmt)
+        self.conf = os.path.join(prefix, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
-        run([self.binary, "-p", TMP + "/", "-c", self.conf])
+        run([self.binary, "-p", prefix + "/", "-c", self.conf])
         wait_port(self.port)
-        master = int(open(os.path.join(TMP, "nginx.pid")).read())
-        deadline = time.time() + 5
+        self.master = int(open(os.path.join(prefix, "nginx.pid")).read())
+        self.workers = []
+        self.refresh_workers()
+
+    def refresh_workers(self, old=(), timeout=10):
+        """Waits until the master has its workers (none of `old`), and keeps their pids."""
+        deadline = time.time() + timeout
         while time.time() < deadline:
-            children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
-            if children:
-                self.worker = int(children[0])
-                break
+            out = subprocess.run(["pgrep", "-P", str(self.master)], capture_output=True, text=True).stdout
+            children = [int(p) for p in out.split() if int(p) not in old]
+            if len(children) >= self.workers_wanted:
+                self.workers = children[:self.workers_wanted]
+                self.worker = self.workers[0]
+                return
             time.sleep(0.05)
-        self.master = master
+        sys.exit(f"nginx {self.prefix}: workers did not start")
 
     def cpu_seconds(self):
-        """User and system time of the worker process, all its threads."""
-        fields = open(f"/proc/{self.worker}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        """User and system time of the worker processes, all their threads."""
+        total = 0
+        for pid in self.workers:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / TICKS
 
     def rss_kb(self):
-        for line in open(f"/proc/{self.worker}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        """VmRSS of the worker processes, summed."""
+        total = 0
+        for pid in self.workers:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
 
     def stop(self):
-        os.kill(self.master, signal.SIGQUIT)
+        try:
+            os.kill(self.master, signal.SIGQUIT)
+        except ProcessLookupError:
+            return
         deadline = time.time() + 10
         while time.time() < deadline and os.path.exists(f"/proc/{self.master}"):
             time.sleep(0.05)
+
+
+def make_certificates(d):
+    """A test CA and a leaf for 127.0.0.1 (as t/lib/EsperTest.pm makes them)."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    for cmd in (
+        f"openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=esper-bench-ca -keyout {d}/ca.key -out {d}/ca.pem",
+        f"openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {d}/leaf.key -out {d}/leaf.csr",
+        f"openssl x509 -req -in {d}/leaf.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 2 "
+        f"-extfile {d}/leaf.ext -out {d}/leaf.pem",
+    ):
+        run(cmd.split())
+
+
+class Handshakes:
+    """TLS handshakes at the terminator: the lines of its log so far."""
+
+    def __init__(self, terminator):
+        self.path = os.path.join(terminator.prefix, "handshakes.log")
+
+    def lines(self):
+        try:
+            with open(self.path) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def mark(self):
+        return len(self.lines())
+
+    def since(self, mark):
+        new = self.lines()[mark:]
+        resumed = sum(1 for l in new if l.split()[2:3] == ["r"])
+        return {"handshakes": len(new), "resumed": resumed, "full": len(new) - resumed,
+                "times": [float(l.split()[0]) for l in new]}
 
 
 def wait_port(port):
@@ -151,12 +331,12 @@ def wait_port(port):
     sys.exit(f"nothing listens on {port}")
 
 
-def wrk(url, connections, seconds, body=None, user_agent=None):
+def wrk(url, connections, seconds, body=None, user_agent=None, threads=1):
     env = dict(os.environ)
     if body:
         env["WRK_BODY"] = body
     headers = ["-H", f"User-Agent: {user_agent}"] if user_agent else []
-    out = run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+    out = run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
                *headers, "-s", REPORT_LUA, url], env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     result = json.loads(line[5:])
@@ -164,12 +344,19 @@ def wrk(url, connections, seconds, body=None, user_agent=None):
     return result
 
 
-def measured(nginx, url, connections, seconds, user_agent=None):
-    """A wrk run with the worker's CPU time and RSS."""
+def measured(nginx, url, connections, seconds, user_agent=None, handshakes=None, threads=1):
+    """A wrk run with the workers' CPU time and RSS (and, given the
+    terminator's log, the TLS handshakes made during it)."""
     cpu = nginx.cpu_seconds()
-    r = wrk(url, connections, seconds, user_agent=user_agent)
+    mark = handshakes.mark() if handshakes else None
+    r = wrk(url, connections, seconds, user_agent=user_agent, threads=threads)
     r["cpu_s_per_1k"] = (nginx.cpu_seconds() - cpu) / r["requests"] * 1000 if r["requests"] else None
     r["rss_kb"] = nginx.rss_kb()
+    if handshakes:
+        time.sleep(0.2)
+        h = handshakes.since(mark)
+        del h["times"]
+        r["tls"] = h
     return r
 
 
@@ -258,6 +445,11 @@ def median_of(runs):
     out["max_us"] = statistics.median(r["max_us"] for r in runs)
     out["errors"] = sum(sum(r["errors"].values()) for r in runs)
     out["runs"] = len(runs)
+    if "tls" in runs[0]:
+        requests = sum(r["requests"] for r in runs)
+        out["tls"] = {k: sum(r["tls"][k] for r in runs) for k in runs[0]["tls"]}
+        out["tls"]["requests"] = requests
+        out["tls"]["per_100k"] = out["tls"]["handshakes"] / requests * 100_000
     return out
 
 
@@ -349,6 +541,133 @@ def pending_round(nginx, mock_port, hold_location, pending=5000):
             "kb_per_pending": (during - before) / pending}
 
 
+def connections_to(port):
+    """Established TCP connections whose far end is 127.0.0.1:`port`."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for l in out.splitlines() if l.strip())
+
+
+def start_mock():
+    port = free_port()
+    proc = subprocess.Popen([os.path.join(ROOT, "target/release/esper-mock"), "--listen",
+                             f"127.0.0.1:{port}", "--no-record", "--api-key", "bench-key"],
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    return proc, port
+
+
+def production(seconds, runs, clients=R_CONNECTIONS):
+    """R: `clients` clients, two workers, every decision (and auth_request's
+    subrequest) answered after R_DELAY_MS; interleaved, medians. During each
+    run the connections open to the case's mock and the workers' RSS are
+    sampled twice a second."""
+    mocks = {k: start_mock() for k in ("R-B", "R-B2", "R-C")}
+    nginx = None
+    raw = {k: [] for k in mocks}
+    try:
+        nginx = Nginx(R_CONF, os.path.join(TMP, "r"), workers=R_WORKERS, module=module_path(),
+                      mock_b=mocks["R-B"][1], mock_b2=mocks["R-B2"][1], mock_c=mocks["R-C"][1],
+                      proxy_call=PROXY_CALL.format(payload=R_PAYLOAD))
+        base = f"http://127.0.0.1:{nginx.port}"
+        urls = {"R-B": f"{base}/b/index.html?mock_delay_ms={R_DELAY_MS}",
+                "R-B2": f"{base}/h2/index.html?mock_delay_ms={R_DELAY_MS}",
+                "R-C": f"{base}/c/index.html"}
+        for url in urls.values():
+            wrk(url, clients, 2, threads=2)  # warm up pools and connections
+        for i in range(runs):
+            for k, url in urls.items():
+                mock_port = mocks[k][1]
+                conns, rss = [], []
+                stop = threading.Event()
+
+                def sample():
+                    while not stop.wait(0.5):
+                        conns.append(connections_to(mock_port))
+                        rss.append(nginx.rss_kb())
+
+                t = threading.Thread(target=sample)
+                t.start()
+                r = measured(nginx, url, clients, seconds, threads=2)
+                stop.set()
+                t.join()
+                r["esper_connections"] = conns
+                r["rss_kb_samples"] = rss
+                raw[k].append(r)
+                print(f"run {i + 1}/{runs} {k} ({clients} clients): {r['rps']:,.0f} requests/s, p99 "
+                      f"{r['latency_us']['99'] / 1000:.1f} ms, {max(conns or [0])} connections to the mock",
+                      file=sys.stderr)
+    finally:
+        if nginx:
+            nginx.stop()
+        for proc, _ in mocks.values():
+            proc.terminate()
+            proc.wait()
+    ideal = clients / (R_DELAY_MS / 1000)
+    out = {}
+    for k, rs in raw.items():
+        m = median_of(rs)
+        m["mean_us"] = statistics.median(r["mean_us"] for r in rs)
+        m["added_p99_us"] = m["latency_us"]["99"] - R_DELAY_MS * 1000
+        m["ideal_rps"] = ideal
+        m["of_ideal"] = m["rps"] / ideal
+        m["in_flight"] = m["rps"] * m["mean_us"] / 1e6  # Little's law
+        m["cpu_us_per_decision"] = m["cpu_s_per_1k"] * 1000
+        m["rss_kb_max"] = max(max(r["rss_kb_samples"] or [r["rss_kb"]]) for r in rs)
+        samples = [c for r in rs for c in r["esper_connections"]]
+        m["esper_connections_max"] = max(samples or [0])
+        m["esper_connections_median"] = statistics.median(samples or [0])
+        m["clients"] = clients
+        out[k] = m
+    return out, raw
+
+
+def reload_cost(nginx, handshakes, url, before_s=3, after_s=8):
+    """SIGHUP to the module's nginx under load on `url` (B-TLS): 1 s wrk
+    windows back to back, `before_s` before the reload and `after_s` after;
+    the handshakes the reload cost (the new workers open new connections)
+    and how long until p99 is back within 1.5 x its value before."""
+    before = []
+    mark0 = handshakes.mark()
+    t_before = time.time()
+    for _ in range(before_s):
+        before.append(wrk(url, 50, 1))
+    base_h = handshakes.since(mark0)["handshakes"] / (time.time() - t_before)
+    mark = handshakes.mark()
+    old = set(nginx.workers)
+    t0 = time.time()
+    os.kill(nginx.master, signal.SIGHUP)
+    after = []
+    for _ in range(after_s):
+        after.append(wrk(url, 50, 1))
+    span = time.time() - t0
+    time.sleep(0.3)
+    nginx.refresh_workers(old=old)
+    h = handshakes.since(mark)
+    base_p99 = statistics.median(r["latency_us"]["99"] for r in before)
+    p99s = [r["latency_us"]["99"] for r in after]
+    back = None
+    for i in range(len(p99s)):
+        if all(p <= 1.5 * base_p99 for p in p99s[i:]):
+            back = i
+            break
+    return {
+        "p99_before_us": [r["latency_us"]["99"] for r in before], "p99_after_us": p99s,
+        "rps_before": [r["rps"] for r in before], "rps_after": [r["rps"] for r in after],
+        "errors_after": sum(sum(r["errors"].values()) - r["errors"]["status"] for r in after),
+        "base_p99_us": base_p99,
+        # windows (1 s each, plus wrk's start) after the reload until p99 is
+        # back: 0 means the first window after the reload was already fine
+        "p99_back_after_windows": back,
+        "window_s": span / after_s,
+        "p99_back_after_s": None if back is None else round(back * span / after_s, 1),
+        "handshakes": h["handshakes"], "resumed": h["resumed"], "full": h["full"],
+        "handshakes_baseline_per_s": base_h,
+        "handshakes_per_reload": h["handshakes"] - base_h * span,
+        "last_handshake_after_s": (max(h["times"]) - t0) if h["times"] else None,
+    }
+
+
 def chart(results, path):
     try:
         import matplotlib
@@ -358,7 +677,11 @@ def chart(results, path):
         print("matplotlib is missing: no chart (pip install matplotlib)")
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, label in (("A", "A. esper off (baseline)"), ("B", "B. esper on"), ("C", "C. auth_request")):
+    for name, label in (("A", "A. esper off (baseline)"), ("B", "B. esper on"), ("P", "P. proxy_pass"),
+                        ("C", "C. auth_request"), ("B-TLS", "B-TLS. esper on, https"),
+                        ("C-TLS", "C-TLS. auth_request, https")):
+        if name not in results["cases"]:
+            continue
         lat = results["cases"][name]["latency_us"]
         qs = list(lat.keys())
         ax.plot(qs, [lat[q] / 1000 for q in qs], marker="o", label=label)
@@ -373,36 +696,80 @@ def chart(results, path):
     return True
 
 
+NAMES = {"A": "A. baseline (esper off)", "B": "B. esper on, allow", "B2": "B. with esper_http2 on",
+         "P": "P. plain proxy_pass of the same POST, answer relayed",
+         "C": "C. auth_request",
+         "B-TLS": "B-TLS. esper on, https Esper", "P-TLS": "P-TLS. proxy_pass, https",
+         "C-TLS": "C-TLS. auth_request, https",
+         "D": "D. esper off beside 200 slow decisions", "E": "E. deadline, Esper never answers",
+         "G-lookup": "G. allow-lookup: B with esper_enforcement (a zone miss per request)"}
+
+
 def table(results):
     c = results["cases"]
     rows = ["| case | requests/s | p50 ms | p99 ms | p99.9 ms | worker CPU s / 1k req | worker RSS MB |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"A": "A. baseline (esper off)", "B": "B. esper on, allow", "B2": "B. with esper_http2 on",
-             "C": "C. auth_request",
-             "D": "D. esper off beside 200 slow decisions", "E": "E. deadline, Esper never answers",
-             "G-lookup": "G. allow-lookup: B with esper_enforcement (a zone miss per request)"}
-    for key in ["A", "B", "B2", "C", "D", "E", "G-lookup"]:
+    for key in INTERLEAVED[:-1] + ["D", "E", "G-lookup"]:
+        if key not in c:
+            continue
         r = c[key]
         lat = r["latency_us"]
-        rows.append(f"| {names[key]} | {r['rps']:,.0f} | {lat['50'] / 1000:.2f} | {lat['99'] / 1000:.2f} | "
+        rows.append(f"| {NAMES[key]} | {r['rps']:,.0f} | {lat['50'] / 1000:.2f} | {lat['99'] / 1000:.2f} | "
                     f"{lat['99.9'] / 1000:.2f} | {r['cpu_s_per_1k']:.4f} | {r['rss_kb'] / 1024:.1f} |")
-    t = results["targets"]
-    m = results["memory"]
-    m1 = results["memory_http1"]
-    g = results["flood"]
-    rows += ["",
-             f"G. flood: one blocked entity, {FLOOD_CONNECTIONS} connections at full speed, beside an ordinary "
-             f"allowed client ({ORDINARY_CONNECTIONS} connections, another User-Agent, same location)",
-             "",
-             "| case | flood requests/s | Esper calls/s (all) | flooding entity's calls/s | its calls in all "
-             "| flood blocked | blocked from the zone | ordinary requests/s | ordinary p99 ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for key, label in (("without_zone", "G. flood without zone"), ("with_zone", "G. flood with zone")):
-        r = g[key]
-        rows.append(f"| {label} | {r['flood_rps']:,.0f} | {r['esper_calls_per_s']:,.0f} | "
-                    f"{r['flood_calls_per_s']:,.1f} | {r['flood_calls']:,.0f} | "
-                    f"{r['flood_blocked_share'] * 100:.2f} % | {r['enforced']:,.0f} | "
-                    f"{r['ordinary_rps']:,.0f} | {r['ordinary_p99_us'] / 1000:.2f} |")
+    tls = [k for k in TLS_CASES if k in c]
+    if tls:
+        rows += ["", "TLS handshakes at the terminator during the measured runs (warm-up excluded; "
+                 "the terminator never closes a client's connection first)", "",
+                 "| case | decisions | handshakes | of them resumed | handshakes per 100k decisions |",
+                 "| --- | ---: | ---: | ---: | ---: |"]
+        for k in tls:
+            h = c[k]["tls"]
+            rows.append(f"| {k} | {h['requests']:,} | {h['handshakes']} | {h['resumed']} | {h['per_100k']:.2f} |")
+    if "reload" in results:
+        rl = results["reload"]
+        back = "not within the windows measured" if rl["p99_back_after_windows"] is None else \
+            f"after {rl['p99_back_after_windows']} window(s) of ~{rl['window_s']:.1f} s (~{rl['p99_back_after_s']} s)"
+        rows += ["", f"reload (SIGHUP to the module's nginx under B-TLS load, 50 connections): "
+                 f"{rl['handshakes_per_reload']:.0f} handshakes ({rl['full']} full, {rl['resumed']} resumed; "
+                 f"baseline {rl['handshakes_baseline_per_s']:.1f}/s), the last one "
+                 f"{rl['last_handshake_after_s'] or 0:.1f} s after the signal; p99 before "
+                 f"{rl['base_p99_us'] / 1000:.2f} ms, per 1 s window after: "
+                 f"{', '.join(f'{p / 1000:.1f}' for p in rl['p99_after_us'])} ms; p99 back within 1.5 x {back}; "
+                 f"{rl['errors_after']} socket errors after the reload"]
+    for rkey in ("R", "R-light"):
+        if rkey not in results:
+            continue
+        n = results[rkey]["R-B"]["clients"]
+        rows += ["", f"{rkey}. production latency: the mock answers after {R_DELAY_MS} ms, {n:,} clients "
+                 f"(wrk -t2), {R_WORKERS} workers; ideal throughput {n:,} / {R_DELAY_MS} ms = "
+                 f"{n / (R_DELAY_MS / 1000):,.0f} requests/s"
+                 + (" (informational: a load this machine can carry)" if rkey == "R-light" else ""), "",
+                 f"| case | requests/s | of ideal | p50 ms | p99 ms | p99 - {R_DELAY_MS} ms | decisions in flight "
+                 "(Little) | connections to Esper (max / median) | worker CPU µs / decision | workers' RSS MB (max) |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k, label in (("R-B", "esper on, HTTP/1.1"), ("R-B2", "esper on, esper_http2 on"),
+                         ("R-C", "auth_request")):
+            r = results[rkey][k]
+            lat = r["latency_us"]
+            rows.append(f"| {rkey}. {label} | {r['rps']:,.0f} | {r['of_ideal']:.2f} | {lat['50'] / 1000:.2f} | "
+                        f"{lat['99'] / 1000:.2f} | {r['added_p99_us'] / 1000:.2f} | {r['in_flight']:,.0f} | "
+                        f"{r['esper_connections_max']} / {r['esper_connections_median']:.0f} | "
+                        f"{r['cpu_us_per_decision']:.1f} | {r['rss_kb_max'] / 1024:.1f} |")
+    if "flood" in results:
+        g = results["flood"]
+        rows += ["",
+                 f"G. flood: one blocked entity, {FLOOD_CONNECTIONS} connections at full speed, beside an ordinary "
+                 f"allowed client ({ORDINARY_CONNECTIONS} connections, another User-Agent, same location)",
+                 "",
+                 "| case | flood requests/s | Esper calls/s (all) | flooding entity's calls/s | its calls in all "
+                 "| flood blocked | blocked from the zone | ordinary requests/s | ordinary p99 ms |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for key, label in (("without_zone", "G. flood without zone"), ("with_zone", "G. flood with zone")):
+            r = g[key]
+            rows.append(f"| {label} | {r['flood_rps']:,.0f} | {r['esper_calls_per_s']:,.0f} | "
+                        f"{r['flood_calls_per_s']:,.1f} | {r['flood_calls']:,.0f} | "
+                        f"{r['flood_blocked_share'] * 100:.2f} % | {r['enforced']:,.0f} | "
+                        f"{r['ordinary_rps']:,.0f} | {r['ordinary_p99_us'] / 1000:.2f} |")
     lines = rows + [
         "",
         f"mock Esper alone: {results['mock_rps']:,.0f} requests/s (not the bottleneck)",
@@ -410,9 +777,12 @@ def table(results):
         "| target | measured | met |",
         "| --- | --- | --- |",
     ]
-    for name, value, ok in t:
+    for name, value, ok in results["targets"]:
         lines.append(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
-    for label, mm in (("esper_http2 on", m), ("HTTP/1.1", m1)):
+    for label, key in (("esper_http2 on", "memory"), ("HTTP/1.1", "memory_http1")):
+        if key not in results:
+            continue
+        mm = results[key]
         lines += ["", f"memory ({label}): worker RSS {mm['rss_kb_at_100k']} kB after 100k decisions, "
                   f"{mm['rss_kb_at_1m']} kB after 1M; 5,000 pending decisions: "
                   f"{mm['cold']['kb_per_pending']:.1f} kB each in the first round, "
@@ -420,125 +790,220 @@ def table(results):
     return "\n".join(lines)
 
 
+def ratio_target(cases, name, num, den, minimum):
+    if num in cases and den in cases:
+        r = cases[num]["rps"] / cases[den]["rps"]
+        return [(name, f"{r:.2f} ({cases[num]['rps']:,.0f} vs {cases[den]['rps']:,.0f} requests/s)", r >= minimum)]
+    return []
+
+
+def p99_target(cases, name, a, b):
+    if a in cases and b in cases:
+        pa, pb = cases[a]["latency_us"]["99"], cases[b]["latency_us"]["99"]
+        return [(name, f"{pa / 1000:.2f} ms vs {pb / 1000:.2f} ms", pa <= pb)]
+    return []
+
+
+def targets_of(res):
+    cases = res["cases"]
+    t = []
+    t += ratio_target(cases, "B/C throughput >= 1.5", "B", "C", 1.5)
+    t += p99_target(cases, "B p99 <= C p99", "B", "C")
+    t += ratio_target(cases, "B/P throughput >= 1.0 (plain HTTP)", "B", "P", 1.0)
+    t += ratio_target(cases, "B-TLS/P-TLS throughput >= 1.0", "B-TLS", "P-TLS", 1.0)
+    t += ratio_target(cases, "B-TLS/C-TLS throughput >= 3", "B-TLS", "C-TLS", 3.0)
+    t += p99_target(cases, "B-TLS p99 <= C-TLS p99", "B-TLS", "C-TLS")
+    if "D" in res:
+        d = res["D"]
+        t += [("D: esper off p99 < 5 ms beside slow decisions", f"{cases['D']['latency_us']['99'] / 1000:.2f} ms",
+               cases["D"]["latency_us"]["99"] < 5000),
+              ("D: esper off keeps >= 0.9 of its throughput",
+               f"{d['throughput_ratio']:.2f} ({d['beside']['rps']:,.0f} vs {d['alone']['rps']:,.0f} requests/s alone)",
+               d["throughput_ratio"] >= 0.9)]
+    if "E" in res:
+        e = res["E"]
+        lost = e["errors"]["timeout"] + e["errors"]["read"] + e["errors"]["connect"]
+        t += [("E: p99 <= 120 ms", f"{e['latency_us']['99'] / 1000:.1f} ms", e["latency_us"]["99"] <= 120_000),
+              ("E: nothing later than 150 ms", f"max {e['max_us'] / 1000:.1f} ms", e["max_us"] <= 150_000),
+              ("E: failure action (block) on every response, none lost",
+               f"{e['errors']['status']} of {e['requests']} answered 403; {lost} lost",
+               e["errors"]["status"] == e["requests"] and lost == 0)]
+    t += ratio_target(cases, "B with esper_http2 on: B/C throughput >= 1.5", "B2", "C", 1.5)
+    if "memory" in res:
+        mem = res["memory"]
+        t += [("F: RSS growth 100k -> 1M < 8 MB (esper_http2 on)",
+               f"{(mem['growth_kb_100k_to_1m'] or 0) / 1024:.1f} MB",
+               mem["growth_kb_100k_to_1m"] is not None and mem["growth_kb_100k_to_1m"] < 8 * 1024),
+              ("F: 5,000 pending all answered (esper_http2 on), both rounds",
+               f"{mem['cold']['answered']} and {mem['steady']['answered']} answered "
+               f"({mem['cold']['held_at_mock']} and {mem['steady']['held_at_mock']} held at once)",
+               all(r["answered"] == r["pending"] == r["held_at_mock"] for r in (mem["cold"], mem["steady"]))),
+              ("F: < 16 KB of worker memory per pending decision (esper_http2 on, second round)",
+               f"{mem['steady']['kb_per_pending']:.1f} kB (first round {mem['cold']['kb_per_pending']:.1f} kB)",
+               mem["steady"]["kb_per_pending"] < 16)]
+    if "flood" in res:
+        gz, gn = res["flood"]["with_zone"], res["flood"]["without_zone"]
+        t += [(f"G: with the zone, the flooding entity costs at most one call per connection "
+               f"(<= {FLOOD_CONNECTIONS + 1} calls in all, every run)",
+               f"{gz['flood_calls_max']:.0f} calls ({gz['flood_calls_per_s']:,.1f}/s over the flood; "
+               f"without the zone {gn['flood_calls_per_s']:,.0f}/s)",
+               gz["flood_calls_max"] <= FLOOD_CONNECTIONS + 1),
+              ("G: with the zone, >= 99.9 % of the flood blocked (every run)",
+               f"{gz['flood_blocked_share_min'] * 100:.3f} % ({gz['enforced']:,.0f} from the zone, median)",
+               gz["flood_blocked_share_min"] >= 0.999)]
+        if "B" in cases:
+            b = cases["B"]
+            t.append(("G: ordinary client's p99 beside the flood with the zone <= 1.5 x B's p99",
+                      f"{gz['ordinary_p99_us'] / 1000:.2f} ms vs {b['latency_us']['99'] / 1000:.2f} ms "
+                      f"({gz['ordinary_p99_us'] / b['latency_us']['99']:.2f} x; without the zone "
+                      f"{gn['ordinary_p99_us'] / 1000:.2f} ms)",
+                      gz["ordinary_p99_us"] <= 1.5 * b["latency_us"]["99"]))
+    t += ratio_target(cases, "G: zone lookup on the allow path keeps >= 0.95 of B's throughput", "G-lookup", "B", 0.95)
+    if "R" in res:
+        for k, label in (("R-B", "HTTP/1.1"), ("R-B2", "esper_http2 on")):
+            r = res["R"][k]
+            t.append((f"R ({label}): p99 - {R_DELAY_MS} ms <= 5 ms", f"{r['added_p99_us'] / 1000:.2f} ms "
+                      f"(auth_request: {res['R']['R-C']['added_p99_us'] / 1000:.2f} ms)",
+                      r["added_p99_us"] <= 5000))
+            t.append((f"R ({label}): throughput >= 0.9 of {R_CONNECTIONS:,} clients / {R_DELAY_MS} ms",
+                      f"{r['of_ideal']:.2f} ({r['rps']:,.0f} of {r['ideal_rps']:,.0f} requests/s; "
+                      f"auth_request {res['R']['R-C']['of_ideal']:.2f})", r["of_ideal"] >= 0.9))
+        r1, r2 = res["R"]["R-B"], res["R"]["R-B2"]
+        t.append(("R (HTTP/1.1): connections to Esper <= decisions in flight (at most one per client)",
+                  f"max {r1['esper_connections_max']} connections, {r1['in_flight']:,.0f} in flight "
+                  f"(Little's law), {R_CONNECTIONS:,} clients",
+                  r1["esper_connections_max"] <= R_CONNECTIONS))
+        t.append((f"R (esper_http2 on): one connection to Esper per worker (<= {R_WORKERS})",
+                  f"max {r2['esper_connections_max']}", r2["esper_connections_max"] <= R_WORKERS))
+    return t
+
+
+PHASES = INTERLEAVED + ["D", "E", "F", "G", "R", "reload"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=3, help="runs of A, B and C (medians reported)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of the interleaved cases, D, G and R (medians reported)")
     ap.add_argument("--seconds", type=int, default=5, help="length of one run")
+    ap.add_argument("--only", help="comma-separated cases or phases to run, of " + ",".join(PHASES) +
+                    " (results.* are then not written)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else set(PHASES)
+    unknown = only - set(PHASES)
+    if unknown:
+        ap.error(f"unknown cases {sorted(unknown)}; known: {','.join(PHASES)}")
+    if "G" in only:
+        only.add("B")  # G's ordinary client is compared with B
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # 5,000 sockets (F), 1,000 clients (R)
+
+    started = time.time()
     os.makedirs(TMP, exist_ok=True)
     mock_port = free_port()
     mock = subprocess.Popen([os.path.join(ROOT, "target/release/esper-mock"), "--listen",
                              f"127.0.0.1:{mock_port}", "--no-record", "--api-key", "bench-key"],
                             stdout=subprocess.PIPE, text=True)
     mock.stdout.readline()
-    nginx = None
+    nginx = terminator = None
     try:
         mock_alone = wrk(f"http://127.0.0.1:{mock_port}/api/v1/runtime/mitigation", 50, args.seconds, PAYLOAD)
-        nginx = Nginx(mock_port)
-        urls = {k: f"http://127.0.0.1:{nginx.port}/{k.lower()}/index.html" for k in "ABC"}
-        urls["B2"] = f"http://127.0.0.1:{nginx.port}/h2/index.html"
-        urls["G-lookup"] = f"http://127.0.0.1:{nginx.port}/bz/index.html"
-        for url in urls.values():
-            wrk(url, 50, 1)  # warm up connections and pools
+        tls_dir = os.path.join(TMP, "tls")
+        shutil.rmtree(tls_dir, ignore_errors=True)
+        make_certificates(tls_dir)
+        terminator = Nginx(TERMINATOR_CONF, tls_dir, mock=mock_port)
+        handshakes = Handshakes(terminator)
+        nginx = Nginx(NGINX_CONF, TMP, module=module_path(), mock=mock_port, tls=terminator.port,
+                      tls_dir=tls_dir, proxy_call=PROXY_CALL.format(payload=PAYLOAD),
+                      proxy_tls=PROXY_TLS.format(tls_dir=tls_dir))
+        urls = {k: f"http://127.0.0.1:{nginx.port}/{PATHS[k]}/index.html" for k in INTERLEAVED if k in only}
+        for k, url in urls.items():
+            w = wrk(url, 50, 1)  # warm up connections and pools
+            if w["errors"]["status"] or not w["requests"]:
+                sys.exit(f"case {k} does not answer 200: {w}")
         runs = {k: [] for k in urls}
         for i in range(args.runs):
             for k in urls:
-                runs[k].append(measured(nginx, urls[k], 50, args.seconds))
+                runs[k].append(measured(nginx, urls[k], 50, args.seconds,
+                                        handshakes=handshakes if k in TLS_CASES else None))
                 print(f"run {i + 1}/{args.runs} {k}: {runs[k][-1]['rps']:,.0f} requests/s", file=sys.stderr)
         cases = {k: median_of(v) for k, v in runs.items()}
+        results = {"cases": cases, "raw": {"runs": runs}}
 
-        d = isolation(nginx, args.seconds, args.runs)
-        cases["D"] = d["beside"]
-        e = measured(nginx, f"http://127.0.0.1:{nginx.port}/e/index.html?mock_hang=1", 200, args.seconds)
-        cases["E"] = median_of([e])
-        mem = memory(nginx, mock_port, 120, "h2", "hold-h2")
-        mem_http1 = memory(nginx, mock_port, 120, "b", "hold")
+        if "D" in only:
+            d = isolation(nginx, args.seconds, args.runs)
+            cases["D"] = d["beside"]
+            results["D"] = d
+            results["raw"]["D"] = d
+        if "E" in only:
+            e = measured(nginx, f"http://127.0.0.1:{nginx.port}/e/index.html?mock_hang=1", 200, args.seconds)
+            cases["E"] = median_of([e])
+            results["E"] = e
+            results["raw"]["E"] = e
+        if "F" in only:
+            results["memory"] = memory(nginx, mock_port, 120, "h2", "hold-h2")
+            results["memory_http1"] = memory(nginx, mock_port, 120, "b", "hold")
+        if "G" in only:
+            flood_runs = {"without_zone": [], "with_zone": []}
+            for i in range(args.runs):
+                for key, location in (("without_zone", "flood"), ("with_zone", "flood-zone")):
+                    flood_runs[key].append(flood(nginx, mock_port, args.seconds, location, i))
+                    r = flood_runs[key][-1]
+                    print(f"run {i + 1}/{args.runs} G {key}: flood {r['flood_rps']:,.0f} requests/s, "
+                          f"{r['flood_calls']:.0f} calls for it, ordinary p99 {r['ordinary_p99_us'] / 1000:.2f} ms",
+                          file=sys.stderr)
+            results["flood"] = {k: median_flood(v) for k, v in flood_runs.items()}
+            results["raw"]["G"] = flood_runs
+        if "R" in only:
+            results["R"], results["raw"]["R"] = production(args.seconds, args.runs)
+            # the same at a load this 2-core machine can carry (informational)
+            results["R-light"], results["raw"]["R-light"] = production(args.seconds, 1, R_LIGHT_CONNECTIONS)
+        if "reload" in only:  # last: the module's nginx has new workers afterwards
+            results["reload"] = reload_cost(nginx, handshakes, f"http://127.0.0.1:{nginx.port}/b-tls/index.html")
+            print(f"reload: {results['reload']['handshakes_per_reload']:.0f} handshakes, p99 after "
+                  f"{[round(p / 1000, 1) for p in results['reload']['p99_after_us']]} ms", file=sys.stderr)
 
-        flood_runs = {"without_zone": [], "with_zone": []}
-        for i in range(args.runs):
-            for key, location in (("without_zone", "flood"), ("with_zone", "flood-zone")):
-                flood_runs[key].append(flood(nginx, mock_port, args.seconds, location, i))
-                r = flood_runs[key][-1]
-                print(f"run {i + 1}/{args.runs} G {key}: flood {r['flood_rps']:,.0f} requests/s, "
-                      f"{r['flood_calls']:.0f} calls for it, ordinary p99 {r['ordinary_p99_us'] / 1000:.2f} ms",
-                      file=sys.stderr)
-        g = {k: median_flood(v) for k, v in flood_runs.items()}
-        gz, gn, gl = g["with_zone"], g["without_zone"], cases["G-lookup"]
-
-        b, c, a = cases["B"], cases["C"], cases["A"]
-        targets = [
-            ("B/C throughput >= 1.5", f"{b['rps'] / c['rps']:.2f}", b["rps"] / c["rps"] >= 1.5),
-            ("B p99 <= C p99", f"{b['latency_us']['99'] / 1000:.2f} ms vs {c['latency_us']['99'] / 1000:.2f} ms",
-             b["latency_us"]["99"] <= c["latency_us"]["99"]),
-            ("D: esper off p99 < 5 ms beside slow decisions", f"{cases['D']['latency_us']['99'] / 1000:.2f} ms",
-             cases["D"]["latency_us"]["99"] < 5000),
-            ("D: esper off keeps >= 0.9 of its throughput",
-             f"{d['throughput_ratio']:.2f} ({d['beside']['rps']:,.0f} vs {d['alone']['rps']:,.0f} requests/s alone)",
-             d["throughput_ratio"] >= 0.9),
-            ("E: p99 <= 120 ms", f"{e['latency_us']['99'] / 1000:.1f} ms", e["latency_us"]["99"] <= 120_000),
-            ("E: nothing later than 150 ms", f"max {e['max_us'] / 1000:.1f} ms", e["max_us"] <= 150_000),
-            ("E: failure action (block) on every response, none lost",
-             f"{e['errors']['status']} of {e['requests']} answered 403; "
-             f"{e['errors']['timeout'] + e['errors']['read'] + e['errors']['connect']} lost",
-             e["errors"]["status"] == e["requests"] and e["errors"]["timeout"] + e["errors"]["read"] + e["errors"]["connect"] == 0),
-            ("B with esper_http2 on: B/C throughput >= 1.5", f"{cases['B2']['rps'] / c['rps']:.2f}",
-             cases["B2"]["rps"] / c["rps"] >= 1.5),
-            ("F: RSS growth 100k -> 1M < 8 MB (esper_http2 on)",
-             f"{(mem['growth_kb_100k_to_1m'] or 0) / 1024:.1f} MB",
-             mem["growth_kb_100k_to_1m"] is not None and mem["growth_kb_100k_to_1m"] < 8 * 1024),
-            ("F: 5,000 pending all answered (esper_http2 on), both rounds",
-             f"{mem['cold']['answered']} and {mem['steady']['answered']} answered "
-             f"({mem['cold']['held_at_mock']} and {mem['steady']['held_at_mock']} held at once)",
-             all(r["answered"] == r["pending"] == r["held_at_mock"] for r in (mem["cold"], mem["steady"]))),
-            ("F: < 16 KB of worker memory per pending decision (esper_http2 on, second round)",
-             f"{mem['steady']['kb_per_pending']:.1f} kB (first round {mem['cold']['kb_per_pending']:.1f} kB)",
-             mem["steady"]["kb_per_pending"] < 16),
-            (f"G: with the zone, the flooding entity costs at most one call per connection "
-             f"(<= {FLOOD_CONNECTIONS + 1} calls in all, every run)",
-             f"{gz['flood_calls_max']:.0f} calls ({gz['flood_calls_per_s']:,.1f}/s over the flood; "
-             f"without the zone {gn['flood_calls_per_s']:,.0f}/s)",
-             gz["flood_calls_max"] <= FLOOD_CONNECTIONS + 1),
-            ("G: with the zone, >= 99.9 % of the flood blocked (every run)",
-             f"{gz['flood_blocked_share_min'] * 100:.3f} % ({gz['enforced']:,.0f} from the zone, median)",
-             gz["flood_blocked_share_min"] >= 0.999),
-            ("G: ordinary client's p99 beside the flood with the zone <= 1.5 x B's p99",
-             f"{gz['ordinary_p99_us'] / 1000:.2f} ms vs {b['latency_us']['99'] / 1000:.2f} ms "
-             f"({gz['ordinary_p99_us'] / b['latency_us']['99']:.2f} x; without the zone "
-             f"{gn['ordinary_p99_us'] / 1000:.2f} ms)",
-             gz["ordinary_p99_us"] <= 1.5 * b["latency_us"]["99"]),
-            ("G: zone lookup on the allow path keeps >= 0.95 of B's throughput",
-             f"{gl['rps'] / b['rps']:.2f} ({gl['rps']:,.0f} vs {b['rps']:,.0f} requests/s)",
-             gl["rps"] / b["rps"] >= 0.95),
-        ]
         results = {
             "machine": {"cpus": os.cpu_count(), "runs": args.runs, "seconds": args.seconds,
-                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "total_s": round(time.time() - started)},
             "mock_rps": mock_alone["rps"],
-            "ratios": {"B/A": b["rps"] / a["rps"], "B/C": b["rps"] / c["rps"],
-                       "B/C cpu": b["cpu_s_per_1k"] / c["cpu_s_per_1k"],
-                       "G-lookup/B": gl["rps"] / b["rps"]},
-            "cases": cases, "raw": {"runs": runs, "D": d, "E": e, "G": flood_runs}, "memory": mem,
-            "memory_http1": mem_http1, "flood": g,
-            "targets": targets,
+            **results,
         }
+        ratios = {}
+        for num, den in (("B", "A"), ("B", "C"), ("B", "P"), ("B2", "P"), ("B-TLS", "P-TLS"), ("B-TLS", "C-TLS"),
+                         ("G-lookup", "B")):
+            if num in cases and den in cases:
+                ratios[f"{num}/{den}"] = cases[num]["rps"] / cases[den]["rps"]
+        for num, den in (("B", "C"), ("B", "P"), ("B-TLS", "P-TLS"), ("B-TLS", "C-TLS")):
+            if num in cases and den in cases:
+                ratios[f"{num}/{den} cpu"] = cases[num]["cpu_s_per_1k"] / cases[den]["cpu_s_per_1k"]
+        results["ratios"] = ratios
+        results["targets"] = targets_of(results)
         text = table(results)
-        ratios = (f"ratios: B/A throughput {results['ratios']['B/A']:.2f}, "
-                  f"B/C throughput {results['ratios']['B/C']:.2f}, "
-                  f"B/C CPU per request {results['ratios']['B/C cpu']:.2f}")
-        print(text + "\n\n" + ratios)
+        ratio_text = "ratios: " + ", ".join(
+            f"{k} {'CPU per request' if k.endswith(' cpu') else 'throughput'} {v:.2f}".replace(" cpu ", " ")
+            for k, v in ratios.items())
+        print(text + "\n\n" + ratio_text + f"\n\ntotal time {results['machine']['total_s']} s")
+        if args.only:
+            return 0 if all(ok for _, _, ok in results["targets"]) else 1
         png = chart(results, os.path.join(BENCH, "latency.png"))
         with open(os.path.join(BENCH, "results.md"), "w") as f:
             f.write(f"# Benchmark results\n\n{results['machine']['when']}, {os.cpu_count()} cores, "
-                    f"medians of {args.runs} runs of {args.seconds} s for A, B, C, G.\n\n{text}\n\n{ratios}\n")
+                    f"medians of {args.runs} runs of {args.seconds} s for the interleaved cases "
+                    f"({', '.join(INTERLEAVED)}), D, G and R; `make bench` took "
+                    f"{results['machine']['total_s']} s.\n\n{text}\n\n{ratio_text}\n")
             if png:
                 f.write("\n![latency by percentile](latency.png)\n")
         with open(os.path.join(BENCH, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
-        return 0 if all(ok for _, _, ok in targets) else 1
+        return 0 if all(ok for _, _, ok in results["targets"]) else 1
     finally:
-        if nginx:
-            nginx.stop()
+        for n in (nginx, terminator):
+            if n:
+                n.stop()
         mock.terminate()
         mock.wait()
 

@@ -13,7 +13,7 @@ done = function(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    'JSON {"requests": %d, "duration_us": %d, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, "latency_us": {%s}, "max_us": %d}\n',
+    'JSON {"requests": %d, "duration_us": %d, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, "latency_us": {%s}, "max_us": %d, "mean_us": %d}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    table.concat(p, ", "), latency.max))
+    table.concat(p, ", "), latency.max, math.floor(latency.mean)))
 end

@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fmt;
-use std::ptr::fn_addr_eq;
+use std::ptr::{fn_addr_eq, NonNull};
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::enforcement::{entry_lifetime, EntityKey};
@@ -39,11 +39,14 @@ use ngx::ffi::{
     ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request,
+};
 use ngx::ngx_string;
 
 use crate::conf::{FailureAction, LocConf, Mode};
-use crate::headers::{push_header, remove_headers};
+use crate::ffi::bytes;
+use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::worker::{self, Answer, Call, CallId, CallKind};
 use crate::{metrics, request, response, Module};
@@ -127,30 +130,28 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 
 extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
-        // SAFETY: nginx calls access handlers with a live main request on its thread.
-        unsafe { access(r) }
+        // SAFETY: nginx calls access handlers with a live main request on its
+        // thread; nothing else holds a Rust reference to it meanwhile.
+        let request = unsafe { Request::from_ngx_http_request(r) };
+        access(request)
     })
 }
 
-/// # Safety
-/// `r` must be a live main request on the nginx thread.
-unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: per the function contract.
-    let Some(conf) = (unsafe { Module::location_conf(&*r) }) else {
+fn access(request: &mut Request) -> ngx_int_t {
+    let Some(conf) = Module::location_conf(request) else {
         return NGX_DECLINED as ngx_int_t;
     };
 
-    // SAFETY: per the function contract.
-    if let Some(state) = unsafe { find(r) } {
-        // SAFETY: the state lives until the request pool is destroyed.
-        let state = unsafe { &mut *state };
+    if let Some(mut state) = find(request) {
+        // SAFETY: the state lives until the request pool's cleanup, outside
+        // the request's memory; the nginx thread runs one handler at a time,
+        // so this is the only reference to it.
+        let state = unsafe { state.as_mut() };
         return match std::mem::replace(&mut state.stage, Stage::Idle) {
-            // SAFETY: per the function contract.
-            Stage::Arrived(answer) => unsafe { resumed(r, conf, state, answer) },
+            Stage::Arrived(answer) => resumed(request, conf, state, answer),
             // Woken while the call is pending: an HTTP/3 client that
             // cancelled the stream (STOP_SENDING) leaves a write error.
-            // SAFETY: per the function contract.
-            Stage::Waiting { call, .. } if unsafe { request::client_gone(r) } => {
+            Stage::Waiting { call, .. } if request::client_gone(request) => {
                 state.abandon(call);
                 NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
             }
@@ -161,10 +162,9 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
             // An internal redirect after a bypass: this location judges the
             // request by its own `esper_bypass` (what Esper decided is never
             // judged twice).
-            // SAFETY: per the function contract.
-            Stage::Idle if state.result == Some(EsperResult::Bypassed) => unsafe {
-                judge(r, conf, state)
-            },
+            Stage::Idle if state.result == Some(EsperResult::Bypassed) => {
+                judge(request, conf, state)
+            }
             Stage::Idle => NGX_DECLINED as ngx_int_t,
         };
     }
@@ -173,86 +173,70 @@ unsafe fn access(r: *mut ngx_http_request_t) -> ngx_int_t {
         metrics::count_result(EsperResult::Skipped);
         return NGX_DECLINED as ngx_int_t;
     };
-    // SAFETY: per the function contract.
-    unsafe {
-        // Only Esper and this module may set these for the application.
-        // `_` counts as `-`: with `underscores_in_headers on`, nginx's
-        // `$http_*` and CGI-style backends fold one into the other.
-        let forged = |name: &[u8]| {
-            ESPER_REQUEST_HEADERS.iter().any(|h| {
-                name.len() == h.len()
-                    && name
-                        .iter()
-                        .zip(h.bytes())
-                        .all(|(&n, h)| n.eq_ignore_ascii_case(&h) || (n == b'_' && h == b'-'))
-            })
-        };
-        if remove_headers(&mut (*r).headers_in.headers, (*r).pool, forged).is_none() {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
+    // Only Esper and this module may set these for the application. `_`
+    // counts as `-`: with `underscores_in_headers on`, nginx's `$http_*` and
+    // CGI-style backends fold one into the other.
+    let forged = |name: &[u8]| {
+        ESPER_REQUEST_HEADERS.iter().any(|h| {
+            name.len() == h.len()
+                && name
+                    .iter()
+                    .zip(h.bytes())
+                    .all(|(&n, h)| n.eq_ignore_ascii_case(&h) || (n == b'_' && h == b'-'))
+        })
+    };
+    if remove_headers_in(request, forged).is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
-    // SAFETY: per the function contract.
-    let Some(state) = (unsafe { attach(r) }) else {
+    let Some(mut state) = attach(request) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
-    // SAFETY: attach returned a live state owned by the request pool.
-    let state = unsafe { &mut *state };
-    debug!(r, "esper: state attached");
-    // SAFETY: per the function contract.
-    unsafe { judge(r, conf, state) }
+    // SAFETY: as for `find` above: just made, and referenced only here.
+    let state = unsafe { state.as_mut() };
+    debug!(request, "esper: state attached");
+    judge(request, conf, state)
 }
 
 /// Judges a request where `esper on`, in this order: the operator's
 /// `esper_bypass`; a proof to verify; a pass cookie; the enforcement zone;
 /// else Esper's runtime decision.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
     let Some(pass) = conf.pass.as_ref() else {
         return NGX_DECLINED as ngx_int_t;
     };
-    // SAFETY: per the function contract.
-    match unsafe { request::bypassed(r, conf.bypass) } {
+    match request::bypassed(request, conf.bypass) {
         None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         Some(true) => {
             // Never verified, but never passed on either.
-            // SAFETY: per the function contract.
-            let _ = unsafe { request::take_challenge_proof(r) };
+            let _ = request::take_challenge_proof(request);
             state.judged(EsperResult::Bypassed);
-            debug!(r, "esper: bypassed by esper_bypass");
-            // SAFETY: per the function contract.
-            return unsafe { proceed(r, conf, state) };
+            debug!(request, "esper: bypassed by esper_bypass");
+            return proceed(request, conf, state);
         }
         Some(false) => {}
     }
     if conf.zone.is_some() && conf.mode == Mode::Enforce {
-        // SAFETY: per the function contract.
-        let (ip, ua) = unsafe { request::entity(r) };
+        let (ip, ua) = request::entity(request);
         state.entity = Some(EntityKey::new(ip, ua));
     }
 
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
-    // SAFETY: per the function contract.
-    if let Some(Some(token)) = unsafe { request::take_challenge_proof(r) } {
+    if let Some(Some(token)) = request::take_challenge_proof(request) {
         debug!(
-            r,
+            request,
             "esper: challenge proof taken out of the request, verifying it"
         );
-        // SAFETY: per the function contract.
-        let (ip, ua) = unsafe { request::entity(r) };
+        let (ip, ua) = request::entity(request);
         let body = verify_body(&token, ip, ua);
-        // SAFETY: per the function contract.
-        return unsafe { start(r, conf, state, Call::Verify(body)) };
+        return start(request, conf, state, Call::Verify(body));
     }
 
     // A pass skips a remembered challenge, never a remembered block.
     let remembered = state.zone_lookup(conf);
-    // SAFETY: per the function contract.
-    let has_pass = unsafe { request::has_valid_pass(r, pass) };
+    let has_pass = request::has_valid_pass(request, pass);
     debug!(
-        r,
+        request,
         "esper: pass cookie {}",
         if has_pass {
             "accepted"
@@ -262,33 +246,26 @@ unsafe fn judge(r: *mut ngx_http_request_t, conf: &LocConf, state: &mut RequestS
     );
     if has_pass {
         if let Some(block) = remembered.filter(|d| d.action == Action::Block) {
-            // SAFETY: per the function contract.
-            return unsafe { enforce(r, conf, state, block) };
+            return enforce(request, conf, state, block);
         }
         state.judged(EsperResult::Pass);
-        // SAFETY: per the function contract.
-        return unsafe { proceed(r, conf, state) };
+        return proceed(request, conf, state);
     }
     if let Some(decision) = remembered {
-        // SAFETY: per the function contract.
-        return unsafe { enforce(r, conf, state, decision) };
+        return enforce(request, conf, state, decision);
     }
-    // SAFETY: per the function contract.
-    unsafe { start_decision(r, conf, state) }
+    start_decision(request, conf, state)
 }
 
 /// Applies a decision remembered in the enforcement zone, without a call.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn enforce(
-    r: *mut ngx_http_request_t,
+fn enforce(
+    request: &mut Request,
     conf: &LocConf,
     state: &mut RequestState,
     decision: Remembered,
 ) -> ngx_int_t {
     debug!(
-        r,
+        request,
         "esper: {} remembered by the enforcement zone",
         decision.action.as_str()
     );
@@ -296,104 +273,75 @@ unsafe fn enforce(
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
     metrics::count_enforced(decision.action);
-    // SAFETY: per the function contract.
-    unsafe {
-        response::deny(
-            r,
-            conf,
-            decision.action,
-            decision.redirect_url.as_deref(),
-            state.decision_id.as_deref(),
-        )
-    }
+    response::deny(
+        request,
+        conf,
+        decision.action,
+        decision.redirect_url.as_deref(),
+        state.decision_id.as_deref(),
+    )
 }
 
 /// Asks Esper for the runtime decision.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn start_decision(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    state: &mut RequestState,
-) -> ngx_int_t {
-    // SAFETY: per the function contract; the main configuration exists
-    // whenever a location has a target.
-    let body = unsafe { request::payload(r, conf, Module::main_conf(&*r).expect("main conf")) };
-    // SAFETY: per the function contract.
-    unsafe { start(r, conf, state, Call::Decide(body)) }
+fn start_decision(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+    let Some(main) = Module::main_conf(request) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    let body = request::payload(request, conf, main);
+    start(request, conf, state, Call::Decide(body))
 }
 
 /// Starts a call and makes the request wait for it, up to `esper_timeout`.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn start(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    state: &mut RequestState,
-    call: Call,
-) -> ngx_int_t {
-    let target = conf.target.as_ref().expect("only called where esper is on");
+fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: Call) -> ngx_int_t {
+    let (Some(target), Some(main)) = (conf.target.as_ref(), Module::main_conf(request)) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
     let limit = conf.max_pending.max(1) as usize;
     if worker::pending() >= limit {
         let answer = call.failed(Failure::Overloaded(limit));
-        // SAFETY: per the function contract.
-        return unsafe { resumed(r, conf, state, answer) };
+        return resumed(request, conf, state, answer);
     }
-    // SAFETY: per the function contract; the main configuration exists
-    // whenever a location has a target.
-    let main = unsafe { Module::main_conf(&*r) }.expect("main conf");
     let kind = call.kind();
     let data = (state as *mut RequestState).cast();
     match worker::call(main, target, call, on_answer, data) {
         Ok(call) => {
-            debug!(r, "esper: call {call} started ({})", kind.as_str());
+            debug!(request, "esper: call {call} started ({})", kind.as_str());
             state.stage = Stage::Waiting { call, kind };
         }
-        // SAFETY: per the function contract.
-        Err(failure) => return unsafe { resumed(r, conf, state, kind.failed(failure)) },
+        Err(failure) => return resumed(request, conf, state, kind.failed(failure)),
     }
-    // SAFETY: the timer event lives in the state, which removes it from the
+    // SAFETY: the timer event lives in the state, which takes it out of the
     // timer tree before it is freed (`cleanup`).
-    unsafe {
-        ngx::ffi::ngx_add_timer(&mut state.deadline, conf.timeout);
-        // Notice a client that goes away while its call is pending.
-        (*r).read_event_handler = Some(ngx_http_test_reading);
-    }
+    unsafe { ngx::ffi::ngx_add_timer(&mut state.deadline, conf.timeout) };
+    // Notice a client that goes away while its call is pending.
+    request.as_mut().read_event_handler = Some(ngx_http_test_reading);
     NGX_DONE as ngx_int_t
 }
 
-/// Acts on the outcome of the call the request waited for.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn resumed(
-    r: *mut ngx_http_request_t,
+/// Acts on the answer the request waited for.
+fn resumed(
+    request: &mut Request,
     conf: &LocConf,
     state: &mut RequestState,
     answer: Answer,
 ) -> ngx_int_t {
-    // SAFETY: per the function contract; the connection log adds the client
-    // and the request to each line.
-    let log = unsafe { (*(*r).connection).log };
+    // The connection log adds the client and the request to each line.
+    let log = request.log();
     match answer {
         Answer::Proof(Ok(ProofCheck::Verified { lifetime })) => {
-            debug!(r, "esper: challenge proof verified");
+            debug!(request, "esper: challenge proof verified");
             // The proof answers the remembered challenge; a block stays.
             if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
                 zone.forget_challenge(key);
             }
             if let Some(block) = state.zone_lookup(conf) {
-                // SAFETY: per the function contract.
-                return unsafe { enforce(r, conf, state, block) };
+                return enforce(request, conf, state, block);
             }
             state.judged(EsperResult::Pass);
-            // SAFETY: per the function contract.
-            unsafe { pass_and_return(r, conf, lifetime) }
+            pass_and_return(request, conf, lifetime)
         }
         Answer::Proof(not_verified) => {
-            debug!(r, "esper: challenge proof not verified");
+            debug!(request, "esper: challenge proof not verified");
             // Never a pass: the runtime decision runs as for any request.
             match not_verified {
                 Err(failure) => {
@@ -409,13 +357,9 @@ unsafe fn resumed(
                     "esper challenge proof refused; asking for a runtime decision",
                 ),
             }
-            // SAFETY: per the function contract.
-            unsafe { start_decision(r, conf, state) }
+            start_decision(request, conf, state)
         }
-        Answer::Decision(Ok(decision)) => {
-            // SAFETY: per the function contract.
-            unsafe { apply(r, conf, state, decision) }
-        }
+        Answer::Decision(Ok(decision)) => apply(request, conf, state, decision),
         Answer::Decision(Err(failure)) => {
             state.judged(failure.result());
             metrics::count_error(&failure);
@@ -429,14 +373,13 @@ unsafe fn resumed(
             } else {
                 (false, "failure action block")
             };
-            debug!(r, "esper: failure action applied");
+            debug!(request, "esper: failure action applied");
             log_failure(
                 log,
                 format_args!("esper decision failed: {failure}; {applied}"),
             );
             if continues {
-                // SAFETY: per the function contract.
-                unsafe { proceed(r, conf, state) }
+                proceed(request, conf, state)
             } else {
                 conf.block_status as ngx_int_t
             }
@@ -469,18 +412,15 @@ fn log_failure(log: *mut ngx_log_t, message: fmt::Arguments) {
 }
 
 /// Applies a runtime decision.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn apply(
-    r: *mut ngx_http_request_t,
+fn apply(
+    request: &mut Request,
     conf: &LocConf,
     state: &mut RequestState,
     decision: Decision,
 ) -> ngx_int_t {
     let monitor = conf.mode == Mode::Monitor;
     debug!(
-        r,
+        request,
         "esper: decision {} applied{}",
         decision.action.as_str(),
         if monitor {
@@ -514,46 +454,32 @@ unsafe fn apply(
     match decision.action {
         // Esper has no objection; other access checks (and `satisfy`) still
         // apply. Monitor mode never enforces.
-        // SAFETY: per the function contract.
-        Action::Allow => unsafe { proceed(r, conf, state) },
-        // SAFETY: per the function contract.
-        _ if monitor => unsafe { proceed(r, conf, state) },
-        // SAFETY: per the function contract.
-        action => unsafe {
-            response::deny(
-                r,
-                conf,
-                action,
-                decision.redirect_url.as_deref(),
-                state.decision_id.as_deref(),
-            )
-        },
+        Action::Allow => proceed(request, conf, state),
+        _ if monitor => proceed(request, conf, state),
+        action => response::deny(
+            request,
+            conf,
+            action,
+            decision.redirect_url.as_deref(),
+            state.decision_id.as_deref(),
+        ),
     }
 }
 
 /// Lets the request go on to the application, carrying the Esper headers the
 /// location asks for.
-///
-/// # Safety
-/// `r` must be the live main request that owns `state`.
-unsafe fn proceed(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    state: &mut RequestState,
-) -> ngx_int_t {
-    // SAFETY: per the function contract.
-    unsafe {
-        let headers = &mut (*r).headers_in.headers;
-        if let Some(key) = request::evaluate(r, conf.hybrid_key).filter(|k| !k.is_empty()) {
-            if push_header(headers, (*r).pool, HYBRID_KEY_HEADER, key).is_none() {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-            }
+fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+    // The value stays in the request pool: no copy on the way.
+    let key = request::evaluate_in_pool(request, conf.hybrid_key).filter(|k| k.len > 0);
+    if let Some(key) = key {
+        if add_header_in(request, HYBRID_KEY_HEADER, bytes(&key)).is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
-        if conf.forward_decision_id == 1 {
-            if let Some(id) = &state.decision_id {
-                if push_header(headers, (*r).pool, DECISION_ID_HEADER, id.as_bytes()).is_none() {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-                }
+    }
+    if conf.forward_decision_id == 1 {
+        if let Some(id) = &state.decision_id {
+            if add_header_in(request, DECISION_ID_HEADER, id.as_bytes()).is_none() {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             }
         }
     }
@@ -562,29 +488,18 @@ unsafe fn proceed(
 
 /// A verified visitor: issue the pass cookie and send them back to the URL
 /// they asked for, without the proof.
-///
-/// # Safety
-/// `r` must be a live main request whose proof was taken out.
-unsafe fn pass_and_return(
-    r: *mut ngx_http_request_t,
-    conf: &LocConf,
-    lifetime: Option<Duration>,
-) -> ngx_int_t {
-    let pass = conf.pass.as_ref().expect("only called where esper is on");
+fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Duration>) -> ngx_int_t {
+    let Some(pass) = conf.pass.as_ref() else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
-    // SAFETY: per the function contract.
-    let (ip, ua) = unsafe { request::entity(r) };
+    let (ip, ua) = request::entity(request);
     let value = pass.key.issue(SystemTime::now() + max_age, ip, ua);
-    // SAFETY: per the function contract.
-    let cookie = set_cookie(&pass.cookie, &value, max_age, unsafe {
-        request::is_https(r)
-    });
+    let cookie = set_cookie(&pass.cookie, &value, max_age, request::is_https(request));
     // A relative path that stays on this site, whatever `absolute_redirect`
     // makes of it: never `//host/...`.
-    // SAFETY: per the function contract.
-    let back = same_site_path(unsafe { request::request_uri(r) });
-    // SAFETY: per the function contract.
-    unsafe { response::redirect(r, conf, &back, Some(cookie.as_bytes())) }
+    let back = same_site_path(request.unparsed_uri().as_bytes());
+    response::redirect(request, conf, &back, Some(cookie.as_bytes()))
 }
 
 impl RequestState {
@@ -625,44 +540,45 @@ impl RequestState {
 /// # Safety
 /// `data` must be a live `RequestState` whose call is still registered.
 unsafe fn on_answer(data: *mut c_void, answer: Answer) {
-    let request = {
-        // SAFETY: per the function contract.
-        let state = unsafe { &mut *data.cast::<RequestState>() };
-        if let Stage::Waiting { call, .. } = state.stage {
-            debug!(state.request, "esper: call {call} answered");
-        }
-        state.arrived(answer);
-        state.request
-    };
-    // SAFETY: the request owns the state, so it is alive too.
-    unsafe { resume(request) };
+    // SAFETY: per the function contract; the state is a separate allocation
+    // from the request, and this is the only reference to it now.
+    let state = unsafe { &mut *data.cast::<RequestState>() };
+    if let Stage::Waiting { call, .. } = state.stage {
+        // SAFETY: the request owns the state, so it is alive too.
+        debug!(
+            unsafe { Request::from_ngx_http_request(state.request) },
+            "esper: call {call} answered"
+        );
+    }
+    state.arrived(answer);
+    resume(state.request);
 }
 
 /// The deadline timer's handler.
 extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard((), || {
-        let request = {
-            // SAFETY: the timer's data is its RequestState, alive while armed.
-            let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
-            debug!(state.request, "esper: deadline reached");
-            if let Stage::Waiting { call, kind } = state.stage {
-                worker::expire(call);
-                state.arrived(kind.failed(Failure::Timeout));
-            }
-            state.request
-        };
+        // SAFETY: the timer's data is its RequestState, alive while armed.
+        let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
         // SAFETY: the request owns the state, so it is alive too.
-        unsafe { resume(request) };
+        debug!(
+            unsafe { Request::from_ngx_http_request(state.request) },
+            "esper: deadline reached"
+        );
+        if let Stage::Waiting { call, kind } = state.stage {
+            worker::expire(call);
+            state.arrived(kind.failed(Failure::Timeout));
+        }
+        resume(state.request);
     })
 }
 
-/// Runs the request's phases again from the access phase.
-///
-/// # Safety
-/// `r` must be a live main request waiting in the access phase.
-unsafe fn resume(r: *mut ngx_http_request_t) {
-    // SAFETY: per the function contract; the connection outlives this call
-    // (nginx marks it destroyed rather than freeing it).
+/// Runs the phases of a request waiting in the access phase again. It takes
+/// the raw request because the access handler it reaches borrows it anew.
+fn resume(r: *mut ngx_http_request_t) {
+    // SAFETY: `r` is the live main request of a state (the request owns the
+    // state); no Rust reference to it is held across this call, and its
+    // connection outlives it (nginx marks a connection destroyed rather
+    // than freeing it).
     unsafe {
         let c = (*r).connection;
         (*r).read_event_handler = Some(ngx_http_block_reading);
@@ -671,65 +587,63 @@ unsafe fn resume(r: *mut ngx_http_request_t) {
     }
 }
 
-/// Creates the state of `r` in its pool.
-///
-/// # Safety
-/// `r` must be a live main request.
-unsafe fn attach(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
-    // SAFETY: per the function contract.
-    unsafe {
-        let cln = ngx_pool_cleanup_add((*r).pool, 0);
-        if cln.is_null() {
-            return None;
-        }
-        let state = Box::into_raw(Box::new(RequestState {
-            request: r,
-            // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
-            deadline: std::mem::zeroed(),
-            stage: Stage::Idle,
-            started: ngx_current_msec,
-            latency: None,
-            action: None,
-            result: None,
-            decision_id: None,
-            entity: None,
-        }));
-        (*state).deadline.handler = Some(on_deadline);
-        (*state).deadline.data = state.cast();
-        (*state).deadline.log = (*(*r).connection).log;
-        (*cln).handler = Some(cleanup);
-        (*cln).data = state.cast();
-        *(*r).ctx.add(Module::module().ctx_index) = state.cast();
-        Some(state)
-    }
+/// Creates the state of the request in its pool; it lives until the pool's
+/// cleanup.
+fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
+    let r: *mut ngx_http_request_t = request.as_mut();
+    let log = request.log();
+    // SAFETY: the request pool is live; a new cleanup entry is ours to fill.
+    let cln = unsafe { ngx_pool_cleanup_add(request.as_ref().pool, 0).as_mut() }?;
+    let state = Box::into_raw(Box::new(RequestState {
+        request: r,
+        // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
+        deadline: unsafe { std::mem::zeroed() },
+        stage: Stage::Idle,
+        // SAFETY: reading nginx's cached clock on its own thread.
+        started: unsafe { ngx_current_msec },
+        latency: None,
+        action: None,
+        result: None,
+        decision_id: None,
+        entity: None,
+    }));
+    cln.handler = Some(cleanup);
+    cln.data = state.cast();
+    request.set_module_ctx(state.cast(), Module::module());
+    let mut state = NonNull::new(state)?;
+    // SAFETY: just made, and freed only by `cleanup`, when the request goes.
+    let deadline = unsafe { &mut state.as_mut().deadline };
+    deadline.handler = Some(on_deadline);
+    deadline.data = state.as_ptr().cast();
+    deadline.log = log;
+    Some(state)
 }
 
-/// The state of `r`'s main request, if it has been judged here.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn find(r: *mut ngx_http_request_t) -> Option<*mut RequestState> {
-    // SAFETY: per the function contract.
-    unsafe {
-        let r = (*r).main;
-        let slot = (*r).ctx.add(Module::module().ctx_index);
-        if !(*slot).is_null() {
-            return Some((*slot).cast());
-        }
+/// The state of the request's main request, if it has been judged here;
+/// it lives until the main request's pool cleanup.
+pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
+    // SAFETY: `main` of a live request is live.
+    let main = unsafe { Request::from_ngx_http_request(request.as_ref().main) };
+    // SAFETY: a request's module contexts have a slot for every module.
+    let mut state = unsafe { *main.as_ref().ctx.add(Module::module().ctx_index) };
+    if state.is_null() {
         // An internal redirect clears module contexts but not pool cleanups;
         // nginx's realip module finds its state the same way.
-        let mut cln = (*(*r).pool).cleanup;
-        while let Some(c) = cln.as_ref() {
+        // SAFETY: the pool's cleanup list is live and null-terminated.
+        let mut cln = unsafe { (*main.as_ref().pool).cleanup.as_ref() };
+        while let Some(c) = cln {
             if c.handler
                 .is_some_and(|h| fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void)))
             {
-                *slot = c.data;
-                return Some(c.data.cast());
+                main.set_module_ctx(c.data, Module::module());
+                state = c.data;
+                break;
             }
-            cln = c.next;
+            // SAFETY: as above.
+            cln = unsafe { c.next.as_ref() };
         }
-        None
     }
+    NonNull::new(state.cast::<RequestState>())
 }
 
 /// Pool cleanup: the request is being freed, possibly with its call pending.

@@ -6,7 +6,40 @@ use ngx::ffi::{
     ngx_pool_t, ngx_str_t, ngx_table_elt_t,
 };
 
+use ngx::http::Request;
+
 use crate::ffi::bytes;
+
+/// Adds a header to what the request carries on to the application.
+pub fn add_header_in(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
+    let r = request.as_mut();
+    // SAFETY: the request's own incoming header list and pool.
+    unsafe { push_header(&mut r.headers_in.headers, r.pool, name, value) }.map(|_| ())
+}
+
+/// Adds a header to the response.
+pub fn add_header_out(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
+    let r = request.as_mut();
+    // SAFETY: the request's own outgoing header list and pool.
+    unsafe { push_header(&mut r.headers_out.headers, r.pool, name, value) }.map(|_| ())
+}
+
+/// Sets the response's `Location`.
+pub fn set_location(request: &mut Request, value: &[u8]) -> Option<()> {
+    let r = request.as_mut();
+    // SAFETY: the request's own outgoing header list and pool.
+    let h = unsafe { push_header(&mut r.headers_out.headers, r.pool, "Location", value) }?;
+    r.headers_out.location = h;
+    Some(())
+}
+
+/// Removes from the request's incoming headers every header whose name
+/// `matches`.
+pub fn remove_headers_in(request: &mut Request, matches: impl Fn(&[u8]) -> bool) -> Option<()> {
+    let r = request.as_mut();
+    // SAFETY: the request's own incoming header list and pool.
+    unsafe { remove_headers(&mut r.headers_in.headers, r.pool, matches) }
+}
 
 /// Appends a header to an nginx header list, copying name and value into `pool`.
 /// Everything that can fail happens before the element joins the list, so
@@ -15,7 +48,7 @@ use crate::ffi::bytes;
 ///
 /// # Safety
 /// `list` must be a header list of a live request and `pool` that request's pool.
-pub unsafe fn push_header(
+unsafe fn push_header(
     list: *mut ngx::ffi::ngx_list_t,
     pool: *mut ngx_pool_t,
     name: &str,
@@ -56,7 +89,7 @@ pub unsafe fn push_header(
 ///
 /// # Safety
 /// `list` must be a header list of a live request and `pool` that request's pool.
-pub unsafe fn remove_headers(
+unsafe fn remove_headers(
     list: *mut ngx_list_t,
     pool: *mut ngx_pool_t,
     matches: impl Fn(&[u8]) -> bool,

@@ -5,13 +5,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT};
 
-/// A `NGX_LOG_DEBUG_HTTP` line on the connection log of request `$r` (a
-/// `*mut ngx_http_request_t`), formatted only when the log wants it and
-/// compiled in only for an nginx built `--with-debug`.
+/// A `NGX_LOG_DEBUG_HTTP` line on the connection log of request `$r` (an
+/// `ngx::http::Request`), formatted only when the log wants it and compiled
+/// in only for an nginx built `--with-debug`.
 macro_rules! debug {
     ($r:expr, $($arg:tt)+) => {
-        // SAFETY: a live request has a connection with its log.
-        let log = unsafe { (*(*$r).connection).log };
+        let log = ngx::http::Request::log($r);
         ngx::ngx_log_debug_mask!(DebugMask::Http, log, $($arg)+);
     };
 }

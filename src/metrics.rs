@@ -4,7 +4,7 @@
 //! location that serves them in Prometheus' text format.
 
 use std::ffi::c_void;
-use std::ptr::{null_mut, NonNull};
+use std::ptr::null_mut;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -14,17 +14,18 @@ use esper_protocol::metrics::{
 };
 use esper_protocol::{Action, Failure};
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_conf_t, ngx_create_temp_buf, ngx_http_discard_request_body,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
-    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
+    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request,
+};
 use ngx::ngx_string;
 
 use crate::enforcement::Zone;
 use crate::log::guard;
-use crate::Module;
+use crate::{response, Module};
 
 /// The counters as they lie in shared memory.
 #[repr(C)]
@@ -194,49 +195,18 @@ pub unsafe fn set_handler(cf: *mut ngx_conf_t) -> Result<(), ()> {
 
 extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
-        // SAFETY: nginx calls content handlers with a live request.
-        unsafe { serve(r) }
-    })
-}
-
-/// # Safety
-/// `r` must be a live request in its content phase.
-unsafe fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: per the function contract; the buffer and chain link live in
-    // the request pool until the response is sent.
-    unsafe {
-        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+        // SAFETY: nginx calls content handlers with a live request on its thread.
+        let request = unsafe { Request::from_ngx_http_request(r) };
+        if request.as_ref().method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
             return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
         }
-        let rc = ngx_http_discard_request_body(r);
-        if rc != NGX_OK as ngx_int_t {
-            return rc;
-        }
-        let zones = Module::main_conf(&*r).map_or(&[][..], |main| &main.zones[..]);
+        let zones = Module::main_conf(request).map_or(&[][..], |main| &main.zones[..]);
         let body = names::render(&counters().map(|c| snapshot(c, zones)).unwrap_or_default());
-        let out = &mut (*r).headers_out;
-        out.status = 200;
-        out.content_length_n = body.len() as i64;
-        let content_type = ngx_string!("text/plain; version=0.0.4; charset=utf-8");
-        out.content_type = content_type;
-        out.content_type_len = content_type.len;
-        let rc = ngx_http_send_header(r);
-        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-            return rc;
-        }
-        let buf = ngx_create_temp_buf((*r).pool, body.len());
-        let chain = ngx_alloc_chain_link((*r).pool);
-        let (Some(buf), Some(chain)) = (NonNull::new(buf), NonNull::new(chain)) else {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        };
-        let buf = buf.as_ptr();
-        std::ptr::copy_nonoverlapping(body.as_ptr(), (*buf).last, body.len());
-        (*buf).last = (*buf).last.add(body.len());
-        (*buf).set_last_buf(if (*r).main == r { 1 } else { 0 });
-        (*buf).set_last_in_chain(1);
-        let chain = chain.as_ptr();
-        (*chain).buf = buf;
-        (*chain).next = null_mut();
-        ngx_http_output_filter(r, chain)
-    }
+        response::send_body(
+            request,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body.as_bytes(),
+        )
+    })
 }

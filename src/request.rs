@@ -1,105 +1,99 @@
-//! Reads what the decision call needs out of an nginx request, on the nginx
-//! thread, and serializes it at once into an owned body.
+//! Reading and rewriting an nginx request, on the nginx thread, through the
+//! `ngx` crate's borrowed `Request`: what is read lives as long as that
+//! borrow, and what the decision call needs is serialized at once into an
+//! owned body.
 
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::query::{replace_target, take_proof, target_without_proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
-    ngx_array_t, ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_get_indexed_variable,
-    ngx_http_request_t, ngx_http_test_predicates, ngx_http_variable_t, ngx_int_t, ngx_list_t,
-    ngx_str_t, ngx_table_elt_t, NGX_DECLINED, NGX_OK,
+    ngx_array_t, ngx_http_complex_value_t, ngx_http_get_indexed_variable, ngx_http_request_t,
+    ngx_http_test_predicates, ngx_http_variable_t, ngx_int_t, ngx_list_t, ngx_str_t,
+    ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_OK,
 };
-use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{LocConf, MainConf, PassSettings};
 use crate::ffi::bytes;
 
-/// Builds the JSON body of the decision call for `r`.
-///
-/// # Safety
-/// `r` must be a live main request on the nginx thread, `conf` its location
-/// configuration and `main` the module's main configuration.
-pub unsafe fn payload(r: *mut ngx_http_request_t, conf: &LocConf, main: &MainConf) -> Vec<u8> {
-    // SAFETY: per the function contract; everything borrowed here lives in the
-    // request (or its pool) and is only used before this function returns.
-    unsafe {
-        let req = &*r;
-        let (client_ip, user_agent) = entity(r);
-        let request_id = indexed_variable(r, main.request_id_index);
-        let view = RequestView {
-            method: bytes(&req.method_name),
-            unparsed_uri: bytes(&req.unparsed_uri),
-            client_ip,
-            user_agent: Some(user_agent).filter(|ua| !ua.is_empty()),
-            request_id,
-            started_at: SystemTime::UNIX_EPOCH
-                + Duration::from_secs(req.start_sec.max(0) as u64)
-                + Duration::from_millis(req.start_msec as u64),
-        };
-        let return_url = evaluate(r, conf.return_url);
-        let fields: Vec<(&str, &[u8])> = conf
-            .fields
-            .iter()
-            .flatten()
-            .map(|f| (f.name.as_str(), evaluate(r, f.value).unwrap_or_default()))
-            .collect();
-        let settings = PayloadSettings {
-            source: conf.source.as_deref().unwrap_or_default(),
-            return_url,
-            fields: &fields,
-            send_cookies: conf.send_cookies == 1,
-        };
-        let mut body = Vec::with_capacity(1024);
-        // HTTP/3 carries the host only as `:authority`, which nginx does not
-        // turn into a Host header (it does for HTTP/2): send it as one, so
-        // Esper sees the same headers whatever the protocol.
-        let authority = (req.headers_in.host.is_null() && !req.host_start.is_null()).then(|| {
-            let len = req.host_end.offset_from(req.host_start).max(0) as usize;
+/// Builds the JSON body of the decision call.
+pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
+    let request_id = indexed_variable(request, main.request_id_index);
+    let return_url = evaluate(request, conf.return_url);
+    let fields: Vec<(&str, &[u8])> = conf
+        .fields
+        .iter()
+        .flatten()
+        .map(|f| {
             (
-                &b"host"[..],
-                std::slice::from_raw_parts(req.host_start, len),
+                f.name.as_str(),
+                evaluate(request, f.value).unwrap_or_default(),
             )
-        });
-        build_payload(
-            &view,
-            headers(&req.headers_in.headers).chain(authority),
-            &settings,
-            &mut body,
-        );
-        body
+        })
+        .collect();
+    let req = request.as_ref();
+    let (client_ip, user_agent) = entity(request);
+    let view = RequestView {
+        method: bytes(&req.method_name),
+        unparsed_uri: bytes(&req.unparsed_uri),
+        client_ip,
+        user_agent: Some(user_agent).filter(|ua| !ua.is_empty()),
+        request_id,
+        started_at: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(req.start_sec.max(0) as u64)
+            + Duration::from_millis(req.start_msec as u64),
+    };
+    let settings = PayloadSettings {
+        source: conf.source.as_deref().unwrap_or_default(),
+        return_url,
+        fields: &fields,
+        send_cookies: conf.send_cookies == 1,
+    };
+    // HTTP/3 carries the host only as `:authority`, which nginx does not turn
+    // into a Host header (it does for HTTP/2): send it as one, so Esper sees
+    // the same headers whatever the protocol.
+    let authority = authority_without_host_header(request).map(|a| (&b"host"[..], a));
+    let mut body = Vec::with_capacity(1024);
+    build_payload(
+        &view,
+        headers(request).chain(authority),
+        &settings,
+        &mut body,
+    );
+    body
+}
+
+/// The request's `:authority` (or absolute-form host) when it has no Host
+/// header.
+fn authority_without_host_header(request: &Request) -> Option<&[u8]> {
+    let req = request.as_ref();
+    if !req.headers_in.host.is_null() || req.host_start.is_null() {
+        return None;
+    }
+    // SAFETY: nginx sets host_start and host_end together, around the host
+    // in the request's own buffer, which lives as long as the request.
+    unsafe {
+        let len = req.host_end.offset_from(req.host_start).max(0) as usize;
+        Some(std::slice::from_raw_parts(req.host_start, len))
     }
 }
 
 /// Esper's default entity: the client address (after the realip module) and
 /// the user agent.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn entity<'a>(r: *mut ngx_http_request_t) -> (&'a [u8], &'a [u8]) {
-    // SAFETY: per the function contract; both live as long as the request.
-    unsafe {
-        let ip = bytes(&(*(*r).connection).addr_text);
-        let ua = (*r)
-            .headers_in
-            .user_agent
-            .as_ref()
-            .map_or(&[][..], |h| bytes(&h.value));
-        (ip, ua)
-    }
+pub fn entity(request: &Request) -> (&[u8], &[u8]) {
+    // SAFETY: a live request has its connection, which outlives it.
+    let ip = bytes(unsafe { &(*request.connection()).addr_text });
+    let ua = request.user_agent().map_or(&[][..], |ua| ua.as_bytes());
+    (ip, ua)
 }
 
 /// True when the request carries a pass cookie that this location issued for
 /// this client and that has not expired; only the first few well-formed
 /// candidates are checked, however many the request carries.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn has_valid_pass(r: *mut ngx_http_request_t, pass: &PassSettings) -> bool {
-    // SAFETY: per the function contract.
-    let (ip, ua) = unsafe { entity(r) };
-    // SAFETY: the header list belongs to the live request.
-    let cookie_headers = unsafe { headers(&(*r).headers_in.headers) }
+pub fn has_valid_pass(request: &Request, pass: &PassSettings) -> bool {
+    let (ip, ua) = entity(request);
+    let cookie_headers = headers(request)
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
         .map(|(_, value)| value);
     pass.key
@@ -112,36 +106,33 @@ pub unsafe fn has_valid_pass(r: *mut ngx_http_request_t, pass: &PassSettings) ->
 /// to), `$args` and the request line (`$request`), and out of every variable
 /// that cached one of them before the access phase. Returns `None` when the
 /// parameter is absent, else the proof's token if any.
-///
-/// # Safety
-/// `r` must be a live main request on the nginx thread.
-pub unsafe fn take_challenge_proof(r: *mut ngx_http_request_t) -> Option<Option<String>> {
-    // SAFETY: per the function contract; new strings live in the request pool.
-    unsafe {
-        let req = &mut *r;
-        let from_uri = target_without_proof(bytes(&req.unparsed_uri));
-        let from_args = take_proof(bytes(&req.args));
-        if from_uri.is_none() && from_args.is_none() {
-            return None;
-        }
-        if let Some(clean) = &from_uri {
-            let line = replace_target(
-                bytes(&req.request_line),
-                bytes(&req.method_name),
-                bytes(&req.unparsed_uri),
-                &clean.target,
-                bytes(&req.http_protocol),
-            );
-            req.request_line = pool_str(req.pool, &line)?;
-            req.unparsed_uri = pool_str(req.pool, &clean.target)?;
-        }
-        if let Some(proof) = &from_args {
-            req.args = pool_str(req.pool, &proof.rest)?;
-        }
-        forget_cached_uri_variables(req);
-        let token = from_uri.and_then(|clean| clean.token);
-        Some(token.or(from_args.and_then(|proof| proof.token)))
+pub fn take_challenge_proof(request: &mut Request) -> Option<Option<String>> {
+    let req = request.as_ref();
+    let from_uri = target_without_proof(bytes(&req.unparsed_uri));
+    let from_args = take_proof(bytes(&req.args));
+    if from_uri.is_none() && from_args.is_none() {
+        return None;
     }
+    if let Some(clean) = &from_uri {
+        let line = replace_target(
+            bytes(&req.request_line),
+            bytes(&req.method_name),
+            bytes(&req.unparsed_uri),
+            &clean.target,
+            bytes(&req.http_protocol),
+        );
+        let line = pool_str(request, &line)?;
+        let target = pool_str(request, &clean.target)?;
+        let req = request.as_mut();
+        req.request_line = line;
+        req.unparsed_uri = target;
+    }
+    if let Some(proof) = &from_args {
+        request.as_mut().args = pool_str(request, &proof.rest)?;
+    }
+    forget_cached_uri_variables(request);
+    let token = from_uri.and_then(|clean| clean.token);
+    Some(token.or(from_args.and_then(|proof| proof.token)))
 }
 
 /// Variables whose value is the request URI, its query or the request line.
@@ -155,19 +146,19 @@ const URI_VARIABLES: [&[u8]; 5] = [
 
 /// Marks every indexed variable derived from the URI or query as not yet
 /// evaluated, so the next read computes it from the request as it is now.
-fn forget_cached_uri_variables(r: &mut ngx_http_request_t) {
-    let Some(cmcf) = NgxHttpCoreModule::main_conf(r) else {
+fn forget_cached_uri_variables(request: &mut Request) {
+    let Some(cmcf) = NgxHttpCoreModule::main_conf(request) else {
         return;
     };
+    let slots = request.as_mut().variables;
     // SAFETY: the core module's indexed variables are an array of
     // ngx_http_variable_t, and the request's value slots have one entry for
     // each of them (nginx allocates them together).
     unsafe {
-        let variables = cmcf.variables.as_slice::<ngx_http_variable_t>();
-        for variable in variables {
+        for variable in cmcf.variables.as_slice::<ngx_http_variable_t>() {
             let name = bytes(&variable.name);
             if URI_VARIABLES.contains(&name) || name.starts_with(b"arg_") {
-                let value = &mut *r.variables.add(variable.index);
+                let value = &mut *slots.add(variable.index);
                 value.set_valid(0);
                 value.set_not_found(0);
             }
@@ -175,37 +166,22 @@ fn forget_cached_uri_variables(r: &mut ngx_http_request_t) {
     }
 }
 
-/// The `$request_uri` of the request, as it is now.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn request_uri<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
-    // SAFETY: per the function contract.
-    unsafe { bytes(&(*r).unparsed_uri) }
-}
-
 /// True when the client can no longer receive the answer (an HTTP/3 stream
 /// the client stopped).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn client_gone(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: per the function contract; a live request has a connection
-    // with its write event.
-    unsafe { (*(*(*r).connection).write).error() != 0 }
+pub fn client_gone(request: &Request) -> bool {
+    // SAFETY: a live request has its connection and its write event.
+    unsafe { (*(*request.connection()).write).error() != 0 }
 }
 
 /// Whether `esper_bypass` lets the request through unasked: some value is
 /// neither empty nor "0". `None` when a value cannot be evaluated.
-///
-/// # Safety
-/// `r` must be a live request and `predicates` null or the location's
-/// compiled `esper_bypass` values.
-pub unsafe fn bypassed(r: *mut ngx_http_request_t, predicates: *mut ngx_array_t) -> Option<bool> {
+pub fn bypassed(request: &mut Request, predicates: *mut ngx_array_t) -> Option<bool> {
     if predicates.is_null() {
         return Some(false);
     }
-    // SAFETY: per the function contract.
+    let r: *mut ngx_http_request_t = request.as_mut();
+    // SAFETY: `predicates` is the location's compiled `esper_bypass` array
+    // (merge_loc_conf), alive as long as the configuration.
     match unsafe { ngx_http_test_predicates(r, predicates) } {
         rc if rc == NGX_DECLINED as ngx_int_t => Some(true),
         rc if rc == NGX_OK as ngx_int_t => Some(false),
@@ -214,97 +190,74 @@ pub unsafe fn bypassed(r: *mut ngx_http_request_t, predicates: *mut ngx_array_t)
 }
 
 /// True when the client connection is TLS.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn is_https(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: per the function contract.
-    unsafe {
-        (*r).http_connection
-            .as_ref()
-            .is_some_and(|hc| hc.ssl() != 0)
-    }
+pub fn is_https(request: &Request) -> bool {
+    // SAFETY: a non-null http_connection belongs to the live request.
+    unsafe { request.as_ref().http_connection.as_ref() }.is_some_and(|hc| hc.ssl() != 0)
 }
 
-/// A copy of `data` in `pool`.
-///
-/// # Safety
-/// `pool` must be a live pool.
-unsafe fn pool_str(pool: *mut ngx::ffi::ngx_pool_t, data: &[u8]) -> Option<ngx_str_t> {
-    // SAFETY: per the function contract.
-    unsafe { ngx_str_t::from_bytes(pool, data) }
+/// A copy of `data` in the request pool.
+fn pool_str(request: &Request, data: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: the request pool lives as long as the request.
+    unsafe { ngx_str_t::from_bytes(request.as_ref().pool, data) }
 }
 
 /// The request's headers, as name and value bytes.
-///
-/// # Safety
-/// `r` must be a live request that outlives the iterator.
-pub unsafe fn headers_of<'a>(
-    r: *mut ngx_http_request_t,
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-    // SAFETY: per the function contract.
-    unsafe { headers(&(*r).headers_in.headers) }
+pub fn headers(request: &Request) -> impl Iterator<Item = (&[u8], &[u8])> {
+    list_entries(&request.as_ref().headers_in.headers)
 }
 
-/// The live entries of an nginx header list, as name and value bytes.
-///
-/// # Safety
-/// `list` must be a header list of a request that outlives the iterator.
-unsafe fn headers<'a>(list: &'a ngx_list_t) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+/// The live entries of a header list of a live request.
+fn list_entries(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut part = Some(&list.part);
     std::iter::from_fn(move || {
         let current = part?;
-        // SAFETY: list parts link to parts of the same live list, or to null.
-        part = unsafe { current.next.as_ref() };
-        // SAFETY: a list part holds `nelts` initialized header elements.
-        Some(unsafe {
-            std::slice::from_raw_parts(current.elts.cast::<ngx_table_elt_t>(), current.nelts)
-        })
+        // SAFETY: list parts link to parts of the same live list, or to
+        // null, and each holds `nelts` initialized elements.
+        unsafe {
+            part = current.next.as_ref();
+            Some(std::slice::from_raw_parts(
+                current.elts.cast::<ngx_table_elt_t>(),
+                current.nelts,
+            ))
+        }
     })
     .flatten()
     .filter(|h| h.hash != 0)
     .map(|h| (bytes(&h.key), bytes(&h.value)))
 }
 
-/// Value of a compiled directive argument for `r`; `None` when unset.
-///
-/// # Safety
-/// `r` must be a live request and `cv` null or compiled for this configuration.
-pub unsafe fn evaluate<'a>(
-    r: *mut ngx_http_request_t,
-    cv: *mut ngx_http_complex_value_t,
-) -> Option<&'a [u8]> {
-    if cv.is_null() {
-        return None;
-    }
-    let mut value = ngx_str_t::empty();
-    // SAFETY: per the function contract; the value is allocated in the request
-    // pool and outlives this borrow.
-    if unsafe { ngx_http_complex_value(r, cv, &mut value) } != NGX_OK as isize {
-        return None;
-    }
-    if value.len == 0 {
-        return Some(&[]);
-    }
-    // SAFETY: nginx filled `value` with `len` bytes from the request pool.
-    Some(unsafe { std::slice::from_raw_parts(value.data, value.len) })
+/// Value of a compiled directive argument; `None` when unset.
+pub fn evaluate(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<&[u8]> {
+    // SAFETY: a non-null `cv` was compiled for this configuration and lives
+    // as long as it.
+    let cv = unsafe { cv.as_ref() }?;
+    request.get_complex_value(cv).map(|v| v.as_bytes())
+}
+
+/// Value of a compiled directive argument, as nginx's string in the request
+/// pool, so that it can be given back to the same request; `None` when unset.
+pub fn evaluate_in_pool(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<ngx_str_t> {
+    let value = evaluate(request, cv)?;
+    Some(ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    })
 }
 
 /// Value of an indexed nginx variable, empty when not found.
-///
-/// # Safety
-/// `r` must be a live request and `index` a variable index of this configuration.
-unsafe fn indexed_variable<'a>(
-    r: *mut ngx_http_request_t,
-    index: ngx::ffi::ngx_uint_t,
-) -> &'a [u8] {
-    // SAFETY: per the function contract.
-    let v = unsafe { ngx_http_get_indexed_variable(r, index) };
-    // SAFETY: a non-null variable value is valid for the request's lifetime.
-    match unsafe { v.as_ref() } {
-        Some(v) if v.not_found() == 0 && !v.data.is_null() => unsafe {
-            std::slice::from_raw_parts(v.data, v.len() as usize)
-        },
-        _ => &[],
+fn indexed_variable(request: &Request, index: ngx_uint_t) -> &[u8] {
+    // nginx may cache the value in the request, as `get_complex_value` does.
+    let r = (request as *const Request)
+        .cast_mut()
+        .cast::<ngx_http_request_t>();
+    // SAFETY: `index` was obtained for this configuration; a non-null value
+    // and its data live as long as the request.
+    unsafe {
+        match ngx_http_get_indexed_variable(r, index).as_ref() {
+            Some(v) if v.not_found() == 0 && !v.data.is_null() => {
+                std::slice::from_raw_parts(v.data, v.len() as usize)
+            }
+            _ => &[],
+        }
     }
 }

@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use esper_protocol::metrics::EsperResult;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_pnalloc, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+    ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
-use ngx::http::HttpModuleLocationConf;
+use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_string;
 
 use crate::handler::find;
@@ -51,17 +51,15 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     })
 }
 
-/// The value of `variable` for `r`; `None` is "not found" (logged as `-`).
-/// Borrowed values live as long as the request (statics, the request state,
-/// the request pool), so nginx can point at them without a copy.
-///
-/// # Safety
-/// `r` must be a live request.
-unsafe fn value<'a>(r: *mut ngx_http_request_t, variable: Variable) -> Option<Cow<'a, [u8]>> {
-    // SAFETY: per the function contract; the state lives as long as the request.
-    let state = unsafe { find(r).map(|s| &*s) };
-    // SAFETY: per the function contract.
-    let conf = unsafe { Module::location_conf(&*r) };
+/// The value of `variable` for the request; `None` is "not found" (logged
+/// as `-`). Borrowed values live as long as the request (statics, the
+/// request state, the request pool), so nginx can point at them without a
+/// copy.
+fn value(request: &Request, variable: Variable) -> Option<Cow<'_, [u8]>> {
+    // SAFETY: the state lives until the request pool's cleanup; a variable
+    // getter only reads it, between the handler's steps.
+    let state = find(request).map(|s| unsafe { s.as_ref() });
+    let conf = Module::location_conf(request);
     match variable {
         Variable::Action => state?.action.map(|a| Cow::Borrowed(a.as_str().as_bytes())),
         Variable::Result => match state {
@@ -82,8 +80,7 @@ unsafe fn value<'a>(r: *mut ngx_http_request_t, variable: Variable) -> Option<Co
         Variable::Latency => state?
             .latency
             .map(|ms| Cow::Owned(format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes())),
-        // SAFETY: per the function contract.
-        Variable::HybridKey => unsafe { request::evaluate(r, conf?.hybrid_key) }.map(Cow::Borrowed),
+        Variable::HybridKey => request::evaluate(request, conf?.hybrid_key).map(Cow::Borrowed),
     }
 }
 
@@ -93,29 +90,36 @@ unsafe extern "C" fn get(
     data: usize,
 ) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx evaluates variables with a live request and value slot.
-        unsafe {
-            let Some(value) = VARIABLES.get(data).and_then(|&(_, var)| value(r, var)) else {
-                (*v).set_not_found(1);
-                return NGX_OK as ngx_int_t;
-            };
-            let data = match &value {
-                Cow::Borrowed(bytes) => bytes.as_ptr().cast_mut(),
-                Cow::Owned(bytes) => {
-                    let p: *mut u8 = ngx_pnalloc((*r).pool, bytes.len().max(1)).cast();
-                    if p.is_null() {
-                        return NGX_ERROR as ngx_int_t;
-                    }
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-                    p
+        // SAFETY: nginx evaluates variables with a live request and a value
+        // slot of its own, on its thread.
+        let (request, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
+        let Some(value) = VARIABLES
+            .get(data)
+            .and_then(|&(_, var)| value(request, var))
+        else {
+            v.set_not_found(1);
+            return NGX_OK as ngx_int_t;
+        };
+        let data = match &value {
+            Cow::Borrowed(bytes) => bytes.as_ptr().cast_mut(),
+            Cow::Owned(bytes) => {
+                let copy = request
+                    .pool()
+                    .alloc_unaligned(bytes.len().max(1))
+                    .cast::<u8>();
+                if copy.is_null() {
+                    return NGX_ERROR as ngx_int_t;
                 }
-            };
-            (*v).data = data;
-            (*v).set_len(value.len() as u32);
-            (*v).set_valid(1);
-            (*v).set_no_cacheable(1);
-            (*v).set_not_found(0);
-            NGX_OK as ngx_int_t
-        }
+                // SAFETY: `copy` has room for `bytes` and lives in the request pool.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len()) };
+                copy
+            }
+        };
+        v.data = data;
+        v.set_len(value.len() as u32);
+        v.set_valid(1);
+        v.set_no_cacheable(1);
+        v.set_not_found(0);
+        NGX_OK as ngx_int_t
     })
 }
