@@ -37,13 +37,11 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// Adds the zone to the configuration; `None` when the name is taken.
-    ///
-    /// # Safety
-    /// `cf` must be the live http configuration context; the returned zone
-    /// must live as long as the configuration (it is the zone's `data`).
-    pub unsafe fn add(
-        cf: *mut ngx_conf_t,
+    /// Adds the zone to the configuration; fails when the name is taken. The
+    /// returned zone must live as long as the configuration (it is the
+    /// zone's `data`): the MainConf keeps it.
+    pub fn add(
+        cf: &ngx_conf_t,
         name: &str,
         size: usize,
         ttl: Duration,
@@ -61,11 +59,12 @@ impl Zone {
             data: zone.name.as_ptr().cast_mut(),
         };
         let tag = (Module::module() as *const _ as *mut c_void).cast();
-        // SAFETY: per the function contract; nginx keeps the zone with the cycle.
-        let shm = unsafe { ngx_shared_memory_add(cf, &mut ngx_name, size, tag) };
-        let mut shm = NonNull::new(shm).ok_or("cannot add the shared memory zone")?;
-        // SAFETY: nginx's zone of this configuration, not yet mapped.
-        let shm_ref = unsafe { shm.as_mut() };
+        let cf = (cf as *const ngx_conf_t).cast_mut();
+        // SAFETY: a live configuration context; nginx keeps the zone with
+        // the cycle and returns it, not yet mapped, for us to fill in.
+        let shm_ref = unsafe { ngx_shared_memory_add(cf, &mut ngx_name, size, tag).as_mut() }
+            .ok_or("cannot add the shared memory zone")?;
+        let shm = NonNull::from(&mut *shm_ref);
         if !shm_ref.data.is_null() {
             return Err(format!("duplicate zone \"{name}\""));
         }
@@ -92,13 +91,14 @@ impl Zone {
 
     /// The entity's remembered decision, if any.
     pub fn lookup(&self, key: &EntityKey) -> Option<Remembered> {
-        self.with_table(|t| t.get(key, now_ms())).flatten()
+        self.with_table(|t| t.get(key, crate::ffi::now_ms()))
+            .flatten()
     }
 
     /// Remembers a block or a challenge for `lifetime`; says whether an entry
     /// of another entity had to go.
     pub fn remember(&self, key: &EntityKey, decision: &Remembered, lifetime: Duration) -> Stored {
-        let now = now_ms();
+        let now = crate::ffi::now_ms();
         let expires = now + lifetime.as_millis() as u64;
         self.with_table(|t| t.remember(key, decision, expires, now))
             .unwrap_or(Stored::No)
@@ -149,8 +149,7 @@ fn layout_of(shm: &ngx_shm_zone_t) -> Option<Layout> {
 /// slab pool keeps its header, its size classes and a descriptor per page at
 /// the start of the zone, and hands out whole pages.
 fn usable_bytes(size: usize) -> usize {
-    // SAFETY: reading nginx's page size, set at startup.
-    let page = unsafe { ngx::ffi::ngx_pagesize }.max(1);
+    let page = crate::ffi::page_size().max(1);
     let overhead = std::mem::size_of::<ngx_slab_pool_t>() + 64 * 8 + size / page * 24 + 2 * page;
     (size.saturating_sub(overhead) / page) * page
 }
@@ -179,7 +178,7 @@ unsafe fn table_at<'a>(base: NonNull<u8>, layout: &Layout) -> Table<'a> {
 
 /// Zone initialization (in the master, before workers are forked): the
 /// table's memory, or on a reload the memory of the zone nginx kept.
-unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx_int_t {
+extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx passes the zone it has just mapped; its data is the
         // Zone of this configuration (`Zone::add`).
@@ -212,10 +211,4 @@ unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void)
         zone.table.store(base.as_ptr(), Ordering::Release);
         NGX_OK as ngx_int_t
     })
-}
-
-/// nginx's cached monotonic clock, the same in every process.
-fn now_ms() -> u64 {
-    // SAFETY: reading nginx's cached clock on its own thread.
-    unsafe { ngx::ffi::ngx_current_msec as u64 }
 }

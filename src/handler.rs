@@ -32,12 +32,12 @@ use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_current_msec, ngx_event_t, ngx_http_block_reading,
-    ngx_http_core_run_phases, ngx_http_get_variable_index, ngx_http_handler_pt,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_time,
-    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+    ngx_array_push, ngx_conf_t, ngx_event_t, ngx_http_block_reading, ngx_http_core_run_phases,
+    ngx_http_get_variable_index, ngx_http_handler_pt, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+    ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_test_reading, ngx_int_t, ngx_log_t,
+    ngx_pool_cleanup_add, ngx_time, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    NGX_OK,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request,
@@ -46,8 +46,9 @@ use ngx::ngx_string;
 
 use crate::conf::{FailureAction, LocConf, Mode};
 use crate::ffi::bytes;
+use crate::ffi::now_ms;
 use crate::headers::{add_header_in, remove_headers_in};
-use crate::log::{debug, guard, log_error};
+use crate::log::{debug, debug_log, guard, log_error};
 use crate::worker::{self, Answer, Call, CallId, CallKind};
 use crate::{metrics, request, response, Module};
 
@@ -74,9 +75,9 @@ pub struct RequestState {
     /// Fires at `esper_timeout` even if the background runtime stalls.
     deadline: ngx_event_t,
     stage: Stage,
-    started: ngx_msec_t,
+    started: u64,
     /// `$esper_latency`, in milliseconds.
-    pub latency: Option<ngx_msec_t>,
+    pub latency: Option<u64>,
     /// `$esper_action`
     pub action: Option<Action>,
     /// `$esper_result`
@@ -95,36 +96,34 @@ impl RequestState {
     }
 }
 
-/// Registers the access-phase handler and looks up `$request_id`
-/// (postconfiguration).
-pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+/// Registers the access-phase handler, looks up `$request_id` and adds the
+/// metrics zone (postconfiguration).
+pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes the live http configuration context.
-        unsafe {
-            let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
-                return NGX_ERROR as ngx_int_t;
-            };
-            let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
-            let h: *mut ngx_http_handler_pt = ngx_array_push(&mut phase.handlers).cast();
-            if h.is_null() {
-                return NGX_ERROR as ngx_int_t;
-            }
-            *h = Some(access_handler);
-
-            let Some(main) = Module::main_conf_mut(&*cf) else {
-                return NGX_ERROR as ngx_int_t;
-            };
-            let mut name = ngx_string!("request_id");
-            let index = ngx_http_get_variable_index(cf, &mut name);
-            if index == NGX_ERROR as ngx_int_t {
-                return NGX_ERROR as ngx_int_t;
-            }
-            main.request_id_index = index as ngx_uint_t;
-            if metrics::add_zone(cf).is_err() {
-                return NGX_ERROR as ngx_int_t;
-            }
+        // SAFETY: nginx passes its live http configuration context.
+        let cf = unsafe { &mut *cf };
+        let registered = NgxHttpCoreModule::main_conf_mut(cf)
+            .and_then(|cmcf| {
+                let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
+                // SAFETY: the phase's handler array holds handler pointers.
+                let slot = unsafe {
+                    ngx_array_push(&mut phase.handlers)
+                        .cast::<ngx_http_handler_pt>()
+                        .as_mut()
+                }?;
+                *slot = Some(access_handler);
+                let mut name = ngx_string!("request_id");
+                // SAFETY: a live configuration context and a static name.
+                let index = unsafe { ngx_http_get_variable_index(cf, &mut name) };
+                Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
+                metrics::add_zone(cf).ok()
+            })
+            .is_some();
+        if registered {
+            NGX_OK as ngx_int_t
+        } else {
+            NGX_ERROR as ngx_int_t
         }
-        NGX_OK as ngx_int_t
     })
 }
 
@@ -364,7 +363,7 @@ fn resumed(
             state.judged(failure.result());
             metrics::count_error(&failure);
             if let Some(ms) = state.latency {
-                metrics::observe_latency(ms as u64);
+                metrics::observe_latency(ms);
             }
             let (continues, applied) = if conf.mode == Mode::Monitor {
                 (true, "monitor mode, request continues")
@@ -449,7 +448,7 @@ fn apply(
     });
     metrics::count_action(decision.action);
     if let Some(ms) = state.latency {
-        metrics::observe_latency(ms as u64);
+        metrics::observe_latency(ms);
     }
     match decision.action {
         // Esper has no objection; other access checks (and `satisfy`) still
@@ -520,9 +519,7 @@ impl RequestState {
     /// stops the timer.
     fn arrived(&mut self, answer: Answer) {
         self.stop_deadline();
-        // SAFETY: reading nginx's cached clock on its own thread.
-        let now = unsafe { ngx_current_msec };
-        self.latency = Some(now.wrapping_sub(self.started));
+        self.latency = Some(now_ms().wrapping_sub(self.started));
         self.stage = Stage::Arrived(answer);
     }
 
@@ -544,11 +541,7 @@ unsafe fn on_answer(data: *mut c_void, answer: Answer) {
     // from the request, and this is the only reference to it now.
     let state = unsafe { &mut *data.cast::<RequestState>() };
     if let Stage::Waiting { call, .. } = state.stage {
-        // SAFETY: the request owns the state, so it is alive too.
-        debug!(
-            unsafe { Request::from_ngx_http_request(state.request) },
-            "esper: call {call} answered"
-        );
+        debug_log!(state.deadline.log, "esper: call {call} answered");
     }
     state.arrived(answer);
     resume(state.request);
@@ -559,11 +552,7 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard((), || {
         // SAFETY: the timer's data is its RequestState, alive while armed.
         let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
-        // SAFETY: the request owns the state, so it is alive too.
-        debug!(
-            unsafe { Request::from_ngx_http_request(state.request) },
-            "esper: deadline reached"
-        );
+        debug_log!(state.deadline.log, "esper: deadline reached");
         if let Stage::Waiting { call, kind } = state.stage {
             worker::expire(call);
             state.arrived(kind.failed(Failure::Timeout));
@@ -599,8 +588,7 @@ fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
         deadline: unsafe { std::mem::zeroed() },
         stage: Stage::Idle,
-        // SAFETY: reading nginx's cached clock on its own thread.
-        started: unsafe { ngx_current_msec },
+        started: now_ms(),
         latency: None,
         action: None,
         result: None,
@@ -647,7 +635,7 @@ pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
 }
 
 /// Pool cleanup: the request is being freed, possibly with its call pending.
-unsafe extern "C" fn cleanup(data: *mut c_void) {
+extern "C" fn cleanup(data: *mut c_void) {
     guard((), || {
         // SAFETY: `data` is the Box made by `attach`, freed only here.
         let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };

@@ -81,7 +81,7 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     log::guard((), || {
         // SAFETY: nginx passes the live cycle of this process.
-        unsafe { worker::start(cycle) }
+        worker::start(unsafe { &*cycle })
     });
     ngx::ffi::NGX_OK as ngx_int_t
 }
@@ -89,6 +89,6 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     log::guard((), || {
         // SAFETY: nginx passes the live cycle of this process.
-        unsafe { worker::stop(cycle) }
+        worker::stop(unsafe { &*cycle })
     });
 }

@@ -16,6 +16,15 @@ macro_rules! debug {
 }
 pub(crate) use debug;
 
+/// A `NGX_LOG_DEBUG_HTTP` line on `$log` (a `*mut ngx_log_t`), as `debug!`.
+macro_rules! debug_log {
+    ($log:expr, $($arg:tt)+) => {
+        let log = $log;
+        ngx::ngx_log_debug_mask!(DebugMask::Http, log, $($arg)+);
+    };
+}
+pub(crate) use debug_log;
+
 /// Runs an `extern "C"` body so that a panic never unwinds into nginx: it is
 /// logged and `fallback` is returned instead.
 pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {

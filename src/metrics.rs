@@ -136,23 +136,20 @@ fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
 }
 
 /// Adds the shared zone to the configuration (postconfiguration).
-///
-/// # Safety
-/// `cf` must be the live http configuration context.
-pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<(), ()> {
+pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
     let mut name = ngx_string!("ngx_http_esper_module");
     let tag = (Module::module() as *const _ as *mut c_void).cast();
-    // SAFETY: per the function contract; nginx keeps the zone with the cycle.
-    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_SIZE, tag) };
-    // SAFETY: a non-null zone is nginx's, for this configuration.
-    let zone = unsafe { zone.as_mut() }.ok_or(())?;
+    let cf = (cf as *const ngx_conf_t).cast_mut();
+    // SAFETY: a live configuration context; nginx keeps the zone with the
+    // cycle and returns it, not yet mapped, for us to fill in.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_SIZE, tag).as_mut() }.ok_or(())?;
     zone.init = Some(init_zone);
     Ok(())
 }
 
 /// Zone initialization: new counters, or those of the previous configuration
 /// on a reload (nginx keeps a zone of the same name, size and tag).
-unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void) -> ngx_int_t {
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx passes the zone it has just mapped.
         let zone = unsafe { &mut *zone };
@@ -183,12 +180,8 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void)
 }
 
 /// `esper_metrics;`: this location answers with the counters.
-///
-/// # Safety
-/// `cf` must be the live configuration context of a location.
-pub unsafe fn set_handler(cf: *mut ngx_conf_t) -> Result<(), ()> {
-    // SAFETY: per the function contract.
-    let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) }.ok_or(())?;
+pub fn set_handler(cf: &ngx_conf_t) -> Result<(), ()> {
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf).ok_or(())?;
     clcf.handler = Some(metrics_handler);
     Ok(())
 }

@@ -33,15 +33,16 @@ const VARIABLES: [(ngx_str_t, Variable); 5] = [
 ];
 
 /// Adds the variables (preconfiguration).
-pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
         for (index, (name, _)) in VARIABLES.iter().enumerate() {
             let mut name = *name;
-            // SAFETY: nginx passes a live configuration; the name is static.
-            let var =
-                unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _) };
-            // SAFETY: a non-null result is nginx's variable slot for this name.
-            let Some(var) = (unsafe { var.as_mut() }) else {
+            // SAFETY: nginx passes its live configuration context; the name
+            // is static; a non-null result is nginx's slot for the variable.
+            let var = unsafe {
+                ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _).as_mut()
+            };
+            let Some(var) = var else {
                 return NGX_ERROR as ngx_int_t;
             };
             var.get_handler = Some(get);
@@ -84,7 +85,7 @@ fn value(request: &Request, variable: Variable) -> Option<Cow<'_, [u8]>> {
     }
 }
 
-unsafe extern "C" fn get(
+extern "C" fn get(
     r: *mut ngx_http_request_t,
     v: *mut ngx_http_variable_value_t,
     data: usize,

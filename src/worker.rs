@@ -28,6 +28,7 @@ use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
 
 use crate::conf::{ClientProfile, MainConf, Target};
+use crate::ffi::now_ms;
 use crate::log::{guard, log_error};
 use crate::metrics;
 use crate::Module;
@@ -191,16 +192,13 @@ thread_local! {
 /// location uses Esper. A runtime that cannot start leaves the process
 /// running: nginx does not respawn a worker whose `init_process` fails.
 ///
-/// # Safety
-/// `cycle` must be the live cycle passed to `init_process`.
-pub unsafe fn start(cycle: *mut ngx_cycle_t) {
-    // SAFETY: nginx sets ngx_process before it calls init_process.
+pub fn start(cycle: &ngx_cycle_t) {
+    // SAFETY: a plain read; nginx sets ngx_process before init_process.
     let process = unsafe { ngx_process } as u32;
     if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
         return;
     }
-    // SAFETY: per the function contract.
-    let Some(main) = (unsafe { Module::main_conf(&*cycle) }) else {
+    let Some(main) = Module::main_conf(cycle) else {
         return;
     };
     if !main.in_use() {
@@ -518,11 +516,6 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
     })
 }
 
-fn now_ms() -> u64 {
-    // SAFETY: nginx's cached clock, read on its own thread.
-    unsafe { ngx::ffi::ngx_current_msec as u64 }
-}
-
 /// One warning per change of a breaker's state, and the shared gauge.
 fn log_transition(target: &Target, transition: Option<Transition>) {
     let Some(transition) = transition else { return };
@@ -547,10 +540,7 @@ fn log_transition(target: &Target, transition: Option<Transition>) {
 }
 
 /// Shuts the runtime down and closes the notifier (`exit_process`).
-///
-/// # Safety
-/// `cycle` must be the live cycle passed to `exit_process`.
-pub unsafe fn stop(cycle: *mut ngx_cycle_t) {
+pub fn stop(cycle: &ngx_cycle_t) {
     let Runtime::Running(worker) =
         WORKER.with(|w| std::mem::replace(&mut *w.borrow_mut(), Runtime::Absent))
     else {
@@ -558,10 +548,7 @@ pub unsafe fn stop(cycle: *mut ngx_cycle_t) {
     };
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
-    // SAFETY: per the function contract.
-    if let Some(Ok(conf)) =
-        unsafe { Module::main_conf(&*cycle) }.and_then(|m| m.clients.borrow().clone())
-    {
+    if let Some(Ok(conf)) = Module::main_conf(cycle).and_then(|m| m.clients.borrow().clone()) {
         let open = conf
             .breakers
             .borrow()

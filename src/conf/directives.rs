@@ -1,0 +1,591 @@
+//! The `esper_*` directives: their table and how each one is parsed into
+//! the block's `LocConf` (or, for `esper_enforcement_zone`, the `MainConf`).
+
+use std::ffi::{c_char, c_void};
+use std::mem::offset_of;
+use std::ptr::{addr_of, null_mut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use esper_protocol::breaker::BreakerSettings;
+use esper_protocol::config::{self as values, ApiUrl};
+use esper_protocol::pass::PassKey;
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
+    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot, ngx_conf_t,
+    ngx_http_set_predicate_slot, ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_SRV_CONF,
+};
+use ngx::ngx_string;
+
+use super::ext::ConfExt;
+use super::*;
+use crate::enforcement::{self, Zone};
+use crate::ffi::bytes;
+use crate::log::guard;
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+const fn command(
+    name: ngx_str_t,
+    args: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    offset: usize,
+    post: *mut c_void,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (ANY_LEVEL | args) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset,
+        post,
+    }
+}
+
+static mut FAILURE_ACTIONS: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("allow"),
+        value: FAILURE_ALLOW,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("block"),
+        value: FAILURE_BLOCK,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
+];
+
+static mut JSON_RESPONSES: [ngx_conf_enum_t; 4] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("auto"),
+        value: JSON_AUTO,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("on"),
+        value: JSON_ON,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("off"),
+        value: JSON_OFF,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
+];
+
+static mut MODES: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("enforce"),
+        value: MODE_ENFORCE,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("monitor"),
+        value: MODE_MONITOR,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t::empty(),
+        value: 0,
+    },
+];
+
+pub static mut COMMANDS: [ngx_command_t; 28] = [
+    command(
+        ngx_string!("esper"),
+        NGX_CONF_FLAG,
+        set_enable,
+        offset_of!(LocConf, enable),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_api_url"),
+        NGX_CONF_TAKE1,
+        set_api_url,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_api_key"),
+        NGX_CONF_TAKE1,
+        set_api_key,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_timeout"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, timeout),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_failure_action"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, failure_action_index),
+        addr_of!(FAILURE_ACTIONS) as *mut c_void,
+    ),
+    command(
+        ngx_string!("esper_mode"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, mode_index),
+        addr_of!(MODES) as *mut c_void,
+    ),
+    command(
+        ngx_string!("esper_block_status"),
+        NGX_CONF_TAKE1,
+        set_block_status,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_challenge_status"),
+        NGX_CONF_TAKE1,
+        set_challenge_status,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_return_url"),
+        NGX_CONF_TAKE1,
+        set_return_url,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_field"),
+        NGX_CONF_TAKE2,
+        set_field,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_source"),
+        NGX_CONF_TAKE1,
+        set_source,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_send_cookies"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, send_cookies),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_ssl_trusted_certificate"),
+        NGX_CONF_TAKE1,
+        set_trusted_certificate,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_ssl_verify"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, ssl_verify),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_pass_cookie"),
+        NGX_CONF_TAKE1,
+        set_pass_cookie,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_pass_ttl"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, pass_ttl),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_pass_secret_file"),
+        NGX_CONF_TAKE1,
+        set_pass_secret_file,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_hybrid_key"),
+        NGX_CONF_TAKE1,
+        set_hybrid_key,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_max_pending"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        offset_of!(LocConf, max_pending),
+        null_mut(),
+    ),
+    ngx_command_t {
+        name: ngx_string!("esper_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(set_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    command(
+        ngx_string!("esper_circuit_breaker"),
+        NGX_CONF_1MORE,
+        set_circuit_breaker,
+        0,
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_http2"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, http2),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_forward_decision_id"),
+        NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, forward_decision_id),
+        null_mut(),
+    ),
+    ngx_command_t {
+        name: ngx_string!("esper_enforcement_zone"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12) as ngx_uint_t,
+        set: Some(set_enforcement_zone),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    command(
+        ngx_string!("esper_bypass"),
+        NGX_CONF_1MORE,
+        ngx_http_set_predicate_slot,
+        offset_of!(LocConf, bypass),
+        null_mut(),
+    ),
+    command(
+        ngx_string!("esper_json_response"),
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(LocConf, json_response_index),
+        addr_of!(JSON_RESPONSES) as *mut c_void,
+    ),
+    command(
+        ngx_string!("esper_enforcement"),
+        NGX_CONF_TAKE1,
+        set_enforcement,
+        0,
+        null_mut(),
+    ),
+    ngx_command_t::empty(),
+];
+
+/// Why a directive was refused; `nginx -t` prints it with the file and line.
+enum SetError {
+    Duplicate,
+    Invalid(String),
+}
+
+impl From<String> for SetError {
+    fn from(message: String) -> Self {
+        SetError::Invalid(message)
+    }
+}
+
+impl From<values::ConfigError> for SetError {
+    fn from(error: values::ConfigError) -> Self {
+        SetError::Invalid(error.to_string())
+    }
+}
+
+type SetResult = Result<(), SetError>;
+
+/// Defines a directive handler: the `extern "C"` shell nginx calls, around a
+/// body that gets the configuration context, this block's `LocConf` and the
+/// directive's words.
+macro_rules! directive_handler {
+    ($name:ident, |$cf:ident, $conf:ident, $args:ident| $body:block) => {
+        extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            directive(cf, cmd, conf, |$cf, $conf, $args| $body)
+        }
+    };
+}
+
+/// Runs a directive body with the configuration context, this block's
+/// `LocConf` and the directive's words (its name first), turning an error
+/// into nginx's "message in file:line".
+fn directive(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    body: impl FnOnce(&ngx_conf_t, &mut LocConf, &[ngx_str_t]) -> SetResult,
+) -> *mut c_char {
+    guard(NGX_CONF_ERROR, || {
+        // SAFETY: nginx calls a directive handler with its live
+        // configuration context, the command, and this block's
+        // configuration of the module: a LocConf made by create_loc_conf.
+        let (cf, cmd, conf) = unsafe { (&*cf, &*cmd, &mut *conf.cast::<LocConf>()) };
+        match body(cf, conf, cf.args()) {
+            Ok(()) => NGX_CONF_OK,
+            Err(SetError::Duplicate) => {
+                let name = String::from_utf8_lossy(bytes(&cmd.name));
+                cf.emerg(&format!("\"{name}\" directive is duplicate"));
+                NGX_CONF_ERROR
+            }
+            Err(SetError::Invalid(message)) => {
+                cf.emerg(&message);
+                NGX_CONF_ERROR
+            }
+        }
+    })
+}
+
+fn text(arg: &ngx_str_t) -> Result<&str, SetError> {
+    std::str::from_utf8(bytes(arg))
+        .map_err(|_| SetError::Invalid("argument is not valid UTF-8".to_owned()))
+}
+
+fn once(is_set: bool) -> SetResult {
+    if is_set {
+        Err(SetError::Duplicate)
+    } else {
+        Ok(())
+    }
+}
+
+extern "C" fn set_enable(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx's own flag slot, with what nginx passed us.
+    let rv = unsafe { ngx_conf_set_flag_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    directive(cf, cmd, conf, |cf, conf, _| {
+        conf.enabled_at = Some(cf.position());
+        Ok(())
+    })
+}
+
+/// `esper_enforcement_zone zone=NAME:SIZE [ttl=TIME];`
+extern "C" fn set_enforcement_zone(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard(NGX_CONF_ERROR, || {
+        // SAFETY: nginx passes its live configuration context and the http
+        // block's MainConf (made by create_main_conf).
+        let (cf, main) = unsafe { (&*cf, &mut *conf.cast::<MainConf>()) };
+        match parse_enforcement_zone(cf, main) {
+            Ok(()) => NGX_CONF_OK,
+            Err(message) => {
+                cf.emerg(&message);
+                NGX_CONF_ERROR
+            }
+        }
+    })
+}
+
+fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), String> {
+    let mut zone = None;
+    let mut ttl = Duration::from_secs(DEFAULT_ENFORCEMENT_TTL_SECS);
+    for arg in &cf.args()[1..] {
+        let arg = String::from_utf8_lossy(bytes(arg));
+        let invalid = || format!("invalid parameter \"{arg}\"");
+        if let Some(spec) = arg.strip_prefix("zone=") {
+            let (name, size) = spec.rsplit_once(':').ok_or_else(invalid)?;
+            if name.is_empty() {
+                return Err(format!("invalid zone name \"{arg}\""));
+            }
+            let size = size_bytes(size).ok_or_else(|| format!("invalid zone size \"{arg}\""))?;
+            if size < 8 * crate::ffi::page_size() || enforcement::layout_for(size).is_none() {
+                return Err(format!("zone \"{name}\" is too small"));
+            }
+            zone = Some((name.to_owned(), size));
+        } else if let Some(value) = arg.strip_prefix("ttl=") {
+            let ms = time_ms(value)
+                .filter(|&ms| ms >= 1000)
+                .ok_or_else(invalid)?;
+            ttl = Duration::from_millis(ms);
+        } else {
+            return Err(invalid());
+        }
+    }
+    let (name, size) = zone.ok_or("\"zone\" parameter is missing")?;
+    main.zones.push(Zone::add(cf, &name, size, ttl)?);
+    Ok(())
+}
+
+/// An nginx size ("32k", "10m") in bytes.
+fn size_bytes(value: &str) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    // SAFETY: ngx_parse_size only reads the string.
+    let n = unsafe { ngx::ffi::ngx_parse_size(&mut s) };
+    (n > 0).then_some(n as usize)
+}
+
+directive_handler!(set_enforcement, |cf, conf, args| {
+    once(conf.enforcement.is_some())?;
+    conf.enforcement = Some(match text(&args[1])? {
+        "off" => None,
+        name => Some((name.to_owned(), cf.position())),
+    });
+    Ok(())
+});
+
+directive_handler!(set_api_url, |_cf, conf, args| {
+    once(conf.api_url.is_some())?;
+    conf.api_url = Some(ApiUrl::parse(text(&args[1])?)?);
+    Ok(())
+});
+
+/// A directive that takes one checked string, once.
+fn set_string(
+    slot: &mut Option<String>,
+    arg: &ngx_str_t,
+    check: impl Fn(&str) -> Result<(), values::ConfigError>,
+) -> SetResult {
+    once(slot.is_some())?;
+    let value = text(arg)?;
+    check(value)?;
+    *slot = Some(value.to_owned());
+    Ok(())
+}
+
+directive_handler!(set_api_key, |_cf, conf, args| {
+    set_string(&mut conf.api_key, &args[1], values::check_api_key)
+});
+
+directive_handler!(set_block_status, |_cf, conf, args| {
+    once(conf.block_status != UNSET_UINT)?;
+    conf.block_status = values::parse_block_status(text(&args[1])?)?.into();
+    Ok(())
+});
+
+directive_handler!(set_challenge_status, |_cf, conf, args| {
+    once(conf.challenge_status != UNSET_UINT)?;
+    conf.challenge_status = values::parse_challenge_status(text(&args[1])?)?.into();
+    Ok(())
+});
+
+directive_handler!(set_return_url, |cf, conf, args| {
+    once(!conf.return_url.is_null())?;
+    conf.return_url = cf.compile(args[1])?;
+    Ok(())
+});
+
+directive_handler!(set_field, |cf, conf, args| {
+    let name = text(&args[1])?;
+    values::check_name("field name", name)?;
+    let fields = conf.fields.get_or_insert_with(Vec::new);
+    if fields.iter().any(|f| f.name == name) {
+        return Err(format!("duplicate field \"{name}\"").into());
+    }
+    fields.push(Field {
+        name: name.to_owned(),
+        value: cf.compile(args[2])?,
+    });
+    Ok(())
+});
+
+directive_handler!(set_source, |_cf, conf, args| {
+    set_string(&mut conf.source, &args[1], |v| {
+        values::check_name("source", v)
+    })
+});
+
+directive_handler!(set_trusted_certificate, |cf, conf, args| {
+    once(conf.ssl_trusted_certificate.is_some())?;
+    let path = cf.full_name(args[1])?;
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => {}
+        Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
+        Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),
+    }
+    conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
+    Ok(())
+});
+
+directive_handler!(set_pass_cookie, |_cf, conf, args| {
+    set_string(&mut conf.pass_cookie, &args[1], values::check_cookie_name)
+});
+
+directive_handler!(set_pass_secret_file, |cf, conf, args| {
+    once(conf.pass_secret.is_some())?;
+    let path = cf.full_name(args[1])?;
+    let mut secret = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+    // A key written by `openssl rand -hex 32 > file` ends in a newline.
+    while secret.last().is_some_and(u8::is_ascii_whitespace) {
+        secret.pop();
+    }
+    let key = PassKey::new(secret).map_err(|e| format!("unusable secret in \"{path}\": {e}"))?;
+    conf.pass_secret = Some(Arc::new(key));
+    Ok(())
+});
+
+directive_handler!(set_hybrid_key, |cf, conf, args| {
+    once(!conf.hybrid_key.is_null())?;
+    conf.hybrid_key = cf.compile(args[1])?;
+    Ok(())
+});
+
+directive_handler!(set_circuit_breaker, |_cf, conf, args| {
+    once(conf.breaker.is_some())?;
+    if args.len() == 2 && bytes(&args[1]) == b"off" {
+        conf.breaker = Some(None);
+        return Ok(());
+    }
+    let mut settings = BreakerSettings::default();
+    for arg in &args[1..] {
+        let arg = text(arg)?;
+        let invalid = || SetError::Invalid(format!("invalid parameter \"{arg}\""));
+        let (name, value) = arg.split_once('=').ok_or_else(invalid)?;
+        match name {
+            "failures" => {
+                settings.failures = value.parse().ok().filter(|&n| n > 0).ok_or_else(invalid)?
+            }
+            "window" => settings.window_ms = time_ms(value).ok_or_else(invalid)?,
+            "cooldown" => settings.cooldown_ms = time_ms(value).ok_or_else(invalid)?,
+            _ => return Err(invalid()),
+        }
+    }
+    conf.breaker = Some(Some(settings));
+    Ok(())
+});
+
+directive_handler!(set_metrics, |cf, _conf, _args| {
+    crate::metrics::set_handler(cf)
+        .map_err(|()| SetError::Invalid("cannot set the metrics handler".to_owned()))
+});
+
+/// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.
+fn time_ms(value: &str) -> Option<u64> {
+    let mut s = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    // SAFETY: ngx_parse_time only reads the string.
+    let ms = unsafe { ngx_parse_time(&mut s, 0) };
+    (ms > 0).then_some(ms as u64)
+}
