@@ -102,19 +102,17 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx passes its live http configuration context.
         let cf = unsafe { &mut *cf };
+        let mut name = ngx_string!("request_id");
         let registered = NgxHttpCoreModule::main_conf_mut(cf)
             .and_then(|cmcf| {
                 let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
-                // SAFETY: the phase's handler array holds handler pointers.
-                let slot = unsafe {
-                    ngx_array_push(&mut phase.handlers)
-                        .cast::<ngx_http_handler_pt>()
-                        .as_mut()
-                }?;
+                // SAFETY: the phase's handler array holds handler pointers;
+                // the variable's name is static.
+                let (slot, index) = unsafe {
+                    let slot = ngx_array_push(&mut phase.handlers).cast::<ngx_http_handler_pt>();
+                    (slot.as_mut()?, ngx_http_get_variable_index(cf, &mut name))
+                };
                 *slot = Some(access_handler);
-                let mut name = ngx_string!("request_id");
-                // SAFETY: a live configuration context and a static name.
-                let index = unsafe { ngx_http_get_variable_index(cf, &mut name) };
                 Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
                 metrics::add_zone(cf).ok()
             })
@@ -581,8 +579,7 @@ fn resume(r: *mut ngx_http_request_t) {
 fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
     let r: *mut ngx_http_request_t = request.as_mut();
     let log = request.log();
-    // SAFETY: the request pool is live; a new cleanup entry is ours to fill.
-    let cln = unsafe { ngx_pool_cleanup_add(request.as_ref().pool, 0).as_mut() }?;
+    let pool = request.as_ref().pool;
     let state = Box::into_raw(Box::new(RequestState {
         request: r,
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
@@ -595,43 +592,50 @@ fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
         decision_id: None,
         entity: None,
     }));
-    cln.handler = Some(cleanup);
-    cln.data = state.cast();
+    // SAFETY: the request pool is live, and a new cleanup entry is ours to
+    // fill; the state was just made and is freed only by `cleanup`.
+    unsafe {
+        let Some(cln) = ngx_pool_cleanup_add(pool, 0).as_mut() else {
+            drop(Box::from_raw(state));
+            return None;
+        };
+        cln.handler = Some(cleanup);
+        cln.data = state.cast();
+        let deadline = &mut (*state).deadline;
+        deadline.handler = Some(on_deadline);
+        deadline.data = state.cast();
+        deadline.log = log;
+    }
     request.set_module_ctx(state.cast(), Module::module());
-    let mut state = NonNull::new(state)?;
-    // SAFETY: just made, and freed only by `cleanup`, when the request goes.
-    let deadline = unsafe { &mut state.as_mut().deadline };
-    deadline.handler = Some(on_deadline);
-    deadline.data = state.as_ptr().cast();
-    deadline.log = log;
-    Some(state)
+    NonNull::new(state)
 }
 
 /// The state of the request's main request, if it has been judged here;
 /// it lives until the main request's pool cleanup.
 pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
-    // SAFETY: `main` of a live request is live.
-    let main = unsafe { Request::from_ngx_http_request(request.as_ref().main) };
-    // SAFETY: a request's module contexts have a slot for every module.
-    let mut state = unsafe { *main.as_ref().ctx.add(Module::module().ctx_index) };
-    if state.is_null() {
+    let is_ours = |h: unsafe extern "C" fn(*mut c_void)| {
+        fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void))
+    };
+    // SAFETY: `main` of a live request is live; its module contexts have a
+    // slot for every module; its pool's cleanup list is null-terminated.
+    unsafe {
+        let main = Request::from_ngx_http_request(request.as_ref().main);
+        let state = *main.as_ref().ctx.add(Module::module().ctx_index);
+        if !state.is_null() {
+            return NonNull::new(state.cast());
+        }
         // An internal redirect clears module contexts but not pool cleanups;
         // nginx's realip module finds its state the same way.
-        // SAFETY: the pool's cleanup list is live and null-terminated.
-        let mut cln = unsafe { (*main.as_ref().pool).cleanup.as_ref() };
+        let mut cln = (*main.as_ref().pool).cleanup.as_ref();
         while let Some(c) = cln {
-            if c.handler
-                .is_some_and(|h| fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void)))
-            {
+            if c.handler.is_some_and(is_ours) {
                 main.set_module_ctx(c.data, Module::module());
-                state = c.data;
-                break;
+                return NonNull::new(c.data.cast());
             }
-            // SAFETY: as above.
-            cln = unsafe { c.next.as_ref() };
+            cln = c.next.as_ref();
         }
+        None
     }
-    NonNull::new(state.cast::<RequestState>())
 }
 
 /// Pool cleanup: the request is being freed, possibly with its call pending.

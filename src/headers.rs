@@ -2,60 +2,58 @@
 //! request's other pointers into the list stay valid.
 
 use ngx::ffi::{
-    ngx_hash_strlow, ngx_list_part_t, ngx_list_push, ngx_list_t, ngx_palloc, ngx_pnalloc,
-    ngx_pool_t, ngx_str_t, ngx_table_elt_t,
+    ngx_hash_strlow, ngx_list_part_t, ngx_list_push, ngx_palloc, ngx_pnalloc, ngx_str_t,
+    ngx_table_elt_t,
 };
-
 use ngx::http::Request;
 
 use crate::ffi::bytes;
 
+/// Which of a request's header lists.
+#[derive(Clone, Copy)]
+enum List {
+    /// What the request carries on to the application.
+    In,
+    /// The response's.
+    Out,
+}
+
 /// Adds a header to what the request carries on to the application.
 pub fn add_header_in(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
-    let r = request.as_mut();
-    // SAFETY: the request's own incoming header list and pool.
-    unsafe { push_header(&mut r.headers_in.headers, r.pool, name, value) }.map(|_| ())
+    push_header(request, List::In, name, value).map(|_| ())
 }
 
 /// Adds a header to the response.
 pub fn add_header_out(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
-    let r = request.as_mut();
-    // SAFETY: the request's own outgoing header list and pool.
-    unsafe { push_header(&mut r.headers_out.headers, r.pool, name, value) }.map(|_| ())
+    push_header(request, List::Out, name, value).map(|_| ())
 }
 
 /// Sets the response's `Location`.
 pub fn set_location(request: &mut Request, value: &[u8]) -> Option<()> {
-    let r = request.as_mut();
-    // SAFETY: the request's own outgoing header list and pool.
-    let h = unsafe { push_header(&mut r.headers_out.headers, r.pool, "Location", value) }?;
-    r.headers_out.location = h;
+    let h = push_header(request, List::Out, "Location", value)?;
+    request.as_mut().headers_out.location = h;
     Some(())
 }
 
-/// Removes from the request's incoming headers every header whose name
-/// `matches`.
-pub fn remove_headers_in(request: &mut Request, matches: impl Fn(&[u8]) -> bool) -> Option<()> {
-    let r = request.as_mut();
-    // SAFETY: the request's own incoming header list and pool.
-    unsafe { remove_headers(&mut r.headers_in.headers, r.pool, matches) }
-}
-
-/// Appends a header to an nginx header list, copying name and value into `pool`.
-/// Everything that can fail happens before the element joins the list, so
-/// readers of the list (header filters, `$http_*`, the proxy module) never see
-/// a half-made one.
-///
-/// # Safety
-/// `list` must be a header list of a live request and `pool` that request's pool.
-unsafe fn push_header(
-    list: *mut ngx::ffi::ngx_list_t,
-    pool: *mut ngx_pool_t,
+/// Appends a header to one of the request's lists, copying name and value
+/// into its pool. Everything that can fail happens before the element joins
+/// the list, so readers of the list (header filters, `$http_*`, the proxy
+/// module) never see a half-made one.
+fn push_header(
+    request: &mut Request,
+    to: List,
     name: &str,
     value: &[u8],
 ) -> Option<*mut ngx_table_elt_t> {
-    // SAFETY: the caller guarantees a live list and pool; the copies live in
-    // the pool as long as the request.
+    let r = request.as_mut();
+    let pool = r.pool;
+    let list = match to {
+        List::In => &mut r.headers_in.headers,
+        List::Out => &mut r.headers_out.headers,
+    };
+    // SAFETY: the list and pool are the live request's own; the copies live
+    // in the pool as long as the request, and the new element is complete
+    // before anything reads it.
     unsafe {
         let key = ngx_str_t::from_bytes(pool, name.as_bytes())?;
         let value = ngx_str_t::from_bytes(pool, value)?;
@@ -77,7 +75,8 @@ unsafe fn push_header(
     }
 }
 
-/// Removes from a header list every header whose name `matches`.
+/// Removes from the request's incoming headers every header whose name
+/// `matches`.
 ///
 /// Elements never move, because other fields of the request point at them:
 /// the list is relinked as runs of the elements that stay, each run a list
@@ -87,17 +86,13 @@ unsafe fn push_header(
 /// capacity, `nalloc`, is set to what that part holds, so the next push starts
 /// a new part).
 ///
-/// # Safety
-/// `list` must be a header list of a live request and `pool` that request's pool.
-unsafe fn remove_headers(
-    list: *mut ngx_list_t,
-    pool: *mut ngx_pool_t,
-    matches: impl Fn(&[u8]) -> bool,
-) -> Option<()> {
-    // SAFETY: per the function contract; every part pointer comes from the
-    // list, and new parts are allocated in the request pool.
+pub fn remove_headers_in(request: &mut Request, matches: impl Fn(&[u8]) -> bool) -> Option<()> {
+    let r = request.as_mut();
+    let pool = r.pool;
+    let list = &mut r.headers_in.headers;
+    // SAFETY: the list and pool are the live request's own; every part
+    // pointer comes from the list, and new parts are allocated in the pool.
     unsafe {
-        let list = &mut *list;
         // Nearly every request has none of these headers: look before
         // allocating anything.
         let mut part: *const ngx_list_part_t = &list.part;

@@ -36,8 +36,7 @@ pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            // SAFETY: ngx_cycle is set for the whole life of an nginx process.
-            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            let log = ngx::log::ngx_cycle_log().as_ptr();
             log_error(
                 NGX_LOG_ALERT,
                 log,

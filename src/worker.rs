@@ -11,6 +11,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -105,7 +107,7 @@ pub type Waiter = unsafe fn(data: *mut c_void, answer: Answer);
 /// Outcomes waiting for the nginx thread, and the eventfd that wakes it.
 struct Completions {
     queue: Mutex<Vec<(CallId, Answer)>>,
-    eventfd: OwnedFd,
+    eventfd: File,
 }
 
 impl Completions {
@@ -118,10 +120,15 @@ impl Completions {
         // One wake-up per batch: the nginx thread reads the eventfd before it
         // takes the queue, so a push onto a non-empty queue is always seen.
         if was_empty {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            // An eventfd write adds to its counter; it cannot be short.
+            let _ = (&self.eventfd).write(&1u64.to_ne_bytes());
         }
+    }
+
+    /// Resets the eventfd's counter (it is non-blocking: stops when zero).
+    fn drain(&self) {
+        let mut counter = [0u8; 8];
+        while (&self.eventfd).read(&mut counter).is_ok_and(|n| n == 8) {}
     }
 
     fn take(&self) -> Vec<(CallId, Answer)> {
@@ -224,8 +231,7 @@ pub fn start(cycle: &ngx_cycle_t) {
 }
 
 pub fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
-    // SAFETY: ngx_cycle is set for the whole life of an nginx process.
-    unsafe { (*ngx::ffi::ngx_cycle).log }
+    ngx::log::ngx_cycle_log().as_ptr()
 }
 
 fn build() -> Result<Worker, String> {
@@ -237,16 +243,16 @@ fn build() -> Result<Worker, String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
 
-    // SAFETY: eventfd returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: eventfd returns a new descriptor, which nothing else owns, or -1.
+    let eventfd = unsafe {
+        let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+        if fd < 0 {
+            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        }
+        File::from(OwnedFd::from_raw_fd(fd))
+    };
     let watched = eventfd.try_clone().map_err(|e| format!("dup: {e}"))?;
-    // SAFETY: registering a descriptor we own in this worker's event loop.
-    let notifier = unsafe { watch(watched) }?;
+    let notifier = watch(OwnedFd::from(watched))?;
 
     Ok(Worker {
         runtime,
@@ -313,15 +319,13 @@ fn client(profile: &ClientProfile) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
-/// Puts `fd` into nginx's event loop with [`on_wake`] as its read handler.
-///
-/// # Safety
-/// Must run on the nginx thread of a worker, after its event module started.
-unsafe fn watch(fd: OwnedFd) -> Result<*mut ngx_connection_t, String> {
-    // SAFETY: per the function contract; nginx owns the descriptor from here on
-    // and closes it with the connection.
+/// Puts `fd` into nginx's event loop with [`on_wake`] as its read handler
+/// (from `init_process`, on the nginx thread, once the event module runs).
+fn watch(fd: OwnedFd) -> Result<*mut ngx_connection_t, String> {
+    let log = cycle_log();
+    // SAFETY: a free connection of this process's cycle takes the descriptor,
+    // which nginx owns from here on and closes with the connection.
     unsafe {
-        let log = (*ngx::ffi::ngx_cycle).log;
         let raw = fd.as_raw_fd();
         let c = ngx_get_connection(raw, log);
         if c.is_null() {
@@ -341,16 +345,13 @@ unsafe fn watch(fd: OwnedFd) -> Result<*mut ngx_connection_t, String> {
 }
 
 /// Read handler of the eventfd: hands every queued outcome to its request.
-extern "C" fn on_wake(ev: *mut ngx_event_t) {
+extern "C" fn on_wake(_ev: *mut ngx_event_t) {
     guard((), || {
-        // SAFETY: nginx calls this with the read event of our notifier connection.
-        let fd = unsafe { (*(*ev).data.cast::<ngx_connection_t>()).fd };
-        let mut counter = 0u64;
-        // SAFETY: reading 8 bytes into a live u64; the descriptor is non-blocking.
-        while unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) } == 8 {}
-
         let batch = WORKER.with(|w| match &*w.borrow() {
-            Runtime::Running(worker) => Some(worker.completions.take()),
+            Runtime::Running(worker) => {
+                worker.completions.drain();
+                Some(worker.completions.take())
+            }
             Runtime::Absent | Runtime::Failed => None,
         });
         for (id, answer) in batch.into_iter().flatten() {
