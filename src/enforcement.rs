@@ -78,15 +78,32 @@ impl Zone {
     /// Runs `f` on the table under the zone's mutex; `None` before nginx
     /// mapped the zone.
     fn with_table<R>(&self, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
-        let base = NonNull::new(self.table.load(Ordering::Acquire))?;
-        // SAFETY: the zone is mapped for the life of this configuration.
-        let pool = unsafe { SlabPool::from_shm_zone(self.shm.as_ref()) }?;
-        let _locked = pool.lock();
-        // SAFETY: `init_zone` laid these parts out at `base` with this very
-        // layout, inside the zone; the zone's mutex, held until `_locked`
-        // drops, makes this the only view of them in any process.
-        let mut table = unsafe { table_at(base, &layout_of(self.shm.as_ref())?) };
-        Some(f(&mut table))
+        let base = self.table.load(Ordering::Acquire);
+        if base.is_null() {
+            return None;
+        }
+        // SAFETY: the zone is mapped for the life of this configuration, and
+        // `base` is the allocation `init_zone` made in it for a table of
+        // this layout (which fits it and keeps each part aligned). The
+        // zone's mutex, held until `_locked` drops, makes this the only view
+        // of the table in any process.
+        unsafe {
+            let shm = self.shm.as_ref();
+            let layout = layout_of(shm)?;
+            let _locked = SlabPool::from_shm_zone(shm)?.lock();
+            let mut table = Table::new(
+                &mut *base.cast::<Meta>(),
+                std::slice::from_raw_parts_mut(
+                    base.add(layout.buckets_offset).cast::<u32>(),
+                    layout.buckets,
+                ),
+                std::slice::from_raw_parts_mut(
+                    base.add(layout.slots_offset).cast::<Slot>(),
+                    layout.capacity,
+                ),
+            );
+            Some(f(&mut table))
+        }
     }
 
     /// The entity's remembered decision, if any.
@@ -154,45 +171,24 @@ fn usable_bytes(size: usize) -> usize {
     (size.saturating_sub(overhead) / page) * page
 }
 
-/// # Safety
-/// `base` must hold a table laid out with `layout`, and nothing else may use
-/// it while the returned view lives.
-unsafe fn table_at<'a>(base: NonNull<u8>, layout: &Layout) -> Table<'a> {
-    let base = base.as_ptr();
-    // SAFETY: per the function contract; offsets and lengths come from the
-    // layout, which fits the memory and keeps each part aligned.
-    unsafe {
-        Table::new(
-            &mut *base.cast::<Meta>(),
-            std::slice::from_raw_parts_mut(
-                base.add(layout.buckets_offset).cast::<u32>(),
-                layout.buckets,
-            ),
-            std::slice::from_raw_parts_mut(
-                base.add(layout.slots_offset).cast::<Slot>(),
-                layout.capacity,
-            ),
-        )
-    }
-}
-
 /// Zone initialization (in the master, before workers are forked): the
 /// table's memory, or on a reload the memory of the zone nginx kept.
 extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes the zone it has just mapped; its data is the
-        // Zone of this configuration (`Zone::add`).
-        let (shm, zone) = unsafe { (&mut *shm, &*(*shm).data.cast::<Zone>()) };
-        let Some(layout) = layout_of(shm) else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let pool = shm.shm.addr.cast::<ngx_slab_pool_t>();
-        // SAFETY: a zone starts with nginx's slab pool; a kept zone (same
-        // name, size and module) still holds the table in `data`. Workers do
-        // not exist yet, so the pool is not locked.
-        let base = unsafe {
+        // SAFETY: nginx passes the zone it has just mapped, whose data is
+        // the Zone of this configuration (`Zone::add`); a zone starts with
+        // nginx's slab pool, and a kept zone (same name, size and module)
+        // still holds the table in the pool's `data`. Workers do not exist
+        // yet, so the pool is not locked.
+        let (zone, base) = unsafe {
+            let zone = &*(*shm).data.cast::<Zone>();
+            let size = (*shm).shm.size;
+            let pool = (*shm).shm.addr.cast::<ngx_slab_pool_t>();
+            if layout_of(&*shm).is_none() {
+                return NGX_ERROR as ngx_int_t;
+            }
             if (*pool).data.is_null() {
-                let p = ngx_slab_alloc_locked(pool, usable_bytes(shm.shm.size));
+                let p = ngx_slab_alloc_locked(pool, usable_bytes(size));
                 if p.is_null() {
                     return NGX_ERROR as ngx_int_t;
                 }
@@ -200,15 +196,13 @@ extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx
                 std::ptr::write_bytes(p.cast::<u8>(), 0, std::mem::size_of::<Meta>());
                 (*pool).data = p;
             }
-            (*pool).data.cast::<u8>()
+            (zone, (*pool).data.cast::<u8>())
         };
-        let Some(base) = NonNull::new(base) else {
+        zone.table.store(base, Ordering::Release);
+        // `Table::new` keeps a table of this layout and lays out anything else.
+        if zone.with_table(|_| ()).is_none() {
             return NGX_ERROR as ngx_int_t;
-        };
-        // SAFETY: the memory is ours and no worker runs yet; `Table::new`
-        // keeps a table of this layout and lays out anything else.
-        drop(unsafe { table_at(base, &layout) });
-        zone.table.store(base.as_ptr(), Ordering::Release);
+        }
         NGX_OK as ngx_int_t
     })
 }

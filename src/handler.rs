@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fmt;
-use std::ptr::{fn_addr_eq, NonNull};
+use std::ptr::NonNull;
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::enforcement::{entry_lifetime, EntityKey};
@@ -100,17 +100,19 @@ impl RequestState {
 /// metrics zone (postconfiguration).
 pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes its live http configuration context.
-        let cf = unsafe { &mut *cf };
         let mut name = ngx_string!("request_id");
-        let registered = NgxHttpCoreModule::main_conf_mut(cf)
-            .and_then(|cmcf| {
-                let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
-                // SAFETY: the phase's handler array holds handler pointers;
-                // the variable's name is static.
-                let (slot, index) = unsafe {
+        let registered = Some(())
+            .and_then(|()| {
+                // SAFETY: nginx passes its live http configuration context;
+                // the access phase's array holds handler pointers; the
+                // variable's name is static.
+                let (cf, slot, index) = unsafe {
+                    let cf = &mut *cf;
+                    let cmcf = NgxHttpCoreModule::main_conf_mut(cf)?;
+                    let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
                     let slot = ngx_array_push(&mut phase.handlers).cast::<ngx_http_handler_pt>();
-                    (slot.as_mut()?, ngx_http_get_variable_index(cf, &mut name))
+                    let index = ngx_http_get_variable_index(cf, &mut name);
+                    (&*cf, slot.as_mut()?, index)
                 };
                 *slot = Some(access_handler);
                 Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
@@ -580,21 +582,21 @@ fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
     let r: *mut ngx_http_request_t = request.as_mut();
     let log = request.log();
     let pool = request.as_ref().pool;
-    let state = Box::into_raw(Box::new(RequestState {
-        request: r,
-        // SAFETY: an all-zero ngx_event_t is nginx's own initial state.
-        deadline: unsafe { std::mem::zeroed() },
-        stage: Stage::Idle,
-        started: now_ms(),
-        latency: None,
-        action: None,
-        result: None,
-        decision_id: None,
-        entity: None,
-    }));
-    // SAFETY: the request pool is live, and a new cleanup entry is ours to
-    // fill; the state was just made and is freed only by `cleanup`.
+    // SAFETY: an all-zero ngx_event_t is nginx's own initial state; the
+    // request pool is live, and a new cleanup entry is ours to fill; the
+    // state is freed only by `cleanup`.
     unsafe {
+        let state = Box::into_raw(Box::new(RequestState {
+            request: r,
+            deadline: std::mem::zeroed(),
+            stage: Stage::Idle,
+            started: now_ms(),
+            latency: None,
+            action: None,
+            result: None,
+            decision_id: None,
+            entity: None,
+        }));
         let Some(cln) = ngx_pool_cleanup_add(pool, 0).as_mut() else {
             drop(Box::from_raw(state));
             return None;
@@ -605,17 +607,16 @@ fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
         deadline.handler = Some(on_deadline);
         deadline.data = state.cast();
         deadline.log = log;
+        request.set_module_ctx(state.cast(), Module::module());
+        NonNull::new(state)
     }
-    request.set_module_ctx(state.cast(), Module::module());
-    NonNull::new(state)
 }
 
 /// The state of the request's main request, if it has been judged here;
 /// it lives until the main request's pool cleanup.
 pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
-    let is_ours = |h: unsafe extern "C" fn(*mut c_void)| {
-        fn_addr_eq(h, cleanup as unsafe extern "C" fn(*mut c_void))
-    };
+    // Our cleanup handler, compared by address.
+    let ours = cleanup as *const () as usize;
     // SAFETY: `main` of a live request is live; its module contexts have a
     // slot for every module; its pool's cleanup list is null-terminated.
     unsafe {
@@ -628,7 +629,7 @@ pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
         // nginx's realip module finds its state the same way.
         let mut cln = (*main.as_ref().pool).cleanup.as_ref();
         while let Some(c) = cln {
-            if c.handler.is_some_and(is_ours) {
+            if c.handler.is_some_and(|h| h as usize == ours) {
                 main.set_module_ctx(c.data, Module::module());
                 return NonNull::new(c.data.cast());
             }

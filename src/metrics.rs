@@ -151,29 +151,29 @@ pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
 /// on a reload (nginx keeps a zone of the same name, size and tag).
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes the zone it has just mapped.
-        let zone = unsafe { &mut *zone };
-        let data = if !previous.is_null() {
-            previous
-        } else {
+        // SAFETY: nginx passes the zone it has just mapped, which starts with
+        // nginx's slab pool; the previous configuration's counters, when
+        // nginx kept the zone, are still mapped where they were.
+        let data = unsafe {
+            let zone = &mut *zone;
             let pool = zone.shm.addr.cast::<ngx_slab_pool_t>();
-            // SAFETY: a zone starts with nginx's slab pool.
-            unsafe {
-                if zone.shm.exists != 0 {
-                    (*pool).data
-                } else {
-                    let p = ngx_slab_alloc(pool, size_of::<Counters>());
-                    if p.is_null() {
-                        return NGX_ERROR as ngx_int_t;
-                    }
-                    // All-zero atomics are zero counters.
-                    std::ptr::write_bytes(p.cast::<u8>(), 0, size_of::<Counters>());
-                    (*pool).data = p;
-                    p
+            let data = if !previous.is_null() {
+                previous
+            } else if zone.shm.exists != 0 {
+                (*pool).data
+            } else {
+                let p = ngx_slab_alloc(pool, size_of::<Counters>());
+                if p.is_null() {
+                    return NGX_ERROR as ngx_int_t;
                 }
-            }
+                // All-zero atomics are zero counters.
+                std::ptr::write_bytes(p.cast::<u8>(), 0, size_of::<Counters>());
+                (*pool).data = p;
+                p
+            };
+            zone.data = data;
+            data
         };
-        zone.data = data;
         COUNTERS.store(data.cast(), Ordering::Relaxed);
         NGX_OK as ngx_int_t
     })

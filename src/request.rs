@@ -82,8 +82,7 @@ fn authority_without_host_header(request: &Request) -> Option<&[u8]> {
 /// Esper's default entity: the client address (after the realip module) and
 /// the user agent.
 pub fn entity(request: &Request) -> (&[u8], &[u8]) {
-    // SAFETY: a live request has its connection, which outlives it.
-    let ip = bytes(unsafe { &(*request.connection()).addr_text });
+    let ip = bytes(&connection(request).addr_text);
     let ua = request.user_agent().map_or(&[][..], |ua| ua.as_bytes());
     (ip, ua)
 }
@@ -169,8 +168,14 @@ fn forget_cached_uri_variables(request: &mut Request) {
 /// True when the client can no longer receive the answer (an HTTP/3 stream
 /// the client stopped).
 pub fn client_gone(request: &Request) -> bool {
-    // SAFETY: a live request has its connection and its write event.
-    unsafe { (*(*request.connection()).write).error() != 0 }
+    // SAFETY: a live connection has its write event.
+    unsafe { (*connection(request).write).error() != 0 }
+}
+
+/// The request's client connection (for HTTP/2 and HTTP/3, its stream's).
+fn connection(request: &Request) -> &ngx::ffi::ngx_connection_t {
+    // SAFETY: a live request has its connection, which outlives it.
+    unsafe { &*request.connection() }
 }
 
 /// Whether `esper_bypass` lets the request through unasked: some value is

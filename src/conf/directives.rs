@@ -433,15 +433,20 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
     Ok(())
 }
 
-/// An nginx size ("32k", "10m") in bytes.
+/// An nginx size ("32k", "10m") in bytes, more than zero.
 fn size_bytes(value: &str) -> Option<usize> {
+    // SAFETY: ngx_parse_size only reads the string.
+    let n = parse_with(value, |s| unsafe { ngx::ffi::ngx_parse_size(s) });
+    (n > 0).then_some(n as usize)
+}
+
+/// `value` as nginx's parser `parse` reads it.
+fn parse_with<T>(value: &str, parse: impl FnOnce(*mut ngx_str_t) -> T) -> T {
     let mut s = ngx_str_t {
         len: value.len(),
         data: value.as_ptr().cast_mut(),
     };
-    // SAFETY: ngx_parse_size only reads the string.
-    let n = unsafe { ngx::ffi::ngx_parse_size(&mut s) };
-    (n > 0).then_some(n as usize)
+    parse(&mut s)
 }
 
 directive_handler!(set_enforcement, |cf, conf, args| {
@@ -581,11 +586,7 @@ directive_handler!(set_metrics, |cf, _conf, _args| {
 
 /// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.
 fn time_ms(value: &str) -> Option<u64> {
-    let mut s = ngx_str_t {
-        len: value.len(),
-        data: value.as_ptr().cast_mut(),
-    };
     // SAFETY: ngx_parse_time only reads the string.
-    let ms = unsafe { ngx_parse_time(&mut s, 0) };
+    let ms = parse_with(value, |s| unsafe { ngx_parse_time(s, 0) });
     (ms > 0).then_some(ms as u64)
 }
