@@ -22,10 +22,8 @@ fn main() {
     // older nginx (Debian 12 ships 1.22.1) has no such field.
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
     println!("cargo::rustc-check-cfg=cfg(ngx_table_elt_next)");
-    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let version: u64 =
+        env::var("DEP_NGINX_VERSION_NUMBER").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     if version >= 1_023_000 {
         println!("cargo::rustc-cfg=ngx_table_elt_next");
     }

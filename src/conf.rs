@@ -8,9 +8,10 @@
 mod directives;
 mod ext;
 mod merge;
+mod table;
 
-pub use directives::COMMANDS;
 pub use merge::merge_loc_conf;
+pub use table::COMMANDS;
 
 use std::cell::RefCell;
 use std::ffi::c_void;

@@ -54,10 +54,7 @@ impl Zone {
         });
         // nginx keeps this name without a copy: it points into the zone,
         // which lives as long as the configuration.
-        let mut ngx_name = ngx_str_t {
-            len: zone.name.len(),
-            data: zone.name.as_ptr().cast_mut(),
-        };
+        let mut ngx_name = ngx_str_t { len: zone.name.len(), data: zone.name.as_ptr().cast_mut() };
         let tag = (Module::module() as *const _ as *mut c_void).cast();
         let cf = (cf as *const ngx_conf_t).cast_mut();
         // SAFETY: a live configuration context; nginx keeps the zone with
@@ -108,8 +105,7 @@ impl Zone {
 
     /// The entity's remembered decision, if any.
     pub fn lookup(&self, key: &EntityKey) -> Option<Remembered> {
-        self.with_table(|t| t.get(key, crate::ffi::now_ms()))
-            .flatten()
+        self.with_table(|t| t.get(key, crate::ffi::now_ms())).flatten()
     }
 
     /// Remembers a block or a challenge for `lifetime`; says whether an entry
@@ -117,8 +113,7 @@ impl Zone {
     pub fn remember(&self, key: &EntityKey, decision: &Remembered, lifetime: Duration) -> Stored {
         let now = crate::ffi::now_ms();
         let expires = now + lifetime.as_millis() as u64;
-        self.with_table(|t| t.remember(key, decision, expires, now))
-            .unwrap_or(Stored::No)
+        self.with_table(|t| t.remember(key, decision, expires, now)).unwrap_or(Stored::No)
     }
 
     /// A verified proof: the entity's challenge goes (a block stays).
@@ -128,19 +123,15 @@ impl Zone {
 
     /// Entries and evictions, for the metrics.
     pub fn counts(&self) -> (u64, u64) {
-        self.with_table(|t| (t.len() as u64, t.evictions()))
-            .unwrap_or_default()
+        self.with_table(|t| (t.len() as u64, t.evictions())).unwrap_or_default()
     }
 
     /// Logs an eviction, at most once a second for the zone in this worker.
     pub fn evicted(&self, throttle: &mut esper_protocol::throttle::LogThrottle) {
         let now = ngx::ffi::ngx_time().max(0) as u64;
         if let Some(left_out) = throttle.admit(now) {
-            let more = if left_out > 0 {
-                format!(" ({left_out} more since)")
-            } else {
-                String::new()
-            };
+            let more =
+                if left_out > 0 { format!(" ({left_out} more since)") } else { String::new() };
             log_error(
                 NGX_LOG_WARN,
                 crate::worker::cycle_log(),

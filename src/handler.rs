@@ -19,9 +19,7 @@
 //! request is judged by the next location's own `esper_bypass`).
 
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::fmt;
-use std::ptr::NonNull;
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::enforcement::{entry_lifetime, EntityKey};
@@ -32,69 +30,28 @@ use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_event_t, ngx_http_block_reading, ngx_http_core_run_phases,
-    ngx_http_get_variable_index, ngx_http_handler_pt, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-    ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_test_reading, ngx_int_t, ngx_log_t,
-    ngx_pool_cleanup_add, ngx_time, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    ngx_array_push, ngx_conf_t, ngx_http_get_variable_index, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_test_reading, ngx_int_t,
+    ngx_log_t, ngx_time, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
     NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
     NGX_OK,
 };
-use ngx::http::{
-    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request,
-};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
+use crate::client::{Answer, Call};
 use crate::conf::{FailureAction, LocConf, Mode};
 use crate::ffi::bytes;
-use crate::ffi::now_ms;
 use crate::headers::{add_header_in, remove_headers_in};
-use crate::log::{debug, debug_log, guard, log_error};
-use crate::worker::{self, Answer, Call, CallId, CallKind};
+use crate::log::{debug, guard, log_error};
+use crate::state::{attach, find, on_answer, RequestState, Stage};
+use crate::worker;
 use crate::{metrics, request, response, Module};
-
-/// Where a request is between Esper and the access phase.
-enum Stage {
-    /// Not waiting for Esper: not asked yet, or what came back was applied.
-    Idle,
-    /// Waiting for the answer to a call, up to the deadline.
-    Waiting { call: CallId, kind: CallKind },
-    /// The answer, or the deadline's failure, arrived; applied when the
-    /// request's phases run again.
-    Arrived(Answer),
-}
 
 /// Request headers that only Esper and this module may set.
 const HYBRID_KEY_HEADER: &str = "X-Esper-Hybrid-Key";
 const DECISION_ID_HEADER: &str = "X-Esper-Decision-ID";
 const ESPER_REQUEST_HEADERS: [&str; 2] = [HYBRID_KEY_HEADER, DECISION_ID_HEADER];
-
-/// What the module knows about one main request; lives in the request pool
-/// and is found again after internal redirects through its pool cleanup.
-pub struct RequestState {
-    request: *mut ngx_http_request_t,
-    /// Fires at `esper_timeout` even if the background runtime stalls.
-    deadline: ngx_event_t,
-    stage: Stage,
-    started: u64,
-    /// `$esper_latency`, in milliseconds.
-    pub latency: Option<u64>,
-    /// `$esper_action`
-    pub action: Option<Action>,
-    /// `$esper_result`
-    pub result: Option<EsperResult>,
-    /// `$esper_decision_id`
-    pub decision_id: Option<String>,
-    /// The entity's key in the location's enforcement zone; `None` where no
-    /// zone applies (none set, or monitor mode, which never enforces).
-    entity: Option<EntityKey>,
-}
-
-impl RequestState {
-    /// The decision the location's enforcement zone remembers for the entity.
-    fn zone_lookup(&self, conf: &LocConf) -> Option<Remembered> {
-        conf.zone.as_ref()?.lookup(self.entity.as_ref()?)
-    }
-}
 
 /// Registers the access-phase handler, looks up `$request_id` and adds the
 /// metrics zone (postconfiguration).
@@ -222,10 +179,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
     if let Some(Some(token)) = request::take_challenge_proof(request) {
-        debug!(
-            request,
-            "esper: challenge proof taken out of the request, verifying it"
-        );
+        debug!(request, "esper: challenge proof taken out of the request, verifying it");
         let (ip, ua) = request::entity(request);
         let body = verify_body(&token, ip, ua);
         return start(request, conf, state, Call::Verify(body));
@@ -237,11 +191,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
     debug!(
         request,
         "esper: pass cookie {}",
-        if has_pass {
-            "accepted"
-        } else {
-            "absent or refused"
-        }
+        if has_pass { "accepted" } else { "absent or refused" }
     );
     if has_pass {
         if let Some(block) = remembered.filter(|d| d.action == Action::Block) {
@@ -263,11 +213,7 @@ fn enforce(
     state: &mut RequestState,
     decision: Remembered,
 ) -> ngx_int_t {
-    debug!(
-        request,
-        "esper: {} remembered by the enforcement zone",
-        decision.action.as_str()
-    );
+    debug!(request, "esper: {} remembered by the enforcement zone", decision.action.as_str());
     state.judged(EsperResult::Enforced);
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
@@ -305,13 +251,10 @@ fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: 
     match worker::call(main, target, call, on_answer, data) {
         Ok(call) => {
             debug!(request, "esper: call {call} started ({})", kind.as_str());
-            state.stage = Stage::Waiting { call, kind };
+            state.wait_for(call, kind, conf.timeout);
         }
         Err(failure) => return resumed(request, conf, state, kind.failed(failure)),
     }
-    // SAFETY: the timer event lives in the state, which takes it out of the
-    // timer tree before it is freed (`cleanup`).
-    unsafe { ngx::ffi::ngx_add_timer(&mut state.deadline, conf.timeout) };
     // Notice a client that goes away while its call is pending.
     request.as_mut().read_event_handler = Some(ngx_http_test_reading);
     NGX_DONE as ngx_int_t
@@ -373,10 +316,7 @@ fn resumed(
                 (false, "failure action block")
             };
             debug!(request, "esper: failure action applied");
-            log_failure(
-                log,
-                format_args!("esper decision failed: {failure}; {applied}"),
-            );
+            log_failure(log, format_args!("esper decision failed: {failure}; {applied}"));
             if continues {
                 proceed(request, conf, state)
             } else {
@@ -401,11 +341,9 @@ fn log_failure(log: *mut ngx_log_t, message: fmt::Arguments) {
     let now = ngx_time().max(0) as u64;
     match FAILURE_LOG.with(|t| t.borrow_mut().admit(now)) {
         Some(0) => log_error(NGX_LOG_ERR, log, &message.to_string()),
-        Some(left_out) => log_error(
-            NGX_LOG_ERR,
-            log,
-            &format!("{message} ({left_out} similar lines left out)"),
-        ),
+        Some(left_out) => {
+            log_error(NGX_LOG_ERR, log, &format!("{message} ({left_out} similar lines left out)"))
+        }
         None => {}
     }
 }
@@ -422,11 +360,7 @@ fn apply(
         request,
         "esper: decision {} applied{}",
         decision.action.as_str(),
-        if monitor {
-            " (monitor mode: not enforced)"
-        } else {
-            ""
-        }
+        if monitor { " (monitor mode: not enforced)" } else { "" }
     );
     if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
         let remembered = Remembered {
@@ -441,11 +375,7 @@ fn apply(
     }
     state.action = Some(decision.action);
     state.decision_id = decision.decision_id;
-    state.judged(if monitor {
-        EsperResult::Monitor
-    } else {
-        EsperResult::Decided
-    });
+    state.judged(if monitor { EsperResult::Monitor } else { EsperResult::Decided });
     metrics::count_action(decision.action);
     if let Some(ms) = state.latency {
         metrics::observe_latency(ms);
@@ -499,154 +429,4 @@ fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Durat
     // makes of it: never `//host/...`.
     let back = same_site_path(request.unparsed_uri().as_bytes());
     response::redirect(request, conf, &back, Some(cookie.as_bytes()))
-}
-
-impl RequestState {
-    /// Records what became of the request, for `$esper_result` and the metrics.
-    fn judged(&mut self, result: EsperResult) {
-        self.result = Some(result);
-        metrics::count_result(result);
-    }
-
-    /// The client went away while the call was pending: drop the call and
-    /// its deadline.
-    fn abandon(&mut self, call: CallId) {
-        self.stop_deadline();
-        worker::forget(call);
-    }
-
-    /// Records what arrived (the answer, or the deadline's failure) and
-    /// stops the timer.
-    fn arrived(&mut self, answer: Answer) {
-        self.stop_deadline();
-        self.latency = Some(now_ms().wrapping_sub(self.started));
-        self.stage = Stage::Arrived(answer);
-    }
-
-    fn stop_deadline(&mut self) {
-        if self.deadline.timer_set() != 0 {
-            // SAFETY: the timer was armed by `start` on this thread and is
-            // still in the timer tree.
-            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
-        }
-    }
-}
-
-/// The worker's callback for a finished call.
-///
-/// # Safety
-/// `data` must be a live `RequestState` whose call is still registered.
-unsafe fn on_answer(data: *mut c_void, answer: Answer) {
-    // SAFETY: per the function contract; the state is a separate allocation
-    // from the request, and this is the only reference to it now.
-    let state = unsafe { &mut *data.cast::<RequestState>() };
-    if let Stage::Waiting { call, .. } = state.stage {
-        debug_log!(state.deadline.log, "esper: call {call} answered");
-    }
-    state.arrived(answer);
-    resume(state.request);
-}
-
-/// The deadline timer's handler.
-extern "C" fn on_deadline(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: the timer's data is its RequestState, alive while armed.
-        let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
-        debug_log!(state.deadline.log, "esper: deadline reached");
-        if let Stage::Waiting { call, kind } = state.stage {
-            worker::expire(call);
-            state.arrived(kind.failed(Failure::Timeout));
-        }
-        resume(state.request);
-    })
-}
-
-/// Runs the phases of a request waiting in the access phase again. It takes
-/// the raw request because the access handler it reaches borrows it anew.
-fn resume(r: *mut ngx_http_request_t) {
-    // SAFETY: `r` is the live main request of a state (the request owns the
-    // state); no Rust reference to it is held across this call, and its
-    // connection outlives it (nginx marks a connection destroyed rather
-    // than freeing it).
-    unsafe {
-        let c = (*r).connection;
-        (*r).read_event_handler = Some(ngx_http_block_reading);
-        ngx_http_core_run_phases(r);
-        ngx_http_run_posted_requests(c);
-    }
-}
-
-/// Creates the state of the request in its pool; it lives until the pool's
-/// cleanup.
-fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
-    let r: *mut ngx_http_request_t = request.as_mut();
-    let log = request.log();
-    let pool = request.as_ref().pool;
-    // SAFETY: an all-zero ngx_event_t is nginx's own initial state; the
-    // request pool is live, and a new cleanup entry is ours to fill; the
-    // state is freed only by `cleanup`.
-    unsafe {
-        let state = Box::into_raw(Box::new(RequestState {
-            request: r,
-            deadline: std::mem::zeroed(),
-            stage: Stage::Idle,
-            started: now_ms(),
-            latency: None,
-            action: None,
-            result: None,
-            decision_id: None,
-            entity: None,
-        }));
-        let Some(cln) = ngx_pool_cleanup_add(pool, 0).as_mut() else {
-            drop(Box::from_raw(state));
-            return None;
-        };
-        cln.handler = Some(cleanup);
-        cln.data = state.cast();
-        let deadline = &mut (*state).deadline;
-        deadline.handler = Some(on_deadline);
-        deadline.data = state.cast();
-        deadline.log = log;
-        request.set_module_ctx(state.cast(), Module::module());
-        NonNull::new(state)
-    }
-}
-
-/// The state of the request's main request, if it has been judged here;
-/// it lives until the main request's pool cleanup.
-pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
-    // Our cleanup handler, compared by address.
-    let ours = cleanup as *const () as usize;
-    // SAFETY: `main` of a live request is live; its module contexts have a
-    // slot for every module; its pool's cleanup list is null-terminated.
-    unsafe {
-        let main = Request::from_ngx_http_request(request.as_ref().main);
-        let state = *main.as_ref().ctx.add(Module::module().ctx_index);
-        if !state.is_null() {
-            return NonNull::new(state.cast());
-        }
-        // An internal redirect clears module contexts but not pool cleanups;
-        // nginx's realip module finds its state the same way.
-        let mut cln = (*main.as_ref().pool).cleanup.as_ref();
-        while let Some(c) = cln {
-            if c.handler.is_some_and(|h| h as usize == ours) {
-                main.set_module_ctx(c.data, Module::module());
-                return NonNull::new(c.data.cast());
-            }
-            cln = c.next.as_ref();
-        }
-        None
-    }
-}
-
-/// Pool cleanup: the request is being freed, possibly with its call pending.
-extern "C" fn cleanup(data: *mut c_void) {
-    guard((), || {
-        // SAFETY: `data` is the Box made by `attach`, freed only here.
-        let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
-        match state.stage {
-            Stage::Waiting { call, .. } => state.abandon(call),
-            Stage::Idle | Stage::Arrived(_) => state.stop_deadline(),
-        }
-    })
 }

@@ -9,6 +9,7 @@
 //! `metrics` (shared counters and `esper_metrics`), `headers` (header-list
 //! surgery), `log` (logging and the panic guard), `ffi` (nginx strings).
 
+mod client;
 mod conf;
 mod enforcement;
 mod ffi;
@@ -18,6 +19,7 @@ mod log;
 mod metrics;
 mod request;
 mod response;
+mod state;
 mod variables;
 mod worker;
 

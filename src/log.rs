@@ -37,11 +37,7 @@ pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             let log = ngx::log::ngx_cycle_log().as_ptr();
-            log_error(
-                NGX_LOG_ALERT,
-                log,
-                &format!("esper: internal error: {what}"),
-            );
+            log_error(NGX_LOG_ALERT, log, &format!("esper: internal error: {what}"));
             fallback
         }
     }

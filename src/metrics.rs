@@ -62,9 +62,8 @@ fn add(counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
 fn sub(counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
     if let Some(c) = counters() {
         // Never below zero, even if a worker died without taking its part back.
-        let _ = counter(c).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(n))
-        });
+        let _ = counter(c)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
     }
 }
 
@@ -121,11 +120,7 @@ fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
             .iter()
             .map(|zone| {
                 let (entries, evictions) = zone.counts();
-                ZoneSnapshot {
-                    name: zone.name.clone(),
-                    entries,
-                    evictions,
-                }
+                ZoneSnapshot { name: zone.name.clone(), entries, evictions }
             })
             .collect(),
         pending: read(&c.pending),

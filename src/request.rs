@@ -25,12 +25,7 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
         .fields
         .iter()
         .flatten()
-        .map(|f| {
-            (
-                f.name.as_str(),
-                evaluate(request, f.value).unwrap_or_default(),
-            )
-        })
+        .map(|f| (f.name.as_str(), evaluate(request, f.value).unwrap_or_default()))
         .collect();
     let req = request.as_ref();
     let (client_ip, user_agent) = entity(request);
@@ -55,12 +50,7 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
     // the same headers whatever the protocol.
     let authority = authority_without_host_header(request).map(|a| (&b"host"[..], a));
     let mut body = Vec::with_capacity(1024);
-    build_payload(
-        &view,
-        headers(request).chain(authority),
-        &settings,
-        &mut body,
-    );
+    build_payload(&view, headers(request).chain(authority), &settings, &mut body);
     body
 }
 
@@ -95,8 +85,7 @@ pub fn has_valid_pass(request: &Request, pass: &PassSettings) -> bool {
     let cookie_headers = headers(request)
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
         .map(|(_, value)| value);
-    pass.key
-        .verify_cookies(cookie_headers, &pass.cookie, SystemTime::now(), ip, ua)
+    pass.key.verify_cookies(cookie_headers, &pass.cookie, SystemTime::now(), ip, ua)
 }
 
 /// Takes `esper_challenge_proof` out of the request, so that neither the
@@ -135,13 +124,8 @@ pub fn take_challenge_proof(request: &mut Request) -> Option<Option<String>> {
 }
 
 /// Variables whose value is the request URI, its query or the request line.
-const URI_VARIABLES: [&[u8]; 5] = [
-    b"request_uri",
-    b"args",
-    b"query_string",
-    b"is_args",
-    b"request",
-];
+const URI_VARIABLES: [&[u8]; 5] =
+    [b"request_uri", b"args", b"query_string", b"is_args", b"request"];
 
 /// Marks every indexed variable derived from the URI or query as not yet
 /// evaluated, so the next read computes it from the request as it is now.
@@ -220,10 +204,7 @@ fn list_entries(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
         // null, and each holds `nelts` initialized elements.
         unsafe {
             part = current.next.as_ref();
-            Some(std::slice::from_raw_parts(
-                current.elts.cast::<ngx_table_elt_t>(),
-                current.nelts,
-            ))
+            Some(std::slice::from_raw_parts(current.elts.cast::<ngx_table_elt_t>(), current.nelts))
         }
     })
     .flatten()
@@ -243,18 +224,13 @@ pub fn evaluate(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<
 /// pool, so that it can be given back to the same request; `None` when unset.
 pub fn evaluate_in_pool(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<ngx_str_t> {
     let value = evaluate(request, cv)?;
-    Some(ngx_str_t {
-        len: value.len(),
-        data: value.as_ptr().cast_mut(),
-    })
+    Some(ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() })
 }
 
 /// Value of an indexed nginx variable, empty when not found.
 fn indexed_variable(request: &Request, index: ngx_uint_t) -> &[u8] {
     // nginx may cache the value in the request, as `get_complex_value` does.
-    let r = (request as *const Request)
-        .cast_mut()
-        .cast::<ngx_http_request_t>();
+    let r = (request as *const Request).cast_mut().cast::<ngx_http_request_t>();
     // SAFETY: `index` was obtained for this configuration; a non-null value
     // and its data live as long as the request.
     unsafe {

@@ -39,11 +39,9 @@ pub fn deny(
         return ERROR;
     }
     match (action, json) {
-        (Action::Challenge, true) => send_json(
-            request,
-            JSON_CHALLENGE_STATUS.into(),
-            &challenge_body(url, decision_id),
-        ),
+        (Action::Challenge, true) => {
+            send_json(request, JSON_CHALLENGE_STATUS.into(), &challenge_body(url, decision_id))
+        }
         (Action::Challenge, false) => redirect(request, conf, url.as_bytes(), None),
         (_, true) => send_json(request, conf.block_status, &block_body(decision_id)),
         (_, false) => conf.block_status as ngx_int_t,
@@ -97,10 +95,8 @@ pub fn send_body(
     let out = &mut request.as_mut().headers_out;
     out.status = status;
     out.content_length_n = body.len() as i64;
-    out.content_type = ngx_str_t {
-        len: content_type.len(),
-        data: content_type.as_ptr().cast_mut(),
-    };
+    out.content_type =
+        ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
     out.content_type_len = content_type.len();
     let rc = request.send_header().0;
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || request.header_only() {

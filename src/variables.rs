@@ -11,8 +11,8 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_string;
 
-use crate::handler::find;
 use crate::log::guard;
+use crate::state::find;
 use crate::{request, Module};
 
 #[derive(Clone, Copy)]
@@ -64,9 +64,7 @@ fn value(request: &Request, variable: Variable) -> Option<Cow<'_, [u8]>> {
     match variable {
         Variable::Action => state?.action.map(|a| Cow::Borrowed(a.as_str().as_bytes())),
         Variable::Result => match state {
-            Some(s) => Some(Cow::Borrowed(
-                s.result.map_or("", EsperResult::as_str).as_bytes(),
-            )),
+            Some(s) => Some(Cow::Borrowed(s.result.map_or("", EsperResult::as_str).as_bytes())),
             // Not judged here (`esper off`).
             None if conf.is_none_or(|c| c.target.is_none()) => {
                 Some(Cow::Borrowed(EsperResult::Skipped.as_str().as_bytes()))
@@ -74,10 +72,9 @@ fn value(request: &Request, variable: Variable) -> Option<Cow<'_, [u8]>> {
             // Judged here, but not yet.
             None => None,
         },
-        Variable::DecisionId => state?
-            .decision_id
-            .as_deref()
-            .map(|id| Cow::Borrowed(id.as_bytes())),
+        Variable::DecisionId => {
+            state?.decision_id.as_deref().map(|id| Cow::Borrowed(id.as_bytes()))
+        }
         Variable::Latency => state?
             .latency
             .map(|ms| Cow::Owned(format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes())),
@@ -94,20 +91,14 @@ extern "C" fn get(
         // SAFETY: nginx evaluates variables with a live request and a value
         // slot of its own, on its thread.
         let (request, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
-        let Some(value) = VARIABLES
-            .get(data)
-            .and_then(|&(_, var)| value(request, var))
-        else {
+        let Some(value) = VARIABLES.get(data).and_then(|&(_, var)| value(request, var)) else {
             v.set_not_found(1);
             return NGX_OK as ngx_int_t;
         };
         let data = match &value {
             Cow::Borrowed(bytes) => bytes.as_ptr().cast_mut(),
             Cow::Owned(bytes) => {
-                let copy = request
-                    .pool()
-                    .alloc_unaligned(bytes.len().max(1))
-                    .cast::<u8>();
+                let copy = request.pool().alloc_unaligned(bytes.len().max(1)).cast::<u8>();
                 if copy.is_null() {
                     return NGX_ERROR as ngx_int_t;
                 }

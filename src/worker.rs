@@ -17,10 +17,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use esper_protocol::answer::contract::{DECISION_ID_HEADER, MAX_ANSWER_BYTES};
 use esper_protocol::breaker::{Admit, Breaker, Transition};
 use esper_protocol::enforcement::RetryGate;
-use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
+use esper_protocol::Failure;
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
     ngx_handle_read_event, ngx_int_t, ngx_process, NGX_LOG_ALERT, NGX_LOG_WARN, NGX_OK,
@@ -29,73 +28,12 @@ use ngx::ffi::{
 use ngx::http::HttpModuleMainConf;
 use tokio::task::AbortHandle;
 
-use crate::conf::{ClientProfile, MainConf, Target};
+use crate::client::{client, exchange, Answer, Call};
+use crate::conf::{MainConf, Target};
 use crate::ffi::now_ms;
 use crate::log::{guard, log_error};
 use crate::metrics;
 use crate::Module;
-
-/// The two calls the module makes to Esper, each with its JSON body.
-pub enum Call {
-    /// `POST /api/v1/runtime/mitigation`
-    Decide(Vec<u8>),
-    /// `POST /api/v1/challenge/proof/verify`
-    Verify(Vec<u8>),
-}
-
-/// What came of a [`Call`], of the call's own kind: a decision call never
-/// gets a proof check back, nor the other way round.
-pub enum Answer {
-    Decision(Result<Decision, Failure>),
-    Proof(Result<ProofCheck, Failure>),
-}
-
-impl Answer {
-    /// The failure, if the call failed.
-    pub fn failure(&self) -> Option<&Failure> {
-        match self {
-            Answer::Decision(result) => result.as_ref().err(),
-            Answer::Proof(result) => result.as_ref().err(),
-        }
-    }
-}
-
-impl Call {
-    /// The answer a call of this kind gets when `failure` ends it.
-    pub fn failed(&self, failure: Failure) -> Answer {
-        self.kind().failed(failure)
-    }
-
-    pub fn kind(&self) -> CallKind {
-        match self {
-            Call::Decide(_) => CallKind::Decide,
-            Call::Verify(_) => CallKind::Verify,
-        }
-    }
-}
-
-/// Which of the two calls, without its body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallKind {
-    Decide,
-    Verify,
-}
-
-impl CallKind {
-    pub fn failed(self, failure: Failure) -> Answer {
-        match self {
-            CallKind::Decide => Answer::Decision(Err(failure)),
-            CallKind::Verify => Answer::Proof(Err(failure)),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallKind::Decide => "runtime decision",
-            CallKind::Verify => "proof verification",
-        }
-    }
-}
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
@@ -256,10 +194,7 @@ fn build() -> Result<Worker, String> {
 
     Ok(Worker {
         runtime,
-        completions: Arc::new(Completions {
-            queue: Mutex::new(Vec::new()),
-            eventfd,
-        }),
+        completions: Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd }),
         notifier,
         pending: HashMap::new(),
         next_id: 0,
@@ -274,12 +209,8 @@ fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
     if let Some(made) = &*slot {
         return made.clone();
     }
-    let made = main
-        .client_profiles
-        .iter()
-        .map(client)
-        .collect::<Result<Vec<_>, _>>()
-        .map(|clients| {
+    let made =
+        main.client_profiles.iter().map(client).collect::<Result<Vec<_>, _>>().map(|clients| {
             Rc::new(ConfClients {
                 clients,
                 breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
@@ -295,28 +226,6 @@ fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
     }
     *slot = Some(made.clone());
     made
-}
-
-fn client(profile: &ClientProfile) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .user_agent(concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION")))
-        .danger_accept_invalid_certs(!profile.verify);
-    // One multiplexed connection (HTTP/2), or a pool of HTTP/1.1 connections.
-    builder = if profile.http2 {
-        builder.http2_prior_knowledge()
-    } else {
-        builder.http1_only()
-    };
-    if let Some(pem) = &profile.ca_pem {
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 /// Puts `fd` into nginx's event loop with [`on_wake`] as its read handler
@@ -384,9 +293,7 @@ pub fn call(
         let worker = match &mut *w {
             Runtime::Running(worker) => worker,
             Runtime::Absent => {
-                return Err(Failure::Transport(
-                    "no runtime in this worker process".to_owned(),
-                ))
+                return Err(Failure::Transport("no runtime in this worker process".to_owned()))
             }
             Runtime::Failed => {
                 return Err(Failure::Transport(
@@ -499,9 +406,7 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
             };
             let transition = match how {
                 End::Answered(answer) => {
-                    let available = answer
-                        .failure()
-                        .is_none_or(|f| !f.is_availability_failure());
+                    let available = answer.failure().is_none_or(|f| !f.is_availability_failure());
                     breaker.record(ticket, now, available, settings)
                 }
                 End::TimedOut => breaker.record(ticket, now, false, settings),
@@ -550,108 +455,11 @@ pub fn stop(cycle: &ngx_cycle_t) {
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
     if let Some(Ok(conf)) = Module::main_conf(cycle).and_then(|m| m.clients.borrow().clone()) {
-        let open = conf
-            .breakers
-            .borrow()
-            .iter()
-            .filter(|b| b.is_open())
-            .count() as u64;
+        let open = conf.breakers.borrow().iter().filter(|b| b.is_open()).count() as u64;
         metrics::breakers_changed(0, open);
     }
     metrics::pending_changed(0, worker.pending.len() as u64);
-    worker
-        .runtime
-        .shutdown_timeout(std::time::Duration::from_millis(500));
+    worker.runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     // SAFETY: the notifier connection was opened by `watch` in this process.
     unsafe { ngx_close_connection(worker.notifier) };
-}
-
-/// One call and its answer, of the call's kind.
-async fn exchange(client: &reqwest::Client, target: &Target, call: Call) -> Answer {
-    let kind = call.kind();
-    let (url, body) = match call {
-        Call::Decide(body) => (&target.decision_url, body),
-        Call::Verify(body) => (&target.verify_url, body),
-    };
-    let response = match read(client, target, url, body).await {
-        Ok(response) => response,
-        Err(failure) => return kind.failed(failure),
-    };
-    let now = std::time::SystemTime::now();
-    let (status, content_type, retry_after) = (
-        response.status,
-        response.content_type.as_deref(),
-        response.retry_after.as_deref(),
-    );
-    match kind {
-        CallKind::Decide => Answer::Decision(parse_answer(
-            status,
-            content_type,
-            response.decision_id.as_deref(),
-            retry_after,
-            &response.body,
-            now,
-        )),
-        CallKind::Verify => Answer::Proof(parse_verify_answer(
-            status,
-            content_type,
-            retry_after,
-            &response.body,
-            now,
-        )),
-    }
-}
-
-/// What `exchange` reads of Esper's HTTP answer.
-struct RawResponse {
-    status: u16,
-    content_type: Option<Vec<u8>>,
-    decision_id: Option<Vec<u8>>,
-    retry_after: Option<Vec<u8>>,
-    body: Vec<u8>,
-}
-
-/// Sends one call and reads its answer, up to [`MAX_ANSWER_BYTES`].
-async fn read(
-    client: &reqwest::Client,
-    target: &Target,
-    url: &reqwest::Url,
-    body: Vec<u8>,
-) -> Result<RawResponse, Failure> {
-    let mut response = client
-        .post(url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("x-esper-api-key", target.api_key.clone())
-        .body(body)
-        .send()
-        .await
-        .map_err(transport)?;
-    let headers = response.headers();
-    let header = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
-    let mut raw = RawResponse {
-        status: response.status().as_u16(),
-        content_type: header(reqwest::header::CONTENT_TYPE.as_str()),
-        decision_id: header(DECISION_ID_HEADER),
-        retry_after: header(reqwest::header::RETRY_AFTER.as_str()),
-        body: Vec::new(),
-    };
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if raw.body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(Failure::TooLarge);
-        }
-        raw.body.extend_from_slice(&chunk);
-    }
-    Ok(raw)
-}
-
-/// The reason of a transport error, without the URL and from the root cause.
-fn transport(error: reqwest::Error) -> Failure {
-    let error = error.without_url();
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason = format!("{reason}: {cause}");
-        source = cause.source();
-    }
-    Failure::Transport(reason)
 }

@@ -31,10 +31,7 @@ impl Client {
     /// The fields of a JSON object: the payload's `request`, or a verify body.
     pub fn of(object: &Value) -> Client {
         let field = |name: &str| object.get(name)?.as_str().map(str::to_owned);
-        Client {
-            client_ip: field("client_ip"),
-            user_agent: field("user_agent"),
-        }
+        Client { client_ip: field("client_ip"), user_agent: field("user_agent") }
     }
 
     /// Whether `redeemer` may redeem a proof issued to this client: every
@@ -108,10 +105,8 @@ pub enum Verdict {
 /// challenge was shown to. Anything else is `{"valid": false}`.
 pub fn verdict(token: &str, issued: Option<&Issued>, redeemer: &Client) -> Verdict {
     if let Some(issued) = issued {
-        let bound_elsewhere = issued
-            .client
-            .as_ref()
-            .is_some_and(|client| !client.may_redeem(redeemer));
+        let bound_elsewhere =
+            issued.client.as_ref().is_some_and(|client| !client.may_redeem(redeemer));
         return Verdict::Answer(match issued.ttl {
             _ if bound_elsewhere => json!({"valid": false}),
             Some(ttl) => json!({"valid": true, "ttl_seconds": ttl}),
@@ -166,10 +161,7 @@ mod tests {
     use super::*;
 
     fn client(ip: &str, ua: &str) -> Client {
-        Client {
-            client_ip: Some(ip.into()),
-            user_agent: Some(ua.into()),
-        }
+        Client { client_ip: Some(ip.into()), user_agent: Some(ua.into()) }
     }
 
     fn anyone() -> Client {
@@ -180,22 +172,13 @@ mod tests {
     fn scripted_tokens() {
         let scripted = |token| verdict(token, None, &anyone());
         assert_eq!(scripted("valid-1"), Verdict::Answer(json!({"valid": true})));
-        assert_eq!(
-            scripted("ttl5-x"),
-            Verdict::Answer(json!({"valid": true, "ttl_seconds": 5}))
-        );
+        assert_eq!(scripted("ttl5-x"), Verdict::Answer(json!({"valid": true, "ttl_seconds": 5})));
         assert!(matches!(scripted("exp60-x"), Verdict::Answer(v) if v["expires_at"].is_string()));
         assert_eq!(scripted("slow-1"), Verdict::Hang);
         assert_eq!(scripted("fail-1"), Verdict::Fail);
         assert_eq!(scripted("junk-1"), Verdict::Junk);
-        assert_eq!(
-            scripted("status422-x"),
-            Verdict::Status(StatusCode::UNPROCESSABLE_ENTITY)
-        );
-        assert_eq!(
-            scripted("status429-x"),
-            Verdict::Status(StatusCode::TOO_MANY_REQUESTS)
-        );
+        assert_eq!(scripted("status422-x"), Verdict::Status(StatusCode::UNPROCESSABLE_ENTITY));
+        assert_eq!(scripted("status429-x"), Verdict::Status(StatusCode::TOO_MANY_REQUESTS));
         for not_a_status in ["status-422", "status1000-x", "status70000-x", "statusx-1"] {
             assert_eq!(
                 scripted(not_a_status),
@@ -203,10 +186,7 @@ mod tests {
                 "{not_a_status}"
             );
         }
-        assert_eq!(
-            scripted("anything"),
-            Verdict::Answer(json!({"valid": false}))
-        );
+        assert_eq!(scripted("anything"), Verdict::Answer(json!({"valid": false})));
         let unbound = |ttl| Issued { ttl, client: None };
         assert_eq!(
             verdict("proof-1", Some(&unbound(Some(9))), &anyone()),
@@ -220,10 +200,7 @@ mod tests {
 
     #[test]
     fn issued_proofs_are_bound_to_the_challenged_client() {
-        let issued = Issued {
-            ttl: Some(60),
-            client: Some(client("203.0.113.7", "Mozilla/5.0")),
-        };
+        let issued = Issued { ttl: Some(60), client: Some(client("203.0.113.7", "Mozilla/5.0")) };
         let valid = Verdict::Answer(json!({"valid": true, "ttl_seconds": 60}));
         let refused = Verdict::Answer(json!({"valid": false}));
         let check = |redeemer: &Client| verdict("proof-1", Some(&issued), redeemer);
@@ -231,15 +208,9 @@ mod tests {
         assert_eq!(check(&client("203.0.113.8", "Mozilla/5.0")), refused);
         assert_eq!(check(&client("203.0.113.7", "curl/8")), refused);
         assert_eq!(check(&anyone()), valid, "a body without the fields");
-        let ip_only = Client {
-            client_ip: Some("203.0.113.7".into()),
-            user_agent: None,
-        };
+        let ip_only = Client { client_ip: Some("203.0.113.7".into()), user_agent: None };
         assert_eq!(check(&ip_only), valid);
-        let other_ip_only = Client {
-            client_ip: Some("198.51.100.1".into()),
-            user_agent: None,
-        };
+        let other_ip_only = Client { client_ip: Some("198.51.100.1".into()), user_agent: None };
         assert_eq!(check(&other_ip_only), refused);
     }
 
@@ -270,10 +241,7 @@ mod tests {
 
     #[test]
     fn return_locations() {
-        assert_eq!(
-            return_location("http://a/p", "t 1"),
-            "http://a/p?esper_challenge_proof=t+1"
-        );
+        assert_eq!(return_location("http://a/p", "t 1"), "http://a/p?esper_challenge_proof=t+1");
         assert_eq!(
             return_location("http://a/p?x=1", "t"),
             "http://a/p?x=1&esper_challenge_proof=t"

@@ -148,18 +148,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                     .ok_or("--threads needs a positive number")?
             }
             "--rate-limit" => {
-                rate_limit = Some(
-                    value()?
-                        .parse()
-                        .map_err(|_| "--rate-limit needs a number of calls")?,
-                )
+                rate_limit =
+                    Some(value()?.parse().map_err(|_| "--rate-limit needs a number of calls")?)
             }
             "--retry-after" => {
-                retry_after = Some(
-                    value()?
-                        .parse()
-                        .map_err(|_| "--retry-after needs a number of seconds")?,
-                )
+                retry_after =
+                    Some(value()?.parse().map_err(|_| "--retry-after needs a number of seconds")?)
             }
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
@@ -192,10 +186,7 @@ fn main() -> ExitCode {
         builder.worker_threads(opts.threads);
         builder
     };
-    let result = builder
-        .enable_all()
-        .build()
-        .and_then(|runtime| runtime.block_on(run(opts)));
+    let result = builder.enable_all().build().and_then(|runtime| runtime.block_on(run(opts)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -260,9 +251,7 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // Let a benchmark hold thousands of decisions on one connection.
             builder.http2().max_concurrent_streams(MAX_STREAMS);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -298,9 +287,7 @@ impl Mock {
                     StatusCode::METHOD_NOT_ALLOWED,
                     r#"{"error":"method not allowed"}"#,
                 );
-                response
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
                 response
             }
             (&Method::GET, "/__mock/requests") => {
@@ -370,28 +357,19 @@ impl Mock {
     }
 
     async fn runtime_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let (seq, body) = match self
-            .accept_call(req, RUNTIME_PATH, &self.runtime_calls)
-            .await?
-        {
+        let (seq, body) = match self.accept_call(req, RUNTIME_PATH, &self.runtime_calls).await? {
             Ok(call) => call,
             Err(response) => return Ok(response),
         };
         let refusal = self.rate_limit.and_then(|limit| limit.refusal(seq));
         let plan = match refusal {
-            Some(answer) => Plan {
-                delay: None,
-                outcome: Outcome::Answer(answer),
-            },
+            Some(answer) => Plan { delay: None, outcome: Outcome::Answer(answer) },
             None => {
                 let payload = Payload::parse(&body);
                 let session = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
                 let plan = plan::plan(&payload, seq, session, self.listen, self.default_action);
                 if matches!(&plan.outcome, Outcome::Answer(a) if a.opens_session) {
-                    self.sessions
-                        .lock()
-                        .unwrap()
-                        .open(session, payload.client());
+                    self.sessions.lock().unwrap().open(session, payload.client());
                 }
                 plan
             }
@@ -408,9 +386,7 @@ impl Mock {
                 let mut response = if answer.delivery.is_streamed() {
                     let mut response = Response::new(streamed(answer.body, answer.delivery));
                     *response.status_mut() = answer.status;
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, answer.content_type);
+                    response.headers_mut().insert(CONTENT_TYPE, answer.content_type);
                     response
                 } else {
                     respond(answer.status, answer.content_type, answer.body)
@@ -452,17 +428,12 @@ impl Mock {
         // An unknown or forgotten session issues a proof any client may redeem.
         let client = session.and_then(|id| self.sessions.lock().unwrap().client(id).cloned());
         let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(token.clone(), Issued { ttl, client });
+        self.tokens.lock().unwrap().insert(token.clone(), Issued { ttl, client });
         let location = challenge::return_location(&return_url, &token);
         let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
         match HeaderValue::from_str(&location) {
             Ok(location) => {
-                response
-                    .headers_mut()
-                    .insert(hyper::header::LOCATION, location);
+                response.headers_mut().insert(hyper::header::LOCATION, location);
                 response
             }
             Err(_) => json_response(StatusCode::BAD_REQUEST, r#"{"error":"bad return_url"}"#),
@@ -470,10 +441,7 @@ impl Mock {
     }
 
     async fn verify_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let body = match self
-            .accept_call(req, VERIFY_PATH, &self.verify_calls)
-            .await?
-        {
+        let body = match self.accept_call(req, VERIFY_PATH, &self.verify_calls).await? {
             Ok((_, body)) => body,
             Err(response) => return Ok(response),
         };
@@ -505,11 +473,7 @@ fn streamed(body: Bytes, delivery: plan::Delivery) -> Body {
             Some(n) => Bytes::from(vec![b' '; n]),
             None => body,
         };
-        let end = if delivery.reset_in_body {
-            body.len() / 2
-        } else {
-            body.len()
-        };
+        let end = if delivery.reset_in_body { body.len() / 2 } else { body.len() };
         for chunk in body.slice(..end).chunks(64 * 1024) {
             if tx.send_data(Bytes::copy_from_slice(chunk)).await.is_err() {
                 return;
@@ -527,11 +491,8 @@ fn respond(
     content_type: HeaderValue,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response =
+        Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, content_type);
     response
@@ -558,9 +519,8 @@ fn record_entry(seq: u64, path: &str, parts: &hyper::http::request::Parts, body:
     let bytes = body.len();
     let body = serde_json::from_slice(body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-    let received_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let received_at_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let version = format!("{:?}", parts.version);
     json!({"seq": seq, "path": path, "version": version, "headers": headers, "body": body, "bytes": bytes, "received_at_ms": received_at_ms})
 }

@@ -191,16 +191,13 @@ fn answer(
         .param("mock_content_type")
         .and_then(|ct| HeaderValue::from_str(&ct).ok())
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let decision_id = payload
-        .param("mock_decision_id")
-        .unwrap_or_else(|| Cow::Owned(format!("dec-{seq}")));
+    let decision_id =
+        payload.param("mock_decision_id").unwrap_or_else(|| Cow::Owned(format!("dec-{seq}")));
     let id_in_header = payload.flag("mock_id_in_header");
-    let decision_id_header = id_in_header
-        .then(|| HeaderValue::from_str(&decision_id).ok())
-        .flatten();
-    let retry_after = payload
-        .param("mock_retry_after")
-        .and_then(|value| HeaderValue::from_str(&value).ok());
+    let decision_id_header =
+        id_in_header.then(|| HeaderValue::from_str(&decision_id).ok()).flatten();
+    let retry_after =
+        payload.param("mock_retry_after").and_then(|value| HeaderValue::from_str(&value).ok());
 
     let mut opens_session = false;
     let body = match payload.param("mock_body") {
@@ -233,22 +230,12 @@ fn answer(
         }
     };
     let delivery = Delivery {
-        body_delay: payload
-            .number("mock_body_delay_ms")
-            .map(Duration::from_millis),
+        body_delay: payload.number("mock_body_delay_ms").map(Duration::from_millis),
         body_bytes: payload.number("mock_body_bytes"),
         reset_in_body: payload.flag("mock_reset_in_body"),
     };
 
-    Answer {
-        status,
-        content_type,
-        decision_id_header,
-        retry_after,
-        body,
-        delivery,
-        opens_session,
-    }
+    Answer { status, content_type, decision_id_header, retry_after, body, delivery, opens_session }
 }
 
 /// The mock's own `/challenge` page, carrying the payload's `return_url` and
@@ -271,13 +258,7 @@ mod tests {
     }
 
     fn plan_for(payload: Value) -> Plan {
-        plan(
-            &Payload::parse(payload.to_string().as_bytes()),
-            7,
-            70,
-            listen(),
-            "allow",
-        )
+        plan(&Payload::parse(payload.to_string().as_bytes()), 7, 70, listen(), "allow")
     }
 
     fn with_params(params: Value) -> Plan {
@@ -334,9 +315,8 @@ mod tests {
             "http://127.0.0.1:4242/challenge?return_url=https%3A%2F%2Fshop.example.com%2Fa%3Fb%3D1%26c%3Dd+e&session=70"
         );
         assert!(a.opens_session);
-        let a = answer_of(plan_for(
-            json!({"request": {"query_params": {"mock_action": "challenge"}}}),
-        ));
+        let a =
+            answer_of(plan_for(json!({"request": {"query_params": {"mock_action": "challenge"}}})));
         assert_eq!(
             body_json(&a)["redirect_url"],
             "http://127.0.0.1:4242/challenge?return_url=&session=70"
@@ -357,21 +337,14 @@ mod tests {
         );
         assert_eq!(
             payload.client(),
-            Client {
-                client_ip: Some("203.0.113.7".into()),
-                user_agent: Some("UA".into())
-            }
+            Client { client_ip: Some("203.0.113.7".into()), user_agent: Some("UA".into()) }
         );
         let odd = Payload::parse(
             br#"{"request": {"client_ip": 5, "query_params": {"mock_action": "block"}}}"#,
         );
         assert_eq!(odd.client(), Client::default());
         let a = answer_of(plan(&odd, 1, 1, listen(), "allow"));
-        assert_eq!(
-            body_json(&a)["action"],
-            "block",
-            "odd types do not spoil the payload"
-        );
+        assert_eq!(body_json(&a)["action"], "block", "odd types do not spoil the payload");
     }
 
     #[test]
@@ -392,36 +365,25 @@ mod tests {
         let earlier = at(json!({"mock_expires_in": -60}));
         let behind = now.duration_since(earlier).unwrap().as_secs();
         assert!((58..=61).contains(&behind), "{behind}");
-        let a = answer_of(with_params(
-            json!({"mock_ttl": "x", "mock_expires_in": "y"}),
-        ));
+        let a = answer_of(with_params(json!({"mock_ttl": "x", "mock_expires_in": "y"})));
         assert!(body_json(&a).get("ttl_seconds").is_none());
         assert!(body_json(&a).get("expires_at").is_none());
     }
 
     #[test]
     fn retry_after_header() {
-        let a = answer_of(with_params(
-            json!({"mock_status": "429", "mock_retry_after": "5"}),
-        ));
+        let a = answer_of(with_params(json!({"mock_status": "429", "mock_retry_after": "5"})));
         assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(a.retry_after, Some(HeaderValue::from_static("5")));
-        let a = answer_of(with_params(
-            json!({"mock_retry_after": "Thu, 26 Mar 2026 12:00:09 GMT"}),
-        ));
-        assert_eq!(
-            a.retry_after,
-            Some(HeaderValue::from_static("Thu, 26 Mar 2026 12:00:09 GMT"))
-        );
+        let a =
+            answer_of(with_params(json!({"mock_retry_after": "Thu, 26 Mar 2026 12:00:09 GMT"})));
+        assert_eq!(a.retry_after, Some(HeaderValue::from_static("Thu, 26 Mar 2026 12:00:09 GMT")));
         assert_eq!(answer_of(with_params(json!({}))).retry_after, None);
     }
 
     #[test]
     fn rate_limit_refuses_after_the_limit() {
-        let limit = RateLimit {
-            calls: 2,
-            retry_after: Some(7),
-        };
+        let limit = RateLimit { calls: 2, retry_after: Some(7) };
         assert_eq!(limit.refusal(1), None);
         assert_eq!(limit.refusal(2), None);
         let refusal = limit.refusal(3).unwrap();
@@ -429,10 +391,7 @@ mod tests {
         assert_eq!(refusal.retry_after, Some(HeaderValue::from_static("7")));
         assert_eq!(body_json(&refusal), json!({"error": "rate limited"}));
         assert!(limit.refusal(1000).is_some());
-        let silent = RateLimit {
-            calls: 0,
-            retry_after: None,
-        };
+        let silent = RateLimit { calls: 0, retry_after: None };
         assert_eq!(silent.refusal(1).unwrap().retry_after, None);
     }
 
@@ -447,9 +406,8 @@ mod tests {
 
     #[test]
     fn decision_id_can_move_to_a_header() {
-        let a = answer_of(with_params(
-            json!({"mock_decision_id": "abc", "mock_id_in_header": "1"}),
-        ));
+        let a =
+            answer_of(with_params(json!({"mock_decision_id": "abc", "mock_id_in_header": "1"})));
         assert_eq!(a.decision_id_header, Some(HeaderValue::from_static("abc")));
         assert_eq!(body_json(&a), json!({"action": "allow", "reason": "mock"}));
     }
@@ -459,11 +417,7 @@ mod tests {
         for code in [400, 413, 422, 500, 503] {
             let a = answer_of(with_params(json!({"mock_status": code.to_string()})));
             assert_eq!(a.status.as_u16(), code);
-            assert_eq!(
-                body_json(&a)["action"],
-                "allow",
-                "the body stays a decision"
-            );
+            assert_eq!(body_json(&a)["action"], "allow", "the body stays a decision");
         }
     }
 
@@ -484,9 +438,7 @@ mod tests {
 
     #[test]
     fn numbers_are_accepted_and_garbage_ignored() {
-        let a = answer_of(with_params(
-            json!({"mock_status": 500, "mock_delay_ms": "x"}),
-        ));
+        let a = answer_of(with_params(json!({"mock_status": 500, "mock_delay_ms": "x"})));
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
         let plan = with_params(json!({"mock_status": "abc", "mock_delay_ms": 250}));
         assert_eq!(plan.delay, Some(Duration::from_millis(250)));
@@ -496,20 +448,8 @@ mod tests {
     #[test]
     fn hang_wins_over_close_and_keeps_the_delay() {
         let plan = with_params(json!({"mock_hang": "1", "mock_close": "1", "mock_delay_ms": "5"}));
-        assert_eq!(
-            plan,
-            Plan {
-                delay: Some(Duration::from_millis(5)),
-                outcome: Outcome::Hang
-            }
-        );
-        assert_eq!(
-            with_params(json!({"mock_close": "1"})).outcome,
-            Outcome::Close
-        );
-        assert!(matches!(
-            with_params(json!({"mock_close": "0"})).outcome,
-            Outcome::Answer(_)
-        ));
+        assert_eq!(plan, Plan { delay: Some(Duration::from_millis(5)), outcome: Outcome::Hang });
+        assert_eq!(with_params(json!({"mock_close": "1"})).outcome, Outcome::Close);
+        assert!(matches!(with_params(json!({"mock_close": "0"})).outcome, Outcome::Answer(_)));
     }
 }

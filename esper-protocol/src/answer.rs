@@ -65,10 +65,7 @@ pub mod contract {
             .and_then(Value::as_str)
             .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
             .map(|at| at.duration_since(now).unwrap_or_default());
-        let ttl = answer
-            .get(TTL_FIELD)
-            .and_then(Value::as_u64)
-            .map(Duration::from_secs);
+        let ttl = answer.get(TTL_FIELD).and_then(Value::as_u64).map(Duration::from_secs);
         match (until_expiry, ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -174,10 +171,9 @@ impl fmt::Display for Failure {
         match self {
             Failure::Timeout => f.write_str("timed out"),
             Failure::Transport(e) => write!(f, "request failed: {e}"),
-            Failure::Unauthorized(s) => write!(
-                f,
-                "status {s}: Esper refused the API key, check \"esper_api_key\""
-            ),
+            Failure::Unauthorized(s) => {
+                write!(f, "status {s}: Esper refused the API key, check \"esper_api_key\"")
+            }
             Failure::RateLimited { retry_after } => {
                 f.write_str("rate limited by Esper (429)")?;
                 match retry_after {
@@ -193,10 +189,9 @@ impl fmt::Display for Failure {
             Failure::InvalidBody(e) => write!(f, "invalid answer body: {e}"),
             Failure::UnknownAction(a) => write!(f, "unknown action \"{a}\""),
             Failure::BadRedirect(u) => write!(f, "challenge without a usable redirect_url ({u})"),
-            Failure::Overloaded(n) => write!(
-                f,
-                "{n} decisions already pending (esper_max_pending), Esper not asked"
-            ),
+            Failure::Overloaded(n) => {
+                write!(f, "{n} decisions already pending (esper_max_pending), Esper not asked")
+            }
             Failure::CircuitOpen => f.write_str("circuit breaker open, Esper not asked"),
             Failure::RetryLater => {
                 f.write_str("Esper's Retry-After after a 429 is running, Esper not asked")
@@ -266,12 +261,7 @@ pub fn parse_answer(
     // Tolerant: an unreadable or past lifetime is no lifetime.
     let lifetime = contract::lifetime(&raw.rest, now).filter(|l| !l.is_zero());
 
-    Ok(Decision {
-        action,
-        redirect_url,
-        decision_id,
-        lifetime,
-    })
+    Ok(Decision { action, redirect_url, decision_id, lifetime })
 }
 
 /// What every answer must be before its body is read: 2xx, JSON, bounded.
@@ -419,77 +409,41 @@ mod tests {
     fn reads_each_action() {
         assert_eq!(ok(r#"{"action":"allow"}"#).unwrap().action, Action::Allow);
         assert_eq!(
-            ok(r#"{"action":"block","reason":"bot","score":97}"#)
-                .unwrap()
-                .action,
+            ok(r#"{"action":"block","reason":"bot","score":97}"#).unwrap().action,
             Action::Block
         );
         let d =
             ok(r#"{"action":"challenge","redirect_url":"https://c.esperr.com/x?y=1"}"#).unwrap();
         assert_eq!(d.action, Action::Challenge);
-        assert_eq!(
-            d.redirect_url.as_deref(),
-            Some("https://c.esperr.com/x?y=1")
-        );
+        assert_eq!(d.redirect_url.as_deref(), Some("https://c.esperr.com/x?y=1"));
     }
 
     #[test]
     fn decision_id_from_body_alternatives_or_header() {
         assert_eq!(
-            ok(r#"{"action":"allow","decision_id":"d1"}"#)
-                .unwrap()
-                .decision_id
-                .as_deref(),
+            ok(r#"{"action":"allow","decision_id":"d1"}"#).unwrap().decision_id.as_deref(),
             Some("d1")
         );
         assert_eq!(
-            ok(r#"{"action":"allow","id":"d2"}"#)
-                .unwrap()
-                .decision_id
-                .as_deref(),
+            ok(r#"{"action":"allow","id":"d2"}"#).unwrap().decision_id.as_deref(),
             Some("d2")
         );
-        assert_eq!(
-            ok(r#"{"action":"allow","id":42}"#)
-                .unwrap()
-                .decision_id
-                .as_deref(),
-            Some("42")
-        );
+        assert_eq!(ok(r#"{"action":"allow","id":42}"#).unwrap().decision_id.as_deref(), Some("42"));
         let d = answer(200, None, Some(b"h3"), br#"{"action":"allow"}"#).unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("h3"));
-        let d = answer(
-            200,
-            None,
-            Some(b"h3"),
-            br#"{"action":"allow","decision_id":"b"}"#,
-        )
-        .unwrap();
+        let d = answer(200, None, Some(b"h3"), br#"{"action":"allow","decision_id":"b"}"#).unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("b"));
-        assert_eq!(
-            ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}")
-                .unwrap()
-                .decision_id,
-            None
-        );
+        assert_eq!(ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}").unwrap().decision_id, None);
     }
 
     #[test]
     fn statuses() {
-        assert_eq!(
-            answer(401, None, None, b""),
-            Err(Failure::Unauthorized(401))
-        );
-        assert_eq!(
-            answer(403, None, None, b""),
-            Err(Failure::Unauthorized(403))
-        );
+        assert_eq!(answer(401, None, None, b""), Err(Failure::Unauthorized(401)));
+        assert_eq!(answer(403, None, None, b""), Err(Failure::Unauthorized(403)));
         assert_eq!(answer(500, None, None, b"{}"), Err(Failure::Status(500)));
         assert_eq!(answer(302, None, None, b"{}"), Err(Failure::Status(302)));
         assert_eq!(
-            answer(204, None, None, br#"{"action":"allow"}"#)
-                .unwrap()
-                .action,
+            answer(204, None, None, br#"{"action":"allow"}"#).unwrap().action,
             Action::Allow
         );
     }
@@ -500,19 +454,11 @@ mod tests {
         assert!(matches!(ok("{\"action\":"), Err(Failure::InvalidBody(_))));
         assert!(matches!(ok("[1]"), Err(Failure::InvalidBody(_))));
         assert!(matches!(ok("<html>"), Err(Failure::InvalidBody(_))));
-        assert_eq!(
-            ok(r#"{"action":"maybe"}"#),
-            Err(Failure::UnknownAction("maybe".into()))
-        );
-        assert_eq!(
-            ok(r#"{"action":1}"#),
-            Err(Failure::UnknownAction("<missing>".into()))
-        );
+        assert_eq!(ok(r#"{"action":"maybe"}"#), Err(Failure::UnknownAction("maybe".into())));
+        assert_eq!(ok(r#"{"action":1}"#), Err(Failure::UnknownAction("<missing>".into())));
         assert_eq!(ok(r#"{}"#), Err(Failure::UnknownAction("<missing>".into())));
-        let big = format!(
-            r#"{{"action":"allow","pad":"{}"}}"#,
-            "x".repeat(contract::MAX_ANSWER_BYTES)
-        );
+        let big =
+            format!(r#"{{"action":"allow","pad":"{}"}}"#, "x".repeat(contract::MAX_ANSWER_BYTES));
         assert_eq!(ok(&big), Err(Failure::TooLarge));
     }
 
@@ -550,38 +496,25 @@ mod tests {
         let check = |body: &str| {
             parse_verify_answer(200, Some(b"application/json"), None, body.as_bytes(), now)
         };
-        assert_eq!(
-            check(r#"{"valid":true}"#),
-            Ok(ProofCheck::Verified { lifetime: None })
-        );
+        assert_eq!(check(r#"{"valid":true}"#), Ok(ProofCheck::Verified { lifetime: None }));
         assert_eq!(
             check(r#"{"valid":true,"ttl_seconds":60}"#),
-            Ok(ProofCheck::Verified {
-                lifetime: Some(Duration::from_secs(60))
-            })
+            Ok(ProofCheck::Verified { lifetime: Some(Duration::from_secs(60)) })
         );
         assert_eq!(
             check(r#"{"valid":true,"expires_at":"2026-03-26T12:05:00Z","ttl_seconds":600}"#),
-            Ok(ProofCheck::Verified {
-                lifetime: Some(Duration::from_secs(300))
-            })
+            Ok(ProofCheck::Verified { lifetime: Some(Duration::from_secs(300)) })
         );
         assert_eq!(
             check(r#"{"valid":true,"expires_at":"2026-03-26T11:00:00Z"}"#),
             Ok(ProofCheck::Refused)
         );
-        assert_eq!(
-            check(r#"{"valid":true,"ttl_seconds":0}"#),
-            Ok(ProofCheck::Refused)
-        );
+        assert_eq!(check(r#"{"valid":true,"ttl_seconds":0}"#), Ok(ProofCheck::Refused));
         assert_eq!(check(r#"{"valid":false}"#), Ok(ProofCheck::Refused));
         assert_eq!(check(r#"{"valid":"true"}"#), Ok(ProofCheck::Refused));
         assert_eq!(check(r#"{}"#), Ok(ProofCheck::Refused));
         assert!(matches!(check("nope"), Err(Failure::InvalidBody(_))));
-        assert_eq!(
-            parse_verify_answer(500, None, None, b"{}", now),
-            Err(Failure::Status(500))
-        );
+        assert_eq!(parse_verify_answer(500, None, None, b"{}", now), Err(Failure::Status(500)));
         assert_eq!(
             parse_verify_answer(401, None, None, b"{}", now),
             Err(Failure::Unauthorized(401))
@@ -590,16 +523,10 @@ mod tests {
 
     #[test]
     fn decision_lifetime_is_read_tolerantly() {
-        let lifetime = |extra: &str| {
-            ok(&format!(r#"{{"action":"block"{extra}}}"#))
-                .unwrap()
-                .lifetime
-        };
+        let lifetime =
+            |extra: &str| ok(&format!(r#"{{"action":"block"{extra}}}"#)).unwrap().lifetime;
         assert_eq!(lifetime(""), None);
-        assert_eq!(
-            lifetime(r#","ttl_seconds":30"#),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(lifetime(r#","ttl_seconds":30"#), Some(Duration::from_secs(30)));
         assert_eq!(
             lifetime(r#","expires_at":"2026-03-26T12:01:00Z""#),
             Some(Duration::from_secs(60))
@@ -626,15 +553,9 @@ mod tests {
     fn rate_limited_with_retry_after() {
         let limited =
             |retry_after: Option<&[u8]>| parse_answer(429, None, None, retry_after, b"{}", now());
-        let after = |secs| {
-            Err(Failure::RateLimited {
-                retry_after: Some(Duration::from_secs(secs)),
-            })
-        };
-        assert_eq!(
-            limited(None),
-            Err(Failure::RateLimited { retry_after: None })
-        );
+        let after =
+            |secs| Err(Failure::RateLimited { retry_after: Some(Duration::from_secs(secs)) });
+        assert_eq!(limited(None), Err(Failure::RateLimited { retry_after: None }));
         assert_eq!(limited(Some(b"5")), after(5));
         assert_eq!(limited(Some(b" 7 ")), after(7));
         assert_eq!(limited(Some(b"0")), after(0));
@@ -652,9 +573,7 @@ mod tests {
         }
         assert_eq!(
             parse_verify_answer(429, None, Some(b"2"), b"", now()),
-            Err(Failure::RateLimited {
-                retry_after: Some(Duration::from_secs(2))
-            })
+            Err(Failure::RateLimited { retry_after: Some(Duration::from_secs(2)) })
         );
         assert_eq!(
             parse_answer(503, None, None, Some(b"5"), b"{}", now()),
@@ -696,26 +615,17 @@ mod tests {
     #[test]
     fn reasons_are_printable() {
         assert_eq!(
-            Failure::RateLimited {
-                retry_after: Some(Duration::from_secs(5))
-            }
-            .to_string(),
+            Failure::RateLimited { retry_after: Some(Duration::from_secs(5)) }.to_string(),
             "rate limited by Esper (429), retry after 5 s"
         );
         assert_eq!(
             Failure::RateLimited { retry_after: None }.to_string(),
             "rate limited by Esper (429)"
         );
-        assert_eq!(
-            Failure::RateLimited { retry_after: None }.result().as_str(),
-            "error"
-        );
+        assert_eq!(Failure::RateLimited { retry_after: None }.result().as_str(), "error");
         assert_eq!(Failure::Status(502).to_string(), "unexpected status 502");
         assert_eq!(Failure::Timeout.result().as_str(), "timeout");
         assert_eq!(Failure::Status(502).result().as_str(), "error");
-        assert_eq!(
-            ok("{\"action\":\"a\\nb\"}"),
-            Err(Failure::UnknownAction("a?b".into()))
-        );
+        assert_eq!(ok("{\"action\":\"a\\nb\"}"), Err(Failure::UnknownAction("a?b".into())));
     }
 }

@@ -19,11 +19,7 @@ pub struct BreakerSettings {
 
 impl Default for BreakerSettings {
     fn default() -> Self {
-        BreakerSettings {
-            failures: 20,
-            window_ms: 10_000,
-            cooldown_ms: 5_000,
-        }
+        BreakerSettings { failures: 20, window_ms: 10_000, cooldown_ms: 5_000 }
     }
 }
 
@@ -79,10 +75,7 @@ impl Breaker {
             State::Open { .. } => {
                 self.state = State::HalfOpen;
                 self.period += 1;
-                (
-                    Admit::Probe(Ticket(self.period)),
-                    Some(Transition::HalfOpened),
-                )
+                (Admit::Probe(Ticket(self.period)), Some(Transition::HalfOpened))
             }
             State::HalfOpen => (Admit::Refuse, None),
         }
@@ -144,9 +137,7 @@ impl Breaker {
     }
 
     fn open(&mut self, now_ms: u64, settings: &BreakerSettings) {
-        self.state = State::Open {
-            until_ms: now_ms + settings.cooldown_ms,
-        };
+        self.state = State::Open { until_ms: now_ms + settings.cooldown_ms };
         self.period += 1;
     }
 }
@@ -155,11 +146,7 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    const S: BreakerSettings = BreakerSettings {
-        failures: 3,
-        window_ms: 1000,
-        cooldown_ms: 500,
-    };
+    const S: BreakerSettings = BreakerSettings { failures: 3, window_ms: 1000, cooldown_ms: 500 };
 
     fn ticket(b: &mut Breaker, now_ms: u64) -> Ticket {
         match b.admit(now_ms) {
@@ -186,11 +173,7 @@ mod tests {
         let mut b = Breaker::default();
         assert_eq!(call(&mut b, 0, false), None);
         assert_eq!(call(&mut b, 100, false), None);
-        assert_eq!(
-            call(&mut b, 1050, false),
-            None,
-            "the first failure left the window"
-        );
+        assert_eq!(call(&mut b, 1050, false), None, "the first failure left the window");
         assert_eq!(call(&mut b, 1060, false), Some(Transition::Opened));
         assert_eq!(b.admit(1400), (Admit::Refuse, None));
     }
@@ -204,9 +187,7 @@ mod tests {
         assert!(matches!(admit, Admit::Probe(_)));
         assert_eq!(transition, Some(Transition::HalfOpened));
         assert_eq!(b.admit(503), (Admit::Refuse, None), "one probe at a time");
-        let Admit::Probe(probe) = admit else {
-            unreachable!()
-        };
+        let Admit::Probe(probe) = admit else { unreachable!() };
         assert_eq!(b.record(probe, 510, false, &S), Some(Transition::Reopened));
         assert_eq!(b.admit(600), (Admit::Refuse, None));
         let probe = ticket(&mut b, 1011);
@@ -219,15 +200,9 @@ mod tests {
     fn an_abandoned_probe_lets_the_next_call_probe() {
         let mut b = Breaker::default();
         opened(&mut b);
-        assert!(matches!(
-            b.admit(600),
-            (Admit::Probe(_), Some(Transition::HalfOpened))
-        ));
+        assert!(matches!(b.admit(600), (Admit::Probe(_), Some(Transition::HalfOpened))));
         b.abandon_probe();
-        assert!(matches!(
-            b.admit(601),
-            (Admit::Probe(_), Some(Transition::HalfOpened))
-        ));
+        assert!(matches!(b.admit(601), (Admit::Probe(_), Some(Transition::HalfOpened))));
     }
 
     #[test]
@@ -286,9 +261,6 @@ mod tests {
         let tickets: Vec<Ticket> = (0..3).map(|t| ticket(&mut b, 601 + t)).collect();
         assert_eq!(b.record(tickets[0], 700, false, &S), None);
         assert_eq!(b.record(tickets[1], 700, false, &S), None);
-        assert_eq!(
-            b.record(tickets[2], 700, false, &S),
-            Some(Transition::Opened)
-        );
+        assert_eq!(b.record(tickets[2], 700, false, &S), Some(Transition::Opened));
     }
 }

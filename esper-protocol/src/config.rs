@@ -118,9 +118,7 @@ pub fn check_cookie_name(value: &str) -> Result<(), ConfigError> {
 /// The API key goes into a header as it is.
 pub fn check_api_key(value: &str) -> Result<(), ConfigError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError(
-            "invalid API key: it must be non-empty visible ASCII".to_owned(),
-        ));
+        return Err(ConfigError("invalid API key: it must be non-empty visible ASCII".to_owned()));
     }
     Ok(())
 }
@@ -136,22 +134,16 @@ mod tests {
             "https://api.esperr.com/api/v1/runtime/mitigation"
         );
         assert_eq!(
-            ApiUrl::parse("http://127.0.0.1:8081/")
-                .unwrap()
-                .decision_url(),
+            ApiUrl::parse("http://127.0.0.1:8081/").unwrap().decision_url(),
             "http://127.0.0.1:8081/api/v1/runtime/mitigation"
         );
         assert_eq!(
-            ApiUrl::parse("https://gw.example/esper")
-                .unwrap()
-                .decision_url(),
+            ApiUrl::parse("https://gw.example/esper").unwrap().decision_url(),
             "https://gw.example/esper/api/v1/runtime/mitigation"
         );
         assert!(ApiUrl::parse("https://gw.example").unwrap().is_https());
         assert_eq!(
-            ApiUrl::parse("https://gw.example/esper/")
-                .unwrap()
-                .verify_url(),
+            ApiUrl::parse("https://gw.example/esper/").unwrap().verify_url(),
             "https://gw.example/esper/api/v1/challenge/proof/verify"
         );
         for bad in [
@@ -198,9 +190,6 @@ mod tests {
         assert!(check_cookie_name("").is_err());
         assert!(check_api_key("sk_live_123").is_ok());
         assert!(check_api_key("a\nb").is_err());
-        assert!(!check_api_key("bad key")
-            .unwrap_err()
-            .to_string()
-            .contains("bad key"));
+        assert!(!check_api_key("bad key").unwrap_err().to_string().contains("bad key"));
     }
 }

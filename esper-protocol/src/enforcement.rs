@@ -60,9 +60,8 @@ impl RetryGate {
     /// [`contract::MAX_RETRY_AFTER`]). The later deadline wins: answers to
     /// concurrent calls arrive in any order.
     pub fn note(&mut self, now_ms: u64, retry_after: Option<Duration>) {
-        let wait = retry_after
-            .unwrap_or(contract::DEFAULT_RETRY_AFTER)
-            .min(contract::MAX_RETRY_AFTER);
+        let wait =
+            retry_after.unwrap_or(contract::DEFAULT_RETRY_AFTER).min(contract::MAX_RETRY_AFTER);
         let until = now_ms.saturating_add(wait.as_millis() as u64);
         self.closed_until_ms = self.closed_until_ms.max(until);
     }
@@ -103,10 +102,7 @@ mod tests {
     fn entries_live_as_long_as_esper_says_up_to_the_ttl() {
         let ttl = Duration::from_secs(300);
         assert_eq!(entry_lifetime(None, ttl), ttl);
-        assert_eq!(
-            entry_lifetime(Some(Duration::from_secs(30)), ttl),
-            Duration::from_secs(30)
-        );
+        assert_eq!(entry_lifetime(Some(Duration::from_secs(30)), ttl), Duration::from_secs(30));
         assert_eq!(entry_lifetime(Some(Duration::from_secs(3600)), ttl), ttl);
     }
 

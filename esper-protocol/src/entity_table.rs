@@ -88,12 +88,7 @@ impl Layout {
             let slots_offset =
                 (buckets_offset + buckets * size_of::<u32>()).next_multiple_of(align_of::<Slot>());
             if slots_offset + capacity * size_of::<Slot>() <= bytes {
-                return Some(Layout {
-                    capacity,
-                    buckets,
-                    buckets_offset,
-                    slots_offset,
-                });
+                return Some(Layout { capacity, buckets, buckets_offset, slots_offset });
             }
             capacity -= 1;
         }
@@ -123,11 +118,7 @@ impl<'a> Table<'a> {
     /// Takes the parts of a table; lays them out anew unless they already
     /// hold a table of this layout (a zone kept across a reload).
     pub fn new(meta: &'a mut Meta, buckets: &'a mut [u32], slots: &'a mut [Slot]) -> Self {
-        let mut table = Table {
-            meta,
-            buckets,
-            slots,
-        };
+        let mut table = Table { meta, buckets, slots };
         let kept = table.meta.magic == MAGIC
             && table.meta.capacity as usize == table.slots.len()
             && table.meta.buckets as usize == table.buckets.len();
@@ -197,11 +188,7 @@ impl<'a> Table<'a> {
         expires_ms: u64,
         now_ms: u64,
     ) -> Stored {
-        let url = decision
-            .redirect_url
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes();
+        let url = decision.redirect_url.as_deref().unwrap_or_default().as_bytes();
         let action = match decision.action {
             Action::Allow => return Stored::No,
             Action::Challenge if url.is_empty() || url.len() > MAX_URL_BYTES => return Stored::No,
@@ -239,11 +226,7 @@ impl<'a> Table<'a> {
                 at
             }
         };
-        let id = decision
-            .decision_id
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes();
+        let id = decision.decision_id.as_deref().unwrap_or_default().as_bytes();
         let id = &id[..floor_char_boundary(id, MAX_ID_BYTES)];
         let slot = &mut self.slots[at as usize];
         slot.action = action;
@@ -361,10 +344,7 @@ fn floor_char_boundary(bytes: &[u8], max: usize) -> usize {
     if bytes.len() <= max {
         return bytes.len();
     }
-    (0..=max)
-        .rev()
-        .find(|&i| bytes.get(i).is_none_or(|b| (*b as i8) >= -0x40))
-        .unwrap_or(0)
+    (0..=max).rev().find(|&i| bytes.get(i).is_none_or(|b| (*b as i8) >= -0x40)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -423,11 +403,7 @@ mod tests {
     }
 
     fn block(id: &str) -> Remembered {
-        Remembered {
-            action: Action::Block,
-            decision_id: Some(id.to_owned()),
-            redirect_url: None,
-        }
+        Remembered { action: Action::Block, decision_id: Some(id.to_owned()), redirect_url: None }
     }
 
     fn challenge(url: &str) -> Remembered {
@@ -442,10 +418,7 @@ mod tests {
     fn remembers_until_expiry() {
         let mut m = Memory::new(4);
         let mut t = m.table();
-        assert_eq!(
-            t.remember(&key(1), &block("d1"), 1000, 0),
-            Stored::Yes { evicted: false }
-        );
+        assert_eq!(t.remember(&key(1), &block("d1"), 1000, 0), Stored::Yes { evicted: false });
         assert_eq!(t.get(&key(1), 999), Some(block("d1")));
         assert_eq!(t.get(&key(2), 999), None);
         assert_eq!(t.get(&key(1), 1000), None, "expired");
@@ -456,11 +429,7 @@ mod tests {
     fn allow_and_long_urls_are_not_stored() {
         let mut m = Memory::new(4);
         let mut t = m.table();
-        let allow = Remembered {
-            action: Action::Allow,
-            decision_id: None,
-            redirect_url: None,
-        };
+        let allow = Remembered { action: Action::Allow, decision_id: None, redirect_url: None };
         assert_eq!(t.remember(&key(1), &allow, 1000, 0), Stored::No);
         let long = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES));
         assert_eq!(t.remember(&key(1), &challenge(&long), 1000, 0), Stored::No);
@@ -468,10 +437,7 @@ mod tests {
         assert!(t.is_empty());
         let url = "https://c.example/challenge?s=1";
         t.remember(&key(1), &challenge(url), 1000, 0);
-        assert_eq!(
-            t.get(&key(1), 1).unwrap().redirect_url.as_deref(),
-            Some(url)
-        );
+        assert_eq!(t.get(&key(1), 1).unwrap().redirect_url.as_deref(), Some(url));
     }
 
     #[test]
@@ -482,10 +448,7 @@ mod tests {
             t.remember(&key(n), &block("d"), 1000, 0);
         }
         assert!(t.get(&key(1), 1).is_some(), "1 is now the most recent");
-        assert_eq!(
-            t.remember(&key(4), &block("d"), 1000, 1),
-            Stored::Yes { evicted: true }
-        );
+        assert_eq!(t.remember(&key(4), &block("d"), 1000, 1), Stored::Yes { evicted: true });
         assert_eq!(t.get(&key(2), 1), None, "2 was the least recently used");
         for n in [1, 3, 4] {
             assert!(t.get(&key(n), 1).is_some(), "{n} kept");
@@ -499,10 +462,7 @@ mod tests {
         let mut t = m.table();
         t.remember(&key(1), &block("d"), 10, 0);
         t.remember(&key(2), &block("d"), 1000, 0);
-        assert_eq!(
-            t.remember(&key(3), &block("d"), 1000, 20),
-            Stored::Yes { evicted: false }
-        );
+        assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: false });
         assert_eq!(t.evictions(), 0);
     }
 
@@ -533,15 +493,9 @@ mod tests {
     fn kept_across_a_new_view_unless_the_layout_changed() {
         let mut m = Memory::new(4);
         m.table().remember(&key(1), &block("d"), 1000, 0);
-        assert!(
-            m.table().get(&key(1), 1).is_some(),
-            "a reload keeps the entries"
-        );
+        assert!(m.table().get(&key(1), 1).is_some(), "a reload keeps the entries");
         m.meta.magic = 0;
-        assert!(
-            m.table().is_empty(),
-            "memory of another layout is laid out anew"
-        );
+        assert!(m.table().is_empty(), "memory of another layout is laid out anew");
     }
 
     #[test]
@@ -569,12 +523,7 @@ mod tests {
                     t.get(&key(n % 40), now);
                 }
                 3 => {
-                    t.remember(
-                        &key(n % 40),
-                        &challenge("https://c.example/x"),
-                        now + 50,
-                        now,
-                    );
+                    t.remember(&key(n % 40), &challenge("https://c.example/x"), now + 50, now);
                 }
                 _ => {
                     t.remember(&key(n % 40), &block("d"), now + (n % 90) as u64, now);

@@ -9,9 +9,8 @@ use crate::{Action, Failure};
 /// `esper_requests_total{result=...}`, in `$esper_result`'s words:
 /// `enforced` is a decision replayed from an enforcement zone without a call,
 /// `bypassed` a request the operator's allowlist lets through unasked.
-pub const RESULTS: [&str; 8] = [
-    "decided", "monitor", "pass", "timeout", "error", "skipped", "enforced", "bypassed",
-];
+pub const RESULTS: [&str; 8] =
+    ["decided", "monitor", "pass", "timeout", "error", "skipped", "enforced", "bypassed"];
 /// `esper_errors_total{reason=...}`.
 pub const ERROR_REASONS: [&str; 11] = [
     "transport",
@@ -87,10 +86,7 @@ pub fn enforced_index(action: Action) -> Option<usize> {
 
 /// The bucket a latency falls in (the last one is `+Inf`).
 pub fn latency_bucket(ms: u64) -> usize {
-    LATENCY_BUCKETS_MS
-        .iter()
-        .position(|&b| ms <= b)
-        .unwrap_or(LATENCY_BUCKETS_MS.len())
+    LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len())
 }
 
 /// The reading of one enforcement zone.
@@ -129,10 +125,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// A label value as the exposition format wants it: `\`, `"` and newline
 /// escaped.
 fn label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 pub fn render(s: &Snapshot) -> String {
@@ -145,18 +138,9 @@ pub fn render(s: &Snapshot) -> String {
     );
     for action in [Action::Allow, Action::Challenge, Action::Block] {
         let count = s.actions[action_index(action)];
-        let _ = writeln!(
-            out,
-            "esper_decisions_total{{action=\"{}\"}} {count}",
-            action.as_str()
-        );
+        let _ = writeln!(out, "esper_decisions_total{{action=\"{}\"}} {count}", action.as_str());
     }
-    family(
-        &mut out,
-        "esper_requests_total",
-        "counter",
-        "Requests by $esper_result.",
-    );
+    family(&mut out, "esper_requests_total", "counter", "Requests by $esper_result.");
     for (result, count) in RESULTS.iter().zip(s.results) {
         let _ = writeln!(out, "esper_requests_total{{result=\"{result}\"}} {count}");
     }
@@ -217,12 +201,7 @@ pub fn render(s: &Snapshot) -> String {
             zone.evictions
         );
     }
-    family(
-        &mut out,
-        "esper_pending",
-        "gauge",
-        "Calls to Esper in flight, all workers.",
-    );
+    family(&mut out, "esper_pending", "gauge", "Calls to Esper in flight, all workers.");
     let _ = writeln!(out, "esper_pending {}", s.pending);
     family(
         &mut out,
@@ -243,16 +222,10 @@ pub fn render(s: &Snapshot) -> String {
         let le = LATENCY_BUCKETS_MS
             .get(i)
             .map_or("+Inf".to_owned(), |ms| (*ms as f64 / 1000.0).to_string());
-        let _ = writeln!(
-            out,
-            "esper_decision_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-        );
+        let _ = writeln!(out, "esper_decision_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
     }
-    let _ = writeln!(
-        out,
-        "esper_decision_duration_seconds_sum {}",
-        s.latency_sum_ms as f64 / 1000.0
-    );
+    let _ =
+        writeln!(out, "esper_decision_duration_seconds_sum {}", s.latency_sum_ms as f64 / 1000.0);
     let _ = writeln!(out, "esper_decision_duration_seconds_count {cumulative}");
     out
 }
@@ -295,16 +268,8 @@ mod tests {
         s.errors[error_index(&Failure::RateLimited { retry_after: None }).unwrap()] = 3;
         s.rate_limited = 5;
         s.zones = vec![
-            ZoneSnapshot {
-                name: "bots".into(),
-                entries: 120,
-                evictions: 7,
-            },
-            ZoneSnapshot {
-                name: "odd\"na\\me".into(),
-                entries: 0,
-                evictions: 0,
-            },
+            ZoneSnapshot { name: "bots".into(), entries: 120, evictions: 7 },
+            ZoneSnapshot { name: "odd\"na\\me".into(), entries: 0, evictions: 0 },
         ];
         let text = render(&s);
         for expected in [

@@ -55,12 +55,7 @@ impl PassKey {
         MACS_COMPUTED.with(|n| n.set(n.get() + 1));
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         // Lengths make the fields unambiguous whatever bytes they hold.
-        for part in [
-            VERSION.as_bytes(),
-            expiry.to_string().as_bytes(),
-            client_ip,
-            user_agent,
-        ] {
+        for part in [VERSION.as_bytes(), expiry.to_string().as_bytes(), client_ip, user_agent] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -70,10 +65,7 @@ impl PassKey {
     /// A cookie value for this entity that expires at `expiry`.
     pub fn issue(&self, expiry: SystemTime, client_ip: &[u8], user_agent: &[u8]) -> String {
         let expiry = unix_seconds(expiry);
-        let tag = self
-            .mac(expiry, client_ip, user_agent)
-            .finalize()
-            .into_bytes();
+        let tag = self.mac(expiry, client_ip, user_agent).finalize().into_bytes();
         format!("{VERSION}.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
@@ -109,9 +101,7 @@ impl PassKey {
     }
 
     fn signed(&self, candidate: &Candidate, client_ip: &[u8], user_agent: &[u8]) -> bool {
-        self.mac(candidate.expiry, client_ip, user_agent)
-            .verify_slice(&candidate.tag)
-            .is_ok()
+        self.mac(candidate.expiry, client_ip, user_agent).verify_slice(&candidate.tag).is_ok()
     }
 }
 
@@ -140,27 +130,20 @@ impl Candidate {
         if expiry <= unix_seconds(now) || tag.len() != TAG_TEXT_BYTES {
             return None;
         }
-        let mut candidate = Candidate {
-            expiry,
-            tag: [0; TAG_BYTES],
-        };
+        let mut candidate = Candidate { expiry, tag: [0; TAG_BYTES] };
         let decoded = URL_SAFE_NO_PAD.decode_slice(tag, &mut candidate.tag).ok()?;
         (decoded == TAG_BYTES).then_some(candidate)
     }
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The `Set-Cookie` value for a pass cookie that lives `max_age`.
 pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
-    format!(
-        "{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        max_age.as_secs()
-    )
+    format!("{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}", max_age.as_secs())
 }
 
 /// Every value of cookie `name` in a `Cookie` header; a client may send several.
@@ -188,35 +171,18 @@ mod tests {
     fn round_trip() {
         let value = key().issue(at(1_000_900), b"203.0.113.7", b"Mozilla/5.0");
         assert!(value.starts_with("v1.1000900."));
-        assert!(key().verify(
-            value.as_bytes(),
-            at(1_000_000),
-            b"203.0.113.7",
-            b"Mozilla/5.0"
-        ));
+        assert!(key().verify(value.as_bytes(), at(1_000_000), b"203.0.113.7", b"Mozilla/5.0"));
     }
 
     #[test]
     fn refuses_expired_moved_forged_and_tampered() {
         let value = key().issue(at(1_000_900), b"203.0.113.7", b"UA");
         let v = value.as_bytes();
-        assert!(
-            !key().verify(v, at(1_000_900), b"203.0.113.7", b"UA"),
-            "expired"
-        );
-        assert!(
-            !key().verify(v, at(1_000_000), b"203.0.113.8", b"UA"),
-            "other IP"
-        );
-        assert!(
-            !key().verify(v, at(1_000_000), b"203.0.113.7", b"UA2"),
-            "other user agent"
-        );
+        assert!(!key().verify(v, at(1_000_900), b"203.0.113.7", b"UA"), "expired");
+        assert!(!key().verify(v, at(1_000_000), b"203.0.113.8", b"UA"), "other IP");
+        assert!(!key().verify(v, at(1_000_000), b"203.0.113.7", b"UA2"), "other user agent");
         let other = PassKey::new(vec![8; 32]).unwrap();
-        assert!(
-            !other.verify(v, at(1_000_000), b"203.0.113.7", b"UA"),
-            "other key"
-        );
+        assert!(!other.verify(v, at(1_000_000), b"203.0.113.7", b"UA"), "other key");
         let extended = value.replacen("1000900", "9999999", 1);
         assert!(
             !key().verify(extended.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"),
@@ -225,18 +191,9 @@ mod tests {
         let mut flipped = value.clone().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
-        assert!(
-            !key().verify(&flipped, at(1_000_000), b"203.0.113.7", b"UA"),
-            "tampered tag"
-        );
-        for junk in [
-            &b""[..],
-            b"v1",
-            b"v1.x.y",
-            b"v2.1000900.abc",
-            b"v1.1000900.!!!",
-            b"\xff\xfe",
-        ] {
+        assert!(!key().verify(&flipped, at(1_000_000), b"203.0.113.7", b"UA"), "tampered tag");
+        for junk in [&b""[..], b"v1", b"v1.x.y", b"v2.1000900.abc", b"v1.1000900.!!!", b"\xff\xfe"]
+        {
             assert!(!key().verify(junk, at(1_000_000), b"203.0.113.7", b"UA"));
         }
     }
@@ -261,10 +218,7 @@ mod tests {
             format!("v2.1000900.{tag}"),
             format!("{head}.{}!", &tag[1..]),
         ] {
-            assert!(
-                !key().verify(bad.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"),
-                "{bad}"
-            );
+            assert!(!key().verify(bad.as_bytes(), at(1_000_000), b"203.0.113.7", b"UA"), "{bad}");
         }
         assert!(!key().verify(value.as_bytes(), at(1_000_900), b"203.0.113.7", b"UA"));
         assert_eq!(macs_computed(), before, "no HMAC for any of them");
@@ -276,9 +230,7 @@ mod tests {
     fn few_candidates_per_request() {
         let good = key().issue(at(1_000_900), b"203.0.113.7", b"UA");
         let forged = format!("v1.1000900.{}", "A".repeat(TAG_TEXT_BYTES));
-        let many: String = (0..500)
-            .map(|_| format!("esper_challenge={forged}; "))
-            .collect();
+        let many: String = (0..500).map(|_| format!("esper_challenge={forged}; ")).collect();
         let header = format!("{many}esper_challenge={good}");
         let before = macs_computed();
         assert!(!key().verify_cookies(
@@ -299,11 +251,7 @@ mod tests {
             .collect();
         let before = macs_computed();
         assert!(key().verify_cookies(
-            [
-                junk.as_bytes(),
-                b"a=b",
-                format!("esper_challenge={good}").as_bytes()
-            ],
+            [junk.as_bytes(), b"a=b", format!("esper_challenge={good}").as_bytes()],
             "esper_challenge",
             at(1_000_000),
             b"203.0.113.7",
@@ -348,15 +296,10 @@ mod tests {
 
     #[test]
     fn finds_cookie_values() {
-        let found: Vec<_> = cookie_values(
-            b"a=1; esper_challenge=x; b=2;esper_challenge = y ",
-            "esper_challenge",
-        )
-        .collect();
+        let found: Vec<_> =
+            cookie_values(b"a=1; esper_challenge=x; b=2;esper_challenge = y ", "esper_challenge")
+                .collect();
         assert_eq!(found, vec![&b"x"[..], b"y"]);
-        assert_eq!(
-            cookie_values(b"xesper_challenge=1", "esper_challenge").count(),
-            0
-        );
+        assert_eq!(cookie_values(b"xesper_challenge=1", "esper_challenge").count(), 0);
     }
 }

@@ -108,10 +108,7 @@ pub fn build_payload<'a>(
     let source = text(settings.source.as_bytes(), MAX_NAME_BYTES);
     let mut fields = Pairs::within(MAX_FIELDS_BYTES);
     for (name, value) in settings.fields {
-        fields.set(
-            text(name.as_bytes(), MAX_NAME_BYTES),
-            text(value, MAX_VALUE_BYTES),
-        );
+        fields.set(text(name.as_bytes(), MAX_NAME_BYTES), text(value, MAX_VALUE_BYTES));
     }
     if fields.entries.is_empty() {
         // Esper rejects an empty `fields` map.
@@ -148,22 +145,14 @@ pub fn verify_body(token: &str, client_ip: &[u8], user_agent: &[u8]) -> Vec<u8> 
     for name in contract::VERIFY_TOKEN_FIELDS {
         body.insert(name.to_owned(), token.as_ref().into());
     }
-    body.insert(
-        contract::VERIFY_CLIENT_IP_FIELD.to_owned(),
-        client_ip_text(client_ip).into(),
-    );
-    body.insert(
-        contract::VERIFY_USER_AGENT_FIELD.to_owned(),
-        user_agent_text(user_agent).into(),
-    );
+    body.insert(contract::VERIFY_CLIENT_IP_FIELD.to_owned(), client_ip_text(client_ip).into());
+    body.insert(contract::VERIFY_USER_AGENT_FIELD.to_owned(), user_agent_text(user_agent).into());
     serde_json::to_vec(&body).expect("serializing to a Vec cannot fail")
 }
 
 /// RFC 3339 UTC with milliseconds, as Esper's recipes send `observed_at`.
 pub fn format_observed_at(at: SystemTime) -> String {
-    let since_epoch = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let millis = Duration::from_millis(since_epoch.as_millis() as u64);
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + millis).to_string()
 }
@@ -217,11 +206,7 @@ const ENTRY_OVERHEAD: usize = 6;
 
 impl<'a> Pairs<'a> {
     fn within(max_bytes: usize) -> Self {
-        Pairs {
-            entries: Vec::new(),
-            bytes: "{}".len(),
-            max_bytes,
-        }
+        Pairs { entries: Vec::new(), bytes: "{}".len(), max_bytes }
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -296,10 +281,7 @@ fn add_cookies<'a>(map: &mut Pairs<'a>, header: &'a [u8]) {
         if name.is_empty() {
             continue;
         }
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
+        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
         map.set(text(name, MAX_NAME_BYTES), text(value, MAX_VALUE_BYTES));
     }
 }
@@ -456,15 +438,10 @@ mod tests {
     #[test]
     fn cookies_only_when_asked() {
         let req = view(b"/", None);
-        let headers: &[(&[u8], &[u8])] = &[
-            (b"Cookie", b"a=1; b=\"two\"; junk; a=3"),
-            (b"cookie", b"c=4"),
-        ];
+        let headers: &[(&[u8], &[u8])] =
+            &[(b"Cookie", b"a=1; b=\"two\"; junk; a=3"), (b"cookie", b"c=4")];
         let v = build(&req, headers, true);
-        assert_eq!(
-            v["request"]["cookies"],
-            json!({"a": "3", "b": "two", "c": "4"})
-        );
+        assert_eq!(v["request"]["cookies"], json!({"a": "3", "b": "two", "c": "4"}));
         assert!(v["request"]["headers"].get("cookie").is_none());
         assert_eq!(v["request"]["user_agent"], "");
         let v = build(&req, headers, false);
@@ -474,17 +451,10 @@ mod tests {
     #[test]
     fn any_bytes_give_valid_json() {
         let req = view(b"/\xff\xfe?k\xff=%ZZ%&=v&\"=\\", Some(b"bot\x00\xc3"));
-        let v = build(
-            &req,
-            &[(b"X-B\xffd", b"\x01\x02\"\\\xe9"), (b"", b"")],
-            false,
-        );
+        let v = build(&req, &[(b"X-B\xffd", b"\x01\x02\"\\\xe9"), (b"", b"")], false);
         assert_eq!(v["request"]["path"], "/\u{fffd}\u{fffd}");
         assert_eq!(v["request"]["user_agent"], "bot\u{0}\u{fffd}");
-        assert_eq!(
-            v["request"]["headers"]["x-b\u{fffd}d"],
-            "\u{1}\u{2}\"\\\u{fffd}"
-        );
+        assert_eq!(v["request"]["headers"]["x-b\u{fffd}d"], "\u{1}\u{2}\"\\\u{fffd}");
         assert_eq!(v["request"]["query_params"]["k\u{fffd}"], "%ZZ%");
         assert_eq!(v["request"]["query_params"]["\""], "\\");
     }
@@ -515,32 +485,18 @@ mod tests {
         };
         let mut out = Vec::new();
         build_payload(&req, many.iter().copied(), &settings, &mut out);
-        assert!(
-            out.len() <= MAX_PAYLOAD_BYTES,
-            "payload is {} bytes",
-            out.len()
-        );
+        assert!(out.len() <= MAX_PAYLOAD_BYTES, "payload is {} bytes", out.len());
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            v["request"]["user_agent"].as_str().unwrap().len(),
-            MAX_VALUE_BYTES
-        );
+        assert_eq!(v["request"]["user_agent"].as_str().unwrap().len(), MAX_VALUE_BYTES);
         let headers = v["request"]["headers"].as_object().unwrap();
         assert!(headers.len() <= MAX_ENTRIES && !headers.is_empty());
-        assert_eq!(
-            v["request"]["query_params"].as_object().unwrap().len(),
-            MAX_ENTRIES
-        );
+        assert_eq!(v["request"]["query_params"].as_object().unwrap().len(), MAX_ENTRIES);
     }
 
     #[test]
     fn repeated_headers_stay_within_the_value_limit() {
         let long: &'static [u8] = Box::leak(vec![b'b'; MAX_VALUE_BYTES - 10].into_boxed_slice());
-        let v = build(
-            &view(b"/", None),
-            &[(b"X-A", long), (b"X-A", long), (b"X-A", b"c")],
-            false,
-        );
+        let v = build(&view(b"/", None), &[(b"X-A", long), (b"X-A", long), (b"X-A", b"c")], false);
         let joined = v["request"]["headers"]["x-a"].as_str().unwrap();
         assert!(joined.len() <= MAX_VALUE_BYTES);
         assert!(joined.starts_with("bbbb") && joined.contains(", b"));
@@ -576,17 +532,11 @@ mod tests {
 
     #[test]
     fn verify_body_names_the_client_as_the_payload_does() {
-        let ua: &'static [u8] = Box::leak(
-            [&b"bot\x01\xff"[..], &[b'u'; 3000]]
-                .concat()
-                .into_boxed_slice(),
-        );
+        let ua: &'static [u8] =
+            Box::leak([&b"bot\x01\xff"[..], &[b'u'; 3000]].concat().into_boxed_slice());
         let payload = build(&view(b"/", Some(ua)), &[], false);
         let verify: Value = serde_json::from_slice(&verify_body("t", b"203.0.113.7", ua)).unwrap();
-        for name in [
-            contract::VERIFY_CLIENT_IP_FIELD,
-            contract::VERIFY_USER_AGENT_FIELD,
-        ] {
+        for name in [contract::VERIFY_CLIENT_IP_FIELD, contract::VERIFY_USER_AGENT_FIELD] {
             assert!(verify[name].is_string(), "{name}");
             assert_eq!(verify[name], payload["request"][name], "{name}");
         }
@@ -608,10 +558,7 @@ mod tests {
         assert_eq!(text("abcé".as_bytes(), 4), "abc");
         assert_eq!(text("abcé".as_bytes(), 5), "abcé");
         assert_eq!(text(b"\x7f", 1), "\x7f", "DEL is not escaped");
-        assert_eq!(
-            format_observed_at(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
-        );
+        assert_eq!(format_observed_at(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 
     /// The JSON size of a string, quotes left out.
@@ -627,12 +574,7 @@ mod tests {
         let name: &'static [u8] = Box::leak(vec![b'"'; 1000].into_boxed_slice());
         let v = build(
             &view(b"/\x01\x01\xff", Some(controls)),
-            &[
-                (b"X-C", controls),
-                (b"X-I", invalid),
-                (name, b"v"),
-                (b"X-C", controls),
-            ],
+            &[(b"X-C", controls), (b"X-I", invalid), (name, b"v"), (b"X-C", controls)],
             false,
         );
         for value in [
@@ -643,16 +585,9 @@ mod tests {
             let len = json_len(value);
             assert!(len <= MAX_VALUE_BYTES && len > MAX_VALUE_BYTES - 6, "{len}");
         }
+        assert_eq!(v["request"]["user_agent"].as_str().unwrap().len(), MAX_VALUE_BYTES / 6);
         assert_eq!(
-            v["request"]["user_agent"].as_str().unwrap().len(),
-            MAX_VALUE_BYTES / 6
-        );
-        assert_eq!(
-            v["request"]["headers"]["x-i"]
-                .as_str()
-                .unwrap()
-                .chars()
-                .count(),
+            v["request"]["headers"]["x-i"].as_str().unwrap().chars().count(),
             MAX_VALUE_BYTES / 3
         );
         let (quoted, _) = v["request"]["headers"]
@@ -675,9 +610,8 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        let fields: Vec<(&str, &[u8])> = (0..40)
-            .map(|i| (&*Box::leak(format!("f{i}").into_boxed_str()), controls))
-            .collect();
+        let fields: Vec<(&str, &[u8])> =
+            (0..40).map(|i| (&*Box::leak(format!("f{i}").into_boxed_str()), controls)).collect();
         let settings = PayloadSettings {
             source: "nginx",
             return_url: None,
@@ -711,10 +645,7 @@ mod tests {
         let v = build(&view(b"/p?a=1", Some(b"ua")), &[(b"X-A", b"1")], true);
         let skeleton: Value = serde_json::from_str(SKELETON).unwrap();
         assert_eq!(emptied(&v), skeleton);
-        assert_eq!(
-            format_observed_at(SystemTime::now()).len(),
-            OBSERVED_AT_BYTES
-        );
+        assert_eq!(format_observed_at(SystemTime::now()).len(), OBSERVED_AT_BYTES);
     }
 
     #[test]
@@ -739,22 +670,14 @@ mod tests {
         for i in 0..100 {
             uri.extend_from_slice(format!("{i}{}=", "%01".repeat(MAX_NAME_BYTES)).as_bytes());
             uri.extend(
-                std::iter::repeat_n(b'%', 1)
-                    .chain(*b"01")
-                    .cycle()
-                    .take(9 * MAX_VALUE_BYTES),
+                std::iter::repeat_n(b'%', 1).chain(*b"01").cycle().take(9 * MAX_VALUE_BYTES),
             );
             uri.push(b'&');
         }
         let uri: &'static [u8] = Box::leak(uri.into_boxed_slice());
         // Shorter values fill the smaller `fields` map more closely.
         let fields: Vec<(&str, &[u8])> = (0..64)
-            .map(|i| {
-                (
-                    &*Box::leak(format!("f{i}").into_boxed_str()),
-                    &controls[..100],
-                )
-            })
+            .map(|i| (&*Box::leak(format!("f{i}").into_boxed_str()), &controls[..100]))
             .collect();
         let req = RequestView {
             method: controls,
@@ -774,24 +697,14 @@ mod tests {
         let mut out = Vec::new();
         build_payload(&req, headers.iter().copied(), &settings, &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert!(
-            out.len() <= MAX_PAYLOAD_BYTES,
-            "{} > {MAX_PAYLOAD_BYTES}",
-            out.len()
-        );
+        assert!(out.len() <= MAX_PAYLOAD_BYTES, "{} > {MAX_PAYLOAD_BYTES}", out.len());
         // Every part is close to its limit, so the constant is not loose.
         assert!(out.len() > MAX_PAYLOAD_BYTES - 6 * 1024, "{}", out.len());
         for map in ["headers", "query_params", "cookies"] {
             let len = serde_json::to_string(&v["request"][map]).unwrap().len();
-            assert!(
-                len <= MAX_MAP_BYTES && len > MAX_MAP_BYTES - 3 * 1024,
-                "{map}: {len}"
-            );
+            assert!(len <= MAX_MAP_BYTES && len > MAX_MAP_BYTES - 3 * 1024, "{map}: {len}");
         }
         let len = serde_json::to_string(&v["fields"]).unwrap().len();
-        assert!(
-            len <= MAX_FIELDS_BYTES && len > MAX_FIELDS_BYTES - 1024,
-            "fields: {len}"
-        );
+        assert!(len <= MAX_FIELDS_BYTES && len > MAX_FIELDS_BYTES - 1024, "fields: {len}");
     }
 }

@@ -69,10 +69,7 @@ pub fn target_without_proof(target: &[u8]) -> Option<CleanTarget> {
         cleaned.push(b'?');
         cleaned.extend_from_slice(&proof.rest);
     }
-    Some(CleanTarget {
-        token: proof.token,
-        target: cleaned,
-    })
+    Some(CleanTarget { token: proof.token, target: cleaned })
 }
 
 /// The request line (`$request`) with its target `old` replaced by `new`; for
@@ -88,10 +85,7 @@ pub fn replace_target(
     let search_from = method.len().min(line.len());
     let found = (!old.is_empty())
         .then(|| {
-            line[search_from..]
-                .windows(old.len())
-                .position(|w| w == old)
-                .map(|p| p + search_from)
+            line[search_from..].windows(old.len()).position(|w| w == old).map(|p| p + search_from)
         })
         .flatten();
     match found {
@@ -114,9 +108,7 @@ pub fn same_site_path(target: &[u8]) -> Vec<u8> {
 }
 
 fn is_proof(segment: &[u8]) -> bool {
-    form_urlencoded::parse(segment)
-        .next()
-        .is_some_and(|(name, _)| name == PROOF_PARAM)
+    form_urlencoded::parse(segment).next().is_some_and(|(name, _)| name == PROOF_PARAM)
 }
 
 #[cfg(test)]
@@ -131,10 +123,7 @@ mod tests {
     fn absent_leaves_nothing_to_do() {
         assert_eq!(take(""), None);
         assert_eq!(take("a=1&b=2"), None);
-        assert_eq!(
-            take("esper_challenge_proofx=1&xesper_challenge_proof=2"),
-            None
-        );
+        assert_eq!(take("esper_challenge_proofx=1&xesper_challenge_proof=2"), None);
     }
 
     #[test]
@@ -151,10 +140,7 @@ mod tests {
             take("a=1&esper_challenge_proof=t3&b=2"),
             Some((Some("t3".into()), "a=1&b=2".into()))
         );
-        assert_eq!(
-            take("esper_challenge_proof=t4"),
-            Some((Some("t4".into()), "".into()))
-        );
+        assert_eq!(take("esper_challenge_proof=t4"), Some((Some("t4".into()), "".into())));
     }
 
     #[test]
@@ -170,19 +156,13 @@ mod tests {
             Some((Some("enc".into()), "k=v".into()))
         );
         assert_eq!(take("esper_challenge_proof"), Some((None, "".into())));
-        assert_eq!(
-            take("esper_challenge_proof=a+b"),
-            Some((Some("a b".into()), "".into()))
-        );
+        assert_eq!(take("esper_challenge_proof=a+b"), Some((Some("a b".into()), "".into())));
     }
 
     #[test]
     fn target_keeps_path_and_other_parameters() {
         let p = target_without_proof(b"/a/b?x=1&esper_challenge_proof=t&y=2").unwrap();
-        assert_eq!(
-            (p.token.as_deref(), &p.target[..]),
-            (Some("t"), &b"/a/b?x=1&y=2"[..])
-        );
+        assert_eq!((p.token.as_deref(), &p.target[..]), (Some("t"), &b"/a/b?x=1&y=2"[..]));
         let p = target_without_proof(b"/a?esper_challenge_proof=t").unwrap();
         assert_eq!(p.target, b"/a");
         assert_eq!(target_without_proof(b"/a?x=1"), None);
@@ -192,29 +172,15 @@ mod tests {
     #[test]
     fn request_line_loses_the_proof() {
         let line = b"GET /p?a=1&esper_challenge_proof=t HTTP/1.1";
-        let new = replace_target(
-            line,
-            b"GET",
-            b"/p?a=1&esper_challenge_proof=t",
-            b"/p?a=1",
-            b"HTTP/1.1",
-        );
+        let new =
+            replace_target(line, b"GET", b"/p?a=1&esper_challenge_proof=t", b"/p?a=1", b"HTTP/1.1");
         assert_eq!(new, b"GET /p?a=1 HTTP/1.1");
         // Absolute form: the target sits after the scheme and host.
         let line = b"GET http://h/p?esper_challenge_proof=t HTTP/1.1";
-        let new = replace_target(
-            line,
-            b"GET",
-            b"/p?esper_challenge_proof=t",
-            b"/p",
-            b"HTTP/1.1",
-        );
+        let new = replace_target(line, b"GET", b"/p?esper_challenge_proof=t", b"/p", b"HTTP/1.1");
         assert_eq!(new, b"GET http://h/p HTTP/1.1");
         // A line that does not hold the target is built from its parts.
-        assert_eq!(
-            replace_target(b"odd", b"GET", b"/x?p", b"/x", b"HTTP/2.0"),
-            b"GET /x HTTP/2.0"
-        );
+        assert_eq!(replace_target(b"odd", b"GET", b"/x?p", b"/x", b"HTTP/2.0"), b"GET /x HTTP/2.0");
         assert_eq!(replace_target(b"", b"GET", b"/x?p", b"/x", b""), b"GET /x");
     }
 
@@ -235,10 +201,7 @@ mod tests {
             take("x=%zz&&y&esper_challenge_proof=p&z=%E2%82%AC+1"),
             Some((Some("p".into()), "x=%zz&&y&z=%E2%82%AC+1".into()))
         );
-        assert_eq!(
-            take("&a=1&esper_challenge_proof=p"),
-            Some((Some("p".into()), "&a=1".into()))
-        );
+        assert_eq!(take("&a=1&esper_challenge_proof=p"), Some((Some("p".into()), "&a=1".into())));
         let raw = b"a=\xff&esper_challenge_proof=p";
         assert_eq!(take_proof(raw).unwrap().rest, b"a=\xff".to_vec());
     }

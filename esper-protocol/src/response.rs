@@ -120,11 +120,7 @@ struct JsonBody<'a> {
 }
 
 fn json_body(action: Action, redirect_url: Option<&str>, decision_id: Option<&str>) -> String {
-    let body = JsonBody {
-        action: action.as_str(),
-        redirect_url,
-        decision_id,
-    };
+    let body = JsonBody { action: action.as_str(), redirect_url, decision_id };
     serde_json::to_string(&body).expect("serializing strings cannot fail")
 }
 
@@ -193,11 +189,7 @@ impl<'a> MediaRange<'a> {
                 weight = Some(parse_qvalue(value)?);
             }
         }
-        Some(MediaRange {
-            type_,
-            subtype,
-            weight: weight.unwrap_or(1000),
-        })
+        Some(MediaRange { type_, subtype, weight: weight.unwrap_or(1000) })
     }
 
     fn is_application_json(&self) -> bool {
@@ -227,11 +219,8 @@ fn parse_qvalue(value: &[u8]) -> Option<u16> {
     if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let thousandths = fraction
-        .iter()
-        .chain(b"000")
-        .take(3)
-        .fold(0, |n, digit| n * 10 + u16::from(digit - b'0'));
+    let thousandths =
+        fraction.iter().chain(b"000").take(3).fold(0, |n, digit| n * 10 + u16::from(digit - b'0'));
     match integer {
         b"0" => Some(thousandths),
         b"1" if thousandths == 0 => Some(1000),
@@ -261,37 +250,26 @@ fn split_unquoted(value: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
 
 /// Non-empty elements of a comma-separated header value, trimmed.
 fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim_ows)
-        .filter(|element| !element.is_empty())
+    value.split(|&b| b == b',').map(trim_ows).filter(|element| !element.is_empty())
 }
 
 /// Without the optional whitespace (spaces and tabs) around it.
 fn trim_ows(bytes: &[u8]) -> &[u8] {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
     let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !is_ows(b))
-        .map_or(start, |i| i + 1);
+    let end = bytes.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
 /// An RFC 9110 token: one or more tchar.
 fn is_token(bytes: &[u8]) -> bool {
     !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// An RFC 9110 quoted-string, quotes included.
 fn is_quoted_string(bytes: &[u8]) -> bool {
-    let Some(inner) = bytes
-        .strip_prefix(b"\"")
-        .and_then(|rest| rest.strip_suffix(b"\""))
-    else {
+    let Some(inner) = bytes.strip_prefix(b"\"").and_then(|rest| rest.strip_suffix(b"\"")) else {
         return false;
     };
     let mut escaped = false;
@@ -333,10 +311,7 @@ mod tests {
     fn q_zero_in_every_spelling_refuses() {
         for q in ["0", "0.", "0.0", "0.00", "0.000"] {
             assert!(!accepts(&[&format!("application/json;q={q}")]), "{q}");
-            assert!(
-                !accepts(&[&format!("application/vnd.api+json;q={q}")]),
-                "{q}"
-            );
+            assert!(!accepts(&[&format!("application/vnd.api+json;q={q}")]), "{q}");
         }
     }
 
@@ -349,13 +324,8 @@ mod tests {
 
     #[test]
     fn an_explicit_refusal_of_application_json_wins() {
-        assert!(!accepts(&[
-            "application/json;q=0, application/problem+json"
-        ]));
-        assert!(!accepts(&[
-            "application/problem+json",
-            "application/json;q=0"
-        ]));
+        assert!(!accepts(&["application/json;q=0, application/problem+json"]));
+        assert!(!accepts(&["application/problem+json", "application/json;q=0"]));
         assert!(!accepts(&["application/json", "application/json;q=0"]));
         assert!(!accepts(&["application/json;v=2;q=0, application/json"]));
         // Refusing a +json type refuses nothing else.
@@ -369,9 +339,7 @@ mod tests {
         assert!(!accepts(&["application/*+json"]));
         assert!(!accepts(&["*/*+json"]));
         assert!(!accepts(&["*/json"]));
-        assert!(!accepts(&[
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-        ]));
+        assert!(!accepts(&["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"]));
         // Nor do they refuse.
         assert!(accepts(&["application/json, */*;q=0"]));
         assert!(accepts(&["application/*;q=0, application/json"]));
@@ -391,12 +359,8 @@ mod tests {
         assert!(accepts(&[r#"application/json;p="a,b;q=0", text/html"#]));
         assert!(!accepts(&[r#"text/html;p="x, application/json""#]));
         assert!(!accepts(&[r#"foo/bar;a="application/json""#]));
-        assert!(accepts(&[
-            r#"application/json;p="say \"hi\", \\", text/html"#
-        ]));
-        assert!(!accepts(&[
-            r#"application/json;p="unterminated, application/json"#
-        ]));
+        assert!(accepts(&[r#"application/json;p="say \"hi\", \\", text/html"#]));
+        assert!(!accepts(&[r#"application/json;p="unterminated, application/json"#]));
         assert!(!accepts(&[r#"application/json;p="a"b""#]));
     }
 
@@ -411,12 +375,8 @@ mod tests {
     #[test]
     fn spaces_and_tabs_around_separators() {
         assert!(accepts(&["  application/json  "]));
-        assert!(accepts(&[
-            "text/html ,\tapplication/json ; charset = utf-8 ; q = 0.5 "
-        ]));
-        assert!(!accepts(&[
-            " application/json ; q = 0 , application/problem+json "
-        ]));
+        assert!(accepts(&["text/html ,\tapplication/json ; charset = utf-8 ; q = 0.5 "]));
+        assert!(!accepts(&[" application/json ; q = 0 , application/problem+json "]));
         assert!(accepts(&[" , ,application/json,, "]));
         // Not inside a type.
         assert!(!accepts(&["application / json"]));
@@ -488,40 +448,20 @@ mod tests {
         assert_eq!(parse_qvalue(b"0.5"), Some(500));
         assert_eq!(parse_qvalue(b"0.25"), Some(250));
         assert_eq!(parse_qvalue(b"1.00"), Some(1000));
-        for bad in [
-            &b""[..],
-            b".",
-            b"1.5",
-            b"2",
-            b"00",
-            b"01",
-            b"0.1234",
-            b"0.a",
-            b"0,5",
-        ] {
-            assert_eq!(
-                parse_qvalue(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b""[..], b".", b"1.5", b"2", b"00", b"01", b"0.1234", b"0.a", b"0,5"] {
+            assert_eq!(parse_qvalue(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
     type Headers = [(&'static str, &'static str)];
 
     fn wants(mode: JsonMode, headers: &Headers) -> bool {
-        wants_json(
-            mode,
-            headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-        )
+        wants_json(mode, headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
     const FETCH_JSON: &Headers = &[("Sec-Fetch-Mode", "cors"), ("Accept", "application/json")];
-    const NAVIGATION: &Headers = &[
-        ("Sec-Fetch-Mode", "navigate"),
-        ("Accept", "text/html,*/*;q=0.8"),
-    ];
+    const NAVIGATION: &Headers =
+        &[("Sec-Fetch-Mode", "navigate"), ("Accept", "text/html,*/*;q=0.8")];
 
     #[test]
     fn modes() {
@@ -550,10 +490,7 @@ mod tests {
         // an old browser navigating.
         assert!(!wants(JsonMode::Auto, &[json]));
         // Either sign is enough, as the issue defines it.
-        assert!(wants(
-            JsonMode::Auto,
-            &[("Sec-Fetch-Mode", "navigate"), xhr, json]
-        ));
+        assert!(wants(JsonMode::Auto, &[("Sec-Fetch-Mode", "navigate"), xhr, json]));
     }
 
     #[test]
@@ -569,10 +506,7 @@ mod tests {
             ("CORS", false),
             ("cors, navigate", true),
         ] {
-            let headers = [
-                ("Sec-Fetch-Mode", fetch_mode),
-                ("Accept", "application/json"),
-            ];
+            let headers = [("Sec-Fetch-Mode", fetch_mode), ("Accept", "application/json")];
             assert_eq!(
                 wants_json(
                     JsonMode::Auto,
@@ -589,19 +523,11 @@ mod tests {
         let json = ("Accept", "application/json");
         assert!(!wants(
             JsonMode::Auto,
-            &[
-                ("Sec-Fetch-Mode", "cors"),
-                ("sec-fetch-mode", "navigate"),
-                json
-            ]
+            &[("Sec-Fetch-Mode", "cors"), ("sec-fetch-mode", "navigate"), json]
         ));
         assert!(wants(
             JsonMode::Auto,
-            &[
-                ("Sec-Fetch-Mode", "cors"),
-                ("SEC-FETCH-MODE", "no-cors"),
-                json
-            ]
+            &[("Sec-Fetch-Mode", "cors"), ("SEC-FETCH-MODE", "no-cors"), json]
         ));
         // An empty value is no fetch mode.
         assert!(!wants(JsonMode::Auto, &[("Sec-Fetch-Mode", " "), json]));
@@ -636,24 +562,13 @@ mod tests {
         let cors = ("Sec-Fetch-Mode", "cors");
         assert!(wants(
             JsonMode::Auto,
-            &[
-                cors,
-                ("Accept", "text/html"),
-                ("accept", "application/json")
-            ]
+            &[cors, ("Accept", "text/html"), ("accept", "application/json")]
         ));
         assert!(!wants(
             JsonMode::Auto,
-            &[
-                cors,
-                ("ACCEPT", "application/json"),
-                ("Accept", "application/json;q=0")
-            ]
+            &[cors, ("ACCEPT", "application/json"), ("Accept", "application/json;q=0")]
         ));
-        assert!(!wants(
-            JsonMode::Auto,
-            &[cors, ("Accept-Language", "application/json")]
-        ));
+        assert!(!wants(JsonMode::Auto, &[cors, ("Accept-Language", "application/json")]));
     }
 
     fn parsed(body: &str) -> Value {
@@ -670,10 +585,7 @@ mod tests {
             challenge_body("https://c.esperr.com/", None),
             r#"{"action":"challenge","redirect_url":"https://c.esperr.com/"}"#
         );
-        assert_eq!(
-            block_body(Some("d-2")),
-            r#"{"action":"block","decision_id":"d-2"}"#
-        );
+        assert_eq!(block_body(Some("d-2")), r#"{"action":"block","decision_id":"d-2"}"#);
         assert_eq!(block_body(None), r#"{"action":"block"}"#);
     }
 
@@ -685,10 +597,7 @@ mod tests {
             parsed(&challenge_body(url, Some(id))),
             json!({"action": "challenge", "redirect_url": url, "decision_id": id})
         );
-        assert_eq!(
-            parsed(&block_body(Some(id))),
-            json!({"action": "block", "decision_id": id})
-        );
+        assert_eq!(parsed(&block_body(Some(id))), json!({"action": "block", "decision_id": id}));
         assert!(!challenge_body(url, Some(id)).contains('\u{0}'));
     }
 }

@@ -23,12 +23,7 @@ impl Default for LogThrottle {
 impl LogThrottle {
     /// A budget of `lines` a second.
     pub const fn per_second(lines: u32) -> Self {
-        LogThrottle {
-            budget: lines,
-            second: 0,
-            written: 0,
-            suppressed: 0,
-        }
+        LogThrottle { budget: lines, second: 0, written: 0, suppressed: 0 }
     }
 
     /// Whether a line may be written at `now` (seconds). `Some(n)`: write it,

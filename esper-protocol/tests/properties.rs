@@ -57,12 +57,7 @@ fn check_bounds(out: &[u8]) -> Result<(), TestCaseError> {
     prop_assert!(out.len() <= MAX_PAYLOAD_BYTES, "{} bytes", out.len());
     let v: Value = serde_json::from_slice(out).expect("valid JSON");
     let request = &v["request"];
-    for short in [
-        &v["source"],
-        &v["idempotency_key"],
-        &request["method"],
-        &request["client_ip"],
-    ] {
+    for short in [&v["source"], &v["idempotency_key"], &request["method"], &request["client_ip"]] {
         prop_assert!(json_len(short) <= MAX_NAME_BYTES);
     }
     for long in [&v["return_url"], &request["path"], &request["user_agent"]] {

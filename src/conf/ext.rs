@@ -41,11 +41,7 @@ impl ConfExt for ngx_conf_t {
     fn position(&self) -> String {
         // SAFETY: while a file is read, `conf_file` is that file.
         let file = unsafe { &*self.conf_file };
-        format!(
-            "{}:{}",
-            String::from_utf8_lossy(bytes(&file.file.name)),
-            file.line
-        )
+        format!("{}:{}", String::from_utf8_lossy(bytes(&file.file.name)), file.line)
     }
 
     fn full_name(&self, mut name: ngx_str_t) -> Result<String, String> {

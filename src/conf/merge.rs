@@ -30,13 +30,8 @@ pub extern "C" fn merge_loc_conf(
     guard(NGX_CONF_ERROR, || {
         // SAFETY: nginx passes its live configuration context and two
         // distinct LocConf values made by create_loc_conf.
-        let (cf, prev, conf) = unsafe {
-            (
-                &*cf,
-                &*parent.cast::<LocConf>(),
-                &mut *child.cast::<LocConf>(),
-            )
-        };
+        let (cf, prev, conf) =
+            unsafe { (&*cf, &*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
         inherit_settings(prev, conf);
         inherit_values(prev, conf);
         match resolve(cf, conf) {
@@ -66,71 +61,31 @@ fn inherit_clone<T: Clone>(value: &mut Option<T>, prev: &Option<T>) {
 fn inherit_settings(prev: &LocConf, conf: &mut LocConf) {
     inherit(&mut conf.enable, prev.enable, UNSET_FLAG, 0);
     inherit_clone(&mut conf.enabled_at, &prev.enabled_at);
-    inherit(
-        &mut conf.timeout,
-        prev.timeout,
-        UNSET_MSEC,
-        DEFAULT_TIMEOUT_MS,
-    );
-    inherit(
-        &mut conf.failure_action_index,
-        prev.failure_action_index,
-        UNSET_UINT,
-        FAILURE_ALLOW,
-    );
+    inherit(&mut conf.timeout, prev.timeout, UNSET_MSEC, DEFAULT_TIMEOUT_MS);
+    inherit(&mut conf.failure_action_index, prev.failure_action_index, UNSET_UINT, FAILURE_ALLOW);
     conf.failure_action = match conf.failure_action_index {
         FAILURE_BLOCK => FailureAction::Block,
         _ => FailureAction::Allow,
     };
-    inherit(
-        &mut conf.mode_index,
-        prev.mode_index,
-        UNSET_UINT,
-        MODE_ENFORCE,
-    );
+    inherit(&mut conf.mode_index, prev.mode_index, UNSET_UINT, MODE_ENFORCE);
     conf.mode = match conf.mode_index {
         MODE_MONITOR => Mode::Monitor,
         _ => Mode::Enforce,
     };
-    inherit(
-        &mut conf.json_response_index,
-        prev.json_response_index,
-        UNSET_UINT,
-        JSON_AUTO,
-    );
+    inherit(&mut conf.json_response_index, prev.json_response_index, UNSET_UINT, JSON_AUTO);
     conf.json_response = match conf.json_response_index {
         JSON_ON => JsonMode::On,
         JSON_OFF => JsonMode::Off,
         _ => JsonMode::Auto,
     };
     inherit(&mut conf.block_status, prev.block_status, UNSET_UINT, 403);
-    inherit(
-        &mut conf.challenge_status,
-        prev.challenge_status,
-        UNSET_UINT,
-        302,
-    );
+    inherit(&mut conf.challenge_status, prev.challenge_status, UNSET_UINT, 302);
     inherit(&mut conf.send_cookies, prev.send_cookies, UNSET_FLAG, 0);
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
     inherit(&mut conf.http2, prev.http2, UNSET_FLAG, 0);
-    inherit(
-        &mut conf.max_pending,
-        prev.max_pending,
-        UNSET_INT,
-        DEFAULT_MAX_PENDING,
-    );
-    inherit(
-        &mut conf.pass_ttl,
-        prev.pass_ttl,
-        UNSET_TIME,
-        DEFAULT_PASS_TTL_SECS,
-    );
-    inherit(
-        &mut conf.forward_decision_id,
-        prev.forward_decision_id,
-        UNSET_FLAG,
-        0,
-    );
+    inherit(&mut conf.max_pending, prev.max_pending, UNSET_INT, DEFAULT_MAX_PENDING);
+    inherit(&mut conf.pass_ttl, prev.pass_ttl, UNSET_TIME, DEFAULT_PASS_TTL_SECS);
+    inherit(&mut conf.forward_decision_id, prev.forward_decision_id, UNSET_FLAG, 0);
 }
 
 /// Strings, files, compiled values and lists: a block that sets one
@@ -138,35 +93,19 @@ fn inherit_settings(prev: &LocConf, conf: &mut LocConf) {
 fn inherit_values(prev: &LocConf, conf: &mut LocConf) {
     inherit_clone(&mut conf.api_url, &prev.api_url);
     inherit_clone(&mut conf.api_key, &prev.api_key);
-    inherit(
-        &mut conf.return_url,
-        prev.return_url,
-        null_mut(),
-        null_mut(),
-    );
+    inherit(&mut conf.return_url, prev.return_url, null_mut(), null_mut());
     if conf.fields.is_none() {
         conf.fields = prev.fields.as_ref().map(|fields| {
-            let copy = |f: &Field| Field {
-                name: f.name.clone(),
-                value: f.value,
-            };
+            let copy = |f: &Field| Field { name: f.name.clone(), value: f.value };
             fields.iter().map(copy).collect()
         });
     }
     inherit_clone(&mut conf.source, &prev.source);
-    inherit_clone(
-        &mut conf.ssl_trusted_certificate,
-        &prev.ssl_trusted_certificate,
-    );
+    inherit_clone(&mut conf.ssl_trusted_certificate, &prev.ssl_trusted_certificate);
     inherit_clone(&mut conf.breaker, &prev.breaker);
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
     inherit_clone(&mut conf.pass_secret, &prev.pass_secret);
-    inherit(
-        &mut conf.hybrid_key,
-        prev.hybrid_key,
-        null_mut(),
-        null_mut(),
-    );
+    inherit(&mut conf.hybrid_key, prev.hybrid_key, null_mut(), null_mut());
     inherit_clone(&mut conf.enforcement, &prev.enforcement);
     inherit(&mut conf.bypass, prev.bypass, UNSET_PTR, null_mut());
 }
@@ -186,19 +125,14 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
         (conf.pass_ttl == 0, "esper_pass_ttl"),
     ] {
         if zero {
-            return Err(format!(
-                "\"{name}\" must be more than 0 for \"esper on\" in {at}"
-            ));
+            return Err(format!("\"{name}\" must be more than 0 for \"esper on\" in {at}"));
         }
     }
     if conf.return_url.is_null() {
         conf.return_url = cf.compile(DEFAULT_RETURN_URL)?;
     }
     if conf.fields.is_none() {
-        let host = Field {
-            name: "host".to_owned(),
-            value: cf.compile(DEFAULT_FIELD_VALUE)?,
-        };
+        let host = Field { name: "host".to_owned(), value: cf.compile(DEFAULT_FIELD_VALUE)? };
         conf.fields = Some(vec![host]);
     }
     conf.source.get_or_insert_with(|| DEFAULT_SOURCE.to_owned());
@@ -225,24 +159,15 @@ fn target(conf: &LocConf, main: &mut MainConf, key: &str) -> Result<Target, Stri
     let profile = ClientProfile {
         http2: conf.http2 == 1,
         verify: conf.ssl_verify == 1,
-        ca_file: conf
-            .ssl_trusted_certificate
-            .as_ref()
-            .map(|(path, _)| path.clone()),
-        ca_pem: conf
-            .ssl_trusted_certificate
-            .as_ref()
-            .map(|(_, pem)| pem.clone()),
+        ca_file: conf.ssl_trusted_certificate.as_ref().map(|(path, _)| path.clone()),
+        ca_pem: conf.ssl_trusted_certificate.as_ref().map(|(_, pem)| pem.clone()),
     };
     let same_profile = |p: &ClientProfile| {
         p.http2 == profile.http2 && p.verify == profile.verify && p.ca_file == profile.ca_file
     };
     let client_profile = index_of(&mut main.client_profiles, same_profile, || profile.clone());
-    let endpoint = index_of(
-        &mut main.endpoints,
-        |url| *url == decision_url,
-        || decision_url.clone(),
-    );
+    let endpoint =
+        index_of(&mut main.endpoints, |url| *url == decision_url, || decision_url.clone());
     Ok(Target {
         breaker: conf.breaker.unwrap_or(Some(BreakerSettings::default())),
         decision_url,
@@ -280,10 +205,7 @@ fn pass_settings(conf: &LocConf, main: &mut MainConf) -> Result<PassSettings, St
         }
     };
     Ok(PassSettings {
-        cookie: conf
-            .pass_cookie
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
+        cookie: conf.pass_cookie.clone().unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
         ttl: Duration::from_secs(conf.pass_ttl.max(0) as u64),
         key,
     })

@@ -1,0 +1,222 @@
+//! A request's state in this module: where it is between Esper and the
+//! access phase (`Stage`), what `$esper_*` show, and how nginx's callbacks
+//! (the answer's wake-up, the deadline, the pool cleanup) reach it. It lives
+//! in the request pool and is found again after internal redirects through
+//! its pool cleanup.
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use esper_protocol::enforcement::EntityKey;
+use esper_protocol::entity_table::Remembered;
+use esper_protocol::metrics::EsperResult;
+use esper_protocol::{Action, Failure};
+use ngx::ffi::{
+    ngx_event_t, ngx_http_block_reading, ngx_http_core_run_phases, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_msec_t, ngx_pool_cleanup_add,
+};
+use ngx::http::{HttpModule, Request};
+
+use crate::client::{Answer, CallKind};
+use crate::conf::LocConf;
+use crate::ffi::now_ms;
+use crate::log::{debug_log, guard};
+use crate::worker::{self, CallId};
+use crate::{metrics, Module};
+
+/// Where a request is between Esper and the access phase.
+pub enum Stage {
+    /// Not waiting for Esper: not asked yet, or what came back was applied.
+    Idle,
+    /// Waiting for the answer to a call, up to the deadline.
+    Waiting { call: CallId, kind: CallKind },
+    /// The answer, or the deadline's failure, arrived; applied when the
+    /// request's phases run again.
+    Arrived(Answer),
+}
+
+/// What the module knows about one main request; lives in the request pool
+/// and is found again after internal redirects through its pool cleanup.
+pub struct RequestState {
+    request: *mut ngx_http_request_t,
+    /// Fires at `esper_timeout` even if the background runtime stalls.
+    deadline: ngx_event_t,
+    pub stage: Stage,
+    started: u64,
+    /// `$esper_latency`, in milliseconds.
+    pub latency: Option<u64>,
+    /// `$esper_action`
+    pub action: Option<Action>,
+    /// `$esper_result`
+    pub result: Option<EsperResult>,
+    /// `$esper_decision_id`
+    pub decision_id: Option<String>,
+    /// The entity's key in the location's enforcement zone; `None` where no
+    /// zone applies (none set, or monitor mode, which never enforces).
+    pub entity: Option<EntityKey>,
+}
+
+impl RequestState {
+    /// The decision the location's enforcement zone remembers for the entity.
+    pub fn zone_lookup(&self, conf: &LocConf) -> Option<Remembered> {
+        conf.zone.as_ref()?.lookup(self.entity.as_ref()?)
+    }
+}
+
+impl RequestState {
+    /// Records what became of the request, for `$esper_result` and the metrics.
+    pub fn judged(&mut self, result: EsperResult) {
+        self.result = Some(result);
+        metrics::count_result(result);
+    }
+
+    /// The client went away while the call was pending: drop the call and
+    /// its deadline.
+    pub fn abandon(&mut self, call: CallId) {
+        self.stop_deadline();
+        worker::forget(call);
+    }
+
+    /// Records what arrived (the answer, or the deadline's failure) and
+    /// stops the timer.
+    fn arrived(&mut self, answer: Answer) {
+        self.stop_deadline();
+        self.latency = Some(now_ms().wrapping_sub(self.started));
+        self.stage = Stage::Arrived(answer);
+    }
+
+    /// Waits for `call`, up to `timeout`: the deadline timer is armed.
+    pub fn wait_for(&mut self, call: CallId, kind: CallKind, timeout: ngx_msec_t) {
+        self.stage = Stage::Waiting { call, kind };
+        // SAFETY: the timer event lives in the state, which takes it out of
+        // the timer tree before it is freed (`cleanup`).
+        unsafe { ngx::ffi::ngx_add_timer(&mut self.deadline, timeout) };
+    }
+
+    fn stop_deadline(&mut self) {
+        if self.deadline.timer_set() != 0 {
+            // SAFETY: the timer was armed by `start` on this thread and is
+            // still in the timer tree.
+            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
+        }
+    }
+}
+
+/// The worker's callback for a finished call.
+///
+/// # Safety
+/// `data` must be a live `RequestState` whose call is still registered.
+pub unsafe fn on_answer(data: *mut c_void, answer: Answer) {
+    // SAFETY: per the function contract; the state is a separate allocation
+    // from the request, and this is the only reference to it now.
+    let state = unsafe { &mut *data.cast::<RequestState>() };
+    if let Stage::Waiting { call, .. } = state.stage {
+        debug_log!(state.deadline.log, "esper: call {call} answered");
+    }
+    state.arrived(answer);
+    resume(state.request);
+}
+
+/// The deadline timer's handler.
+extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+    guard((), || {
+        // SAFETY: the timer's data is its RequestState, alive while armed.
+        let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
+        debug_log!(state.deadline.log, "esper: deadline reached");
+        if let Stage::Waiting { call, kind } = state.stage {
+            worker::expire(call);
+            state.arrived(kind.failed(Failure::Timeout));
+        }
+        resume(state.request);
+    })
+}
+
+/// Runs the phases of a request waiting in the access phase again. It takes
+/// the raw request because the access handler it reaches borrows it anew.
+fn resume(r: *mut ngx_http_request_t) {
+    // SAFETY: `r` is the live main request of a state (the request owns the
+    // state); no Rust reference to it is held across this call, and its
+    // connection outlives it (nginx marks a connection destroyed rather
+    // than freeing it).
+    unsafe {
+        let c = (*r).connection;
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        ngx_http_core_run_phases(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// Creates the state of the request in its pool; it lives until the pool's
+/// cleanup.
+pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
+    let r: *mut ngx_http_request_t = request.as_mut();
+    let log = request.log();
+    let pool = request.as_ref().pool;
+    // SAFETY: an all-zero ngx_event_t is nginx's own initial state; the
+    // request pool is live, and a new cleanup entry is ours to fill; the
+    // state is freed only by `cleanup`.
+    unsafe {
+        let state = Box::into_raw(Box::new(RequestState {
+            request: r,
+            deadline: std::mem::zeroed(),
+            stage: Stage::Idle,
+            started: now_ms(),
+            latency: None,
+            action: None,
+            result: None,
+            decision_id: None,
+            entity: None,
+        }));
+        let Some(cln) = ngx_pool_cleanup_add(pool, 0).as_mut() else {
+            drop(Box::from_raw(state));
+            return None;
+        };
+        cln.handler = Some(cleanup);
+        cln.data = state.cast();
+        let deadline = &mut (*state).deadline;
+        deadline.handler = Some(on_deadline);
+        deadline.data = state.cast();
+        deadline.log = log;
+        request.set_module_ctx(state.cast(), Module::module());
+        NonNull::new(state)
+    }
+}
+
+/// The state of the request's main request, if it has been judged here;
+/// it lives until the main request's pool cleanup.
+pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
+    // Our cleanup handler, compared by address.
+    let ours = cleanup as *const () as usize;
+    // SAFETY: `main` of a live request is live; its module contexts have a
+    // slot for every module; its pool's cleanup list is null-terminated.
+    unsafe {
+        let main = Request::from_ngx_http_request(request.as_ref().main);
+        let state = *main.as_ref().ctx.add(Module::module().ctx_index);
+        if !state.is_null() {
+            return NonNull::new(state.cast());
+        }
+        // An internal redirect clears module contexts but not pool cleanups;
+        // nginx's realip module finds its state the same way.
+        let mut cln = (*main.as_ref().pool).cleanup.as_ref();
+        while let Some(c) = cln {
+            if c.handler.is_some_and(|h| h as usize == ours) {
+                main.set_module_ctx(c.data, Module::module());
+                return NonNull::new(c.data.cast());
+            }
+            cln = c.next.as_ref();
+        }
+        None
+    }
+}
+
+/// Pool cleanup: the request is being freed, possibly with its call pending.
+extern "C" fn cleanup(data: *mut c_void) {
+    guard((), || {
+        // SAFETY: `data` is the Box made by `attach`, freed only here.
+        let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
+        match state.stage {
+            Stage::Waiting { call, .. } => state.abandon(call),
+            Stage::Idle | Stage::Arrived(_) => state.stop_deadline(),
+        }
+    })
+}
