@@ -28,7 +28,7 @@ use esper_protocol::metrics::EsperResult;
 use esper_protocol::pass::set_cookie;
 use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
-use esper_protocol::{verify_body, Action, Decision, Failure, ProofCheck};
+use esper_protocol::{verify_body, Decision, Failure, ProofCheck, Verdict};
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_get_variable_index, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_test_reading, ngx_int_t,
@@ -44,6 +44,7 @@ use crate::conf::{FailureAction, LocConf, Mode};
 use crate::ffi::bytes;
 use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
+use crate::response::Denial;
 use crate::state::{attach, find, on_answer, RequestState, Stage};
 use crate::worker;
 use crate::{metrics, request, response, Module};
@@ -194,7 +195,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
         if has_pass { "accepted" } else { "absent or refused" }
     );
     if has_pass {
-        if let Some(block) = remembered.filter(|d| d.action == Action::Block) {
+        if let Some(block) = remembered.filter(|d| d.verdict == Verdict::Block) {
             return enforce(request, conf, state, block);
         }
         state.judged(EsperResult::Pass);
@@ -213,18 +214,16 @@ fn enforce(
     state: &mut RequestState,
     decision: Remembered,
 ) -> ngx_int_t {
-    debug!(request, "esper: {} remembered by the enforcement zone", decision.action.as_str());
+    let action = decision.verdict.action();
+    debug!(request, "esper: {} remembered by the enforcement zone", action.as_str());
     state.judged(EsperResult::Enforced);
-    state.action = Some(decision.action);
+    state.action = Some(action);
     state.decision_id = decision.decision_id;
-    metrics::count_enforced(decision.action);
-    response::deny(
-        request,
-        conf,
-        decision.action,
-        decision.redirect_url.as_deref(),
-        state.decision_id.as_deref(),
-    )
+    metrics::count_enforced(action);
+    match Denial::of(&decision.verdict) {
+        Some(denial) => response::deny(request, conf, denial, state.decision_id.as_deref()),
+        None => NGX_DECLINED as ngx_int_t,
+    }
 }
 
 /// Asks Esper for the runtime decision.
@@ -359,39 +358,32 @@ fn apply(
     debug!(
         request,
         "esper: decision {} applied{}",
-        decision.action.as_str(),
+        decision.verdict.action().as_str(),
         if monitor { " (monitor mode: not enforced)" } else { "" }
     );
     if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
         let remembered = Remembered {
-            action: decision.action,
+            verdict: decision.verdict.clone(),
             decision_id: decision.decision_id.clone(),
-            redirect_url: decision.redirect_url.clone(),
         };
         let lifetime = entry_lifetime(decision.lifetime, zone.ttl);
         if zone.remember(key, &remembered, lifetime) == (Stored::Yes { evicted: true }) {
             EVICTION_LOG.with(|t| zone.evicted(&mut t.borrow_mut()));
         }
     }
-    state.action = Some(decision.action);
+    state.action = Some(decision.verdict.action());
     state.decision_id = decision.decision_id;
     state.judged(if monitor { EsperResult::Monitor } else { EsperResult::Decided });
-    metrics::count_action(decision.action);
+    metrics::count_action(decision.verdict.action());
     if let Some(ms) = state.latency {
         metrics::observe_latency(ms);
     }
-    match decision.action {
+    match Denial::of(&decision.verdict) {
         // Esper has no objection; other access checks (and `satisfy`) still
         // apply. Monitor mode never enforces.
-        Action::Allow => proceed(request, conf, state),
-        _ if monitor => proceed(request, conf, state),
-        action => response::deny(
-            request,
-            conf,
-            action,
-            decision.redirect_url.as_deref(),
-            state.decision_id.as_deref(),
-        ),
+        None => proceed(request, conf, state),
+        Some(_) if monitor => proceed(request, conf, state),
+        Some(denial) => response::deny(request, conf, denial, state.decision_id.as_deref()),
     }
 }
 

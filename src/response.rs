@@ -9,7 +9,7 @@ use esper_protocol::response::{
     block_body, challenge_body, wants_json, JsonMode, JSON_CHALLENGE_STATUS, JSON_CONTENT_TYPE,
     VARY_AUTO,
 };
-use esper_protocol::Action;
+use esper_protocol::Verdict;
 use ngx::ffi::{
     ngx_alloc_chain_link, ngx_create_temp_buf, ngx_http_finalize_request, ngx_int_t, ngx_str_t,
     NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
@@ -22,29 +22,44 @@ use crate::request;
 
 const ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
 
+/// How a request is stopped; a challenge carries Esper's page.
+pub enum Denial<'a> {
+    Challenge(&'a str),
+    Block,
+}
+
+impl<'a> Denial<'a> {
+    /// The denial a verdict asks for; `None` for allow.
+    pub fn of(verdict: &'a Verdict) -> Option<Denial<'a>> {
+        match verdict {
+            Verdict::Allow => None,
+            Verdict::Challenge { redirect_url } => Some(Denial::Challenge(redirect_url)),
+            Verdict::Block => Some(Denial::Block),
+        }
+    }
+}
+
 /// Stops the request with a block or a challenge, in the form the client can
 /// act on: JSON for API and script clients (`esper_json_response`), else a
 /// redirect to Esper's page or the block status (where `error_page` applies).
 pub fn deny(
     request: &mut Request,
     conf: &LocConf,
-    action: Action,
-    redirect_url: Option<&str>,
+    denial: Denial,
     decision_id: Option<&str>,
 ) -> ngx_int_t {
     let auto = conf.json_response == JsonMode::Auto;
     let json = wants_json(conf.json_response, request::headers(request));
-    let url = redirect_url.unwrap_or_default();
     if auto && add_header_out(request, "Vary", VARY_AUTO.as_bytes()).is_none() {
         return ERROR;
     }
-    match (action, json) {
-        (Action::Challenge, true) => {
+    match (denial, json) {
+        (Denial::Challenge(url), true) => {
             send_json(request, JSON_CHALLENGE_STATUS.into(), &challenge_body(url, decision_id))
         }
-        (Action::Challenge, false) => redirect(request, conf, url.as_bytes(), None),
-        (_, true) => send_json(request, conf.block_status, &block_body(decision_id)),
-        (_, false) => conf.block_status as ngx_int_t,
+        (Denial::Challenge(url), false) => redirect(request, conf, url.as_bytes(), None),
+        (Denial::Block, true) => send_json(request, conf.block_status, &block_body(decision_id)),
+        (Denial::Block, false) => conf.block_status as ngx_int_t,
     }
 }
 

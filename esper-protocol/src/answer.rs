@@ -91,12 +91,32 @@ impl Action {
     }
 }
 
+/// What Esper decided, with what each action needs: a challenge carries
+/// the page to send the visitor to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Challenge {
+        /// Absolute http(s) URL of Esper's challenge page.
+        redirect_url: String,
+    },
+    Block,
+}
+
+impl Verdict {
+    pub fn action(&self) -> Action {
+        match self {
+            Verdict::Allow => Action::Allow,
+            Verdict::Challenge { .. } => Action::Challenge,
+            Verdict::Block => Action::Block,
+        }
+    }
+}
+
 /// A usable decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub action: Action,
-    /// Absolute http(s) URL of the challenge page; present exactly for `challenge`.
-    pub redirect_url: Option<String>,
+    pub verdict: Verdict,
     pub decision_id: Option<String>,
     /// How long Esper says the decision holds, when it says so and the time
     /// is still ahead.
@@ -229,19 +249,15 @@ pub fn parse_answer(
         }
     })?;
 
-    let action = match raw.action.as_ref().and_then(|v| v.as_str()) {
-        Some("allow") => Action::Allow,
-        Some("challenge") => Action::Challenge,
-        Some("block") => Action::Block,
+    let verdict = match raw.action.as_ref().and_then(|v| v.as_str()) {
+        Some("allow") => Verdict::Allow,
+        Some("challenge") => {
+            let url = raw.redirect_url.as_ref().and_then(|v| v.as_str());
+            Verdict::Challenge { redirect_url: checked_redirect(url)? }
+        }
+        Some("block") => Verdict::Block,
         Some(other) => return Err(Failure::UnknownAction(printable(other.as_bytes(), 64))),
         None => return Err(Failure::UnknownAction("<missing>".into())),
-    };
-
-    let redirect_url = if action == Action::Challenge {
-        let url = raw.redirect_url.as_ref().and_then(|v| v.as_str());
-        Some(checked_redirect(url)?)
-    } else {
-        None
     };
 
     let decision_id = contract::DECISION_ID_FIELDS
@@ -261,7 +277,7 @@ pub fn parse_answer(
     // Tolerant: an unreadable or past lifetime is no lifetime.
     let lifetime = contract::lifetime(&raw.rest, now).filter(|l| !l.is_zero());
 
-    Ok(Decision { action, redirect_url, decision_id, lifetime })
+    Ok(Decision { verdict, decision_id, lifetime })
 }
 
 /// What every answer must be before its body is read: 2xx, JSON, bounded.
@@ -407,15 +423,17 @@ mod tests {
 
     #[test]
     fn reads_each_action() {
-        assert_eq!(ok(r#"{"action":"allow"}"#).unwrap().action, Action::Allow);
+        assert_eq!(ok(r#"{"action":"allow"}"#).unwrap().verdict.action(), Action::Allow);
         assert_eq!(
-            ok(r#"{"action":"block","reason":"bot","score":97}"#).unwrap().action,
+            ok(r#"{"action":"block","reason":"bot","score":97}"#).unwrap().verdict.action(),
             Action::Block
         );
         let d =
             ok(r#"{"action":"challenge","redirect_url":"https://c.esperr.com/x?y=1"}"#).unwrap();
-        assert_eq!(d.action, Action::Challenge);
-        assert_eq!(d.redirect_url.as_deref(), Some("https://c.esperr.com/x?y=1"));
+        assert_eq!(
+            d.verdict,
+            Verdict::Challenge { redirect_url: "https://c.esperr.com/x?y=1".into() }
+        );
     }
 
     #[test]
@@ -443,7 +461,7 @@ mod tests {
         assert_eq!(answer(500, None, None, b"{}"), Err(Failure::Status(500)));
         assert_eq!(answer(302, None, None, b"{}"), Err(Failure::Status(302)));
         assert_eq!(
-            answer(204, None, None, br#"{"action":"allow"}"#).unwrap().action,
+            answer(204, None, None, br#"{"action":"allow"}"#).unwrap().verdict.action(),
             Action::Allow
         );
     }

@@ -8,7 +8,7 @@
 
 use std::mem::{align_of, size_of};
 
-use crate::Action;
+use crate::{Action, Verdict};
 
 /// No slot.
 const NIL: u32 = u32::MAX;
@@ -54,13 +54,11 @@ pub struct Slot {
     url: [u8; MAX_URL_BYTES],
 }
 
-/// A decision as the table gives it back.
+/// A decision as the table keeps it and gives it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remembered {
-    pub action: Action,
+    pub verdict: Verdict,
     pub decision_id: Option<String>,
-    /// Present exactly for `challenge`.
-    pub redirect_url: Option<String>,
 }
 
 /// Where the parts of a table lie in a block of memory: `meta` at offset 0,
@@ -173,10 +171,15 @@ impl<'a> Table<'a> {
         self.push_lru_head(at);
         let slot = &self.slots[at as usize];
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let verdict = match stored_action(slot.action)? {
+            Action::Challenge => {
+                Verdict::Challenge { redirect_url: text(&slot.url[..slot.url_len as usize]) }
+            }
+            Action::Block | Action::Allow => Verdict::Block,
+        };
         Some(Remembered {
-            action: stored_action(slot.action)?,
+            verdict,
             decision_id: (slot.id_len > 0).then(|| text(&slot.id[..slot.id_len as usize])),
-            redirect_url: (slot.url_len > 0).then(|| text(&slot.url[..slot.url_len as usize])),
         })
     }
 
@@ -188,12 +191,15 @@ impl<'a> Table<'a> {
         expires_ms: u64,
         now_ms: u64,
     ) -> Stored {
-        let url = decision.redirect_url.as_deref().unwrap_or_default().as_bytes();
-        let action = match decision.action {
-            Action::Allow => return Stored::No,
-            Action::Challenge if url.is_empty() || url.len() > MAX_URL_BYTES => return Stored::No,
-            Action::Challenge => 2,
-            Action::Block => 1,
+        let (action, url) = match &decision.verdict {
+            Verdict::Allow => return Stored::No,
+            Verdict::Challenge { redirect_url } => {
+                if redirect_url.is_empty() || redirect_url.len() > MAX_URL_BYTES {
+                    return Stored::No;
+                }
+                (2, redirect_url.as_bytes())
+            }
+            Verdict::Block => (1, &[][..]),
         };
         let mut evicted = false;
         let at = match self.find(key) {
@@ -403,14 +409,13 @@ mod tests {
     }
 
     fn block(id: &str) -> Remembered {
-        Remembered { action: Action::Block, decision_id: Some(id.to_owned()), redirect_url: None }
+        Remembered { verdict: Verdict::Block, decision_id: Some(id.to_owned()) }
     }
 
     fn challenge(url: &str) -> Remembered {
         Remembered {
-            action: Action::Challenge,
+            verdict: Verdict::Challenge { redirect_url: url.to_owned() },
             decision_id: None,
-            redirect_url: Some(url.to_owned()),
         }
     }
 
@@ -429,7 +434,7 @@ mod tests {
     fn allow_and_long_urls_are_not_stored() {
         let mut m = Memory::new(4);
         let mut t = m.table();
-        let allow = Remembered { action: Action::Allow, decision_id: None, redirect_url: None };
+        let allow = Remembered { verdict: Verdict::Allow, decision_id: None };
         assert_eq!(t.remember(&key(1), &allow, 1000, 0), Stored::No);
         let long = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES));
         assert_eq!(t.remember(&key(1), &challenge(&long), 1000, 0), Stored::No);
@@ -437,7 +442,7 @@ mod tests {
         assert!(t.is_empty());
         let url = "https://c.example/challenge?s=1";
         t.remember(&key(1), &challenge(url), 1000, 0);
-        assert_eq!(t.get(&key(1), 1).unwrap().redirect_url.as_deref(), Some(url));
+        assert_eq!(t.get(&key(1), 1).unwrap(), challenge(url));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod query;
 pub mod response;
 pub mod throttle;
 
-pub use answer::{parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck};
+pub use answer::{
+    parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck, Verdict,
+};
 pub use config::{ApiUrl, ConfigError};
 pub use payload::{build_payload, verify_body, PayloadSettings, RequestView};

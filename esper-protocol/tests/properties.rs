@@ -16,7 +16,7 @@ use esper_protocol::query::take_proof;
 use esper_protocol::response::{accepts_json, block_body, challenge_body, wants_json, JsonMode};
 use esper_protocol::{
     build_payload, parse_answer, parse_verify_answer, verify_body, Failure, PayloadSettings,
-    RequestView,
+    RequestView, Verdict,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -235,7 +235,7 @@ proptest! {
         }).to_string();
         if let Ok(d) = parse_answer(200, Some(b"application/json"), None, None, body.as_bytes(), SystemTime::now()) {
             prop_assert!(d.lifetime.is_none_or(|l| !l.is_zero()));
-            if let Some(url) = d.redirect_url {
+            if let Verdict::Challenge { redirect_url: url } = d.verdict {
                 prop_assert!(url.starts_with("http://") || url.starts_with("https://"));
                 prop_assert!(!url.chars().any(char::is_control));
             }
