@@ -29,7 +29,7 @@ use ngx::ffi::{
     ngx_uint_t, time_t,
 };
 
-use self::ext::ConfExt;
+pub use self::ext::ConfExt;
 use crate::enforcement::Zone;
 use crate::log::guard;
 use crate::worker::ConfClients;
@@ -133,7 +133,7 @@ pub struct PassSettings {
 /// One `esper_field NAME VALUE`.
 pub struct Field {
     pub name: String,
-    pub value: *mut ngx_http_complex_value_t,
+    pub value: &'static ngx_http_complex_value_t,
 }
 
 /// Directives of one http, server or location block, mirrored field by field.
@@ -161,7 +161,7 @@ pub struct LocConf {
     /// `esper_challenge_status`
     pub challenge_status: ngx_uint_t,
     /// `esper_return_url`
-    pub return_url: *mut ngx_http_complex_value_t,
+    pub return_url: Option<&'static ngx_http_complex_value_t>,
     /// `esper_field`, in order
     pub fields: Option<Vec<Field>>,
     /// `esper_source`
@@ -185,7 +185,7 @@ pub struct LocConf {
     /// `esper_pass_secret_file`
     pass_secret: Option<Arc<PassKey>>,
     /// `esper_hybrid_key`
-    pub hybrid_key: *mut ngx_http_complex_value_t,
+    pub hybrid_key: Option<&'static ngx_http_complex_value_t>,
     /// `esper_forward_decision_id`
     pub forward_decision_id: ngx_flag_t,
     /// `esper_bypass`: compiled values, any of them neither empty nor "0"
@@ -219,7 +219,7 @@ impl LocConf {
             failure_action: FailureAction::Allow,
             block_status: UNSET_UINT,
             challenge_status: UNSET_UINT,
-            return_url: null_mut(),
+            return_url: None,
             fields: None,
             source: None,
             send_cookies: UNSET_FLAG,
@@ -231,7 +231,7 @@ impl LocConf {
             pass_cookie: None,
             pass_ttl: UNSET_TIME,
             pass_secret: None,
-            hybrid_key: null_mut(),
+            hybrid_key: None,
             forward_decision_id: UNSET_FLAG,
             bypass: UNSET_PTR,
             json_response_index: UNSET_UINT,
@@ -245,17 +245,19 @@ impl LocConf {
 }
 
 pub extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    guard(null_mut(), || {
-        // SAFETY: nginx passes its live configuration context.
-        let cf = unsafe { &*cf };
-        cf.pool().allocate(MainConf::default()).cast()
-    })
+    create(cf, MainConf::default)
 }
 
 pub extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    create(cf, LocConf::unset)
+}
+
+/// A configuration of this module in the configuration's pool, which frees
+/// (and drops) it with the configuration.
+fn create<T>(cf: *mut ngx_conf_t, make: impl FnOnce() -> T) -> *mut c_void {
     guard(null_mut(), || {
         // SAFETY: nginx passes its live configuration context.
         let cf = unsafe { &*cf };
-        cf.pool().allocate(LocConf::unset()).cast()
+        cf.pool().allocate(make()).cast()
     })
 }

@@ -14,14 +14,12 @@ use std::time::Duration;
 use esper_protocol::entity_table::{EntityKey, Layout, Meta, Remembered, Slot, Stored, Table};
 use ngx::core::SlabPool;
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc_locked,
-    ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_WARN, NGX_OK,
+    ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc_locked, ngx_slab_pool_t, NGX_ERROR,
+    NGX_LOG_WARN, NGX_OK,
 };
 
+use crate::conf::ConfExt;
 use crate::log::{guard, log_error};
-use ngx::http::HttpModule;
-
-use crate::Module;
 
 /// Smallest zone accepted, as nginx's own zones (eight pages).
 const MIN_ENTRIES: usize = 8;
@@ -52,15 +50,10 @@ impl Zone {
             shm: NonNull::dangling(),
             table: AtomicPtr::new(std::ptr::null_mut()),
         });
-        // nginx keeps this name without a copy: it points into the zone,
+        // nginx keeps the name without a copy: it points into the zone,
         // which lives as long as the configuration.
-        let mut ngx_name = ngx_str_t { len: zone.name.len(), data: zone.name.as_ptr().cast_mut() };
-        let tag = (Module::module() as *const _ as *mut c_void).cast();
-        let cf = (cf as *const ngx_conf_t).cast_mut();
-        // SAFETY: a live configuration context; nginx keeps the zone with
-        // the cycle and returns it, not yet mapped, for us to fill in.
-        let shm_ref = unsafe { ngx_shared_memory_add(cf, &mut ngx_name, size, tag).as_mut() }
-            .ok_or("cannot add the shared memory zone")?;
+        let shm_ref =
+            cf.shared_zone(&zone.name, size).ok_or("cannot add the shared memory zone")?;
         let shm = NonNull::from(&mut *shm_ref);
         if !shm_ref.data.is_null() {
             return Err(format!("duplicate zone \"{name}\""));

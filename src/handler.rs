@@ -98,60 +98,62 @@ fn access(request: &mut Request) -> ngx_int_t {
     let Some(conf) = Module::location_conf(request) else {
         return NGX_DECLINED as ngx_int_t;
     };
-
-    if let Some(mut state) = find(request) {
-        // SAFETY: the state lives until the request pool's cleanup, outside
-        // the request's memory; the nginx thread runs one handler at a time,
-        // so this is the only reference to it.
-        let state = unsafe { state.as_mut() };
-        return match std::mem::replace(&mut state.stage, Stage::Idle) {
-            Stage::Arrived(answer) => resumed(request, conf, state, answer),
-            // Woken while the call is pending: an HTTP/3 client that
-            // cancelled the stream (STOP_SENDING) leaves a write error.
-            Stage::Waiting { call, .. } if request::client_gone(request) => {
-                state.abandon(call);
-                NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+    let (mut state, first_visit) = match find(request) {
+        Some(state) => (state, false),
+        None => {
+            let (Some(_), Some(_)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
+                metrics::count_result(EsperResult::Skipped);
+                return NGX_DECLINED as ngx_int_t;
+            };
+            // Only Esper and this module may set these for the application.
+            if remove_headers_in(request, is_esper_header).is_none() {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             }
-            waiting @ Stage::Waiting { .. } => {
-                state.stage = waiting;
-                NGX_DONE as ngx_int_t
-            }
-            // An internal redirect after a bypass: this location judges the
-            // request by its own `esper_bypass` (what Esper decided is never
-            // judged twice).
-            Stage::Idle if state.result == Some(EsperResult::Bypassed) => {
-                judge(request, conf, state)
-            }
-            Stage::Idle => NGX_DECLINED as ngx_int_t,
-        };
-    }
-
-    let (Some(_), Some(_)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
-        metrics::count_result(EsperResult::Skipped);
-        return NGX_DECLINED as ngx_int_t;
+            let Some(state) = attach(request) else {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            };
+            debug!(request, "esper: state attached");
+            (state, true)
+        }
     };
-    // Only Esper and this module may set these for the application. `_`
-    // counts as `-`: with `underscores_in_headers on`, nginx's `$http_*` and
-    // CGI-style backends fold one into the other.
-    let forged = |name: &[u8]| {
-        ESPER_REQUEST_HEADERS.iter().any(|h| {
-            name.len() == h.len()
-                && name
-                    .iter()
-                    .zip(h.bytes())
-                    .all(|(&n, h)| n.eq_ignore_ascii_case(&h) || (n == b'_' && h == b'-'))
-        })
-    };
-    if remove_headers_in(request, forged).is_none() {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
-    let Some(mut state) = attach(request) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    // SAFETY: as for `find` above: just made, and referenced only here.
+    // SAFETY: the state lives until the request pool's cleanup, outside the
+    // request's memory; the nginx thread runs one handler at a time, so this
+    // is the only reference to it.
     let state = unsafe { state.as_mut() };
-    debug!(request, "esper: state attached");
-    judge(request, conf, state)
+    if first_visit {
+        return judge(request, conf, state);
+    }
+    match std::mem::replace(&mut state.stage, Stage::Idle) {
+        Stage::Arrived(answer) => resumed(request, conf, state, answer),
+        // Woken while the call is pending: an HTTP/3 client that cancelled
+        // the stream (STOP_SENDING) leaves a write error.
+        Stage::Waiting { call, .. } if request::client_gone(request) => {
+            state.abandon(call);
+            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+        }
+        waiting @ Stage::Waiting { .. } => {
+            state.stage = waiting;
+            NGX_DONE as ngx_int_t
+        }
+        // An internal redirect after a bypass: this location judges the
+        // request by its own `esper_bypass` (what Esper decided is never
+        // judged twice).
+        Stage::Idle if state.result == Some(EsperResult::Bypassed) => judge(request, conf, state),
+        Stage::Idle => NGX_DECLINED as ngx_int_t,
+    }
+}
+
+/// An Esper-owned request header, in any spelling: `_` counts as `-`, since
+/// with `underscores_in_headers on` nginx's `$http_*` and CGI-style backends
+/// fold one into the other.
+fn is_esper_header(name: &[u8]) -> bool {
+    ESPER_REQUEST_HEADERS.iter().any(|h| {
+        name.len() == h.len()
+            && name
+                .iter()
+                .zip(h.bytes())
+                .all(|(&n, h)| n.eq_ignore_ascii_case(&h) || (n == b'_' && h == b'-'))
+    })
 }
 
 /// Judges a request where `esper on`, in this order: the operator's

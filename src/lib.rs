@@ -81,16 +81,17 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
 /// Never fails: nginx does not respawn a worker whose `init_process` fails,
 /// so a runtime that cannot start is logged and leaves the failure action.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    log::guard((), || {
-        // SAFETY: nginx passes the live cycle of this process.
-        worker::start(unsafe { &*cycle })
-    });
+    with_cycle(cycle, worker::start);
     ngx::ffi::NGX_OK as ngx_int_t
 }
 
 extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    with_cycle(cycle, worker::stop);
+}
+
+fn with_cycle(cycle: *mut ngx_cycle_t, f: impl FnOnce(&ngx_cycle_t)) {
     log::guard((), || {
         // SAFETY: nginx passes the live cycle of this process.
-        worker::stop(unsafe { &*cycle })
+        f(unsafe { &*cycle })
     });
 }

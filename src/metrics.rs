@@ -14,15 +14,13 @@ use esper_protocol::metrics::{
 };
 use esper_protocol::{Action, Failure};
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t,
-    ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
+    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
+    NGX_OK,
 };
-use ngx::http::{
-    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request,
-};
-use ngx::ngx_string;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
+use crate::conf::ConfExt;
 use crate::enforcement::Zone;
 use crate::log::guard;
 use crate::{response, Module};
@@ -132,12 +130,7 @@ fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
 
 /// Adds the shared zone to the configuration (postconfiguration).
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
-    let mut name = ngx_string!("ngx_http_esper_module");
-    let tag = (Module::module() as *const _ as *mut c_void).cast();
-    let cf = (cf as *const ngx_conf_t).cast_mut();
-    // SAFETY: a live configuration context; nginx keeps the zone with the
-    // cycle and returns it, not yet mapped, for us to fill in.
-    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_SIZE, tag).as_mut() }.ok_or(())?;
+    let zone = cf.shared_zone("ngx_http_esper_module", ZONE_SIZE).ok_or(())?;
     zone.init = Some(init_zone);
     Ok(())
 }

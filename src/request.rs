@@ -25,7 +25,7 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
         .fields
         .iter()
         .flatten()
-        .map(|f| (f.name.as_str(), evaluate(request, f.value).unwrap_or_default()))
+        .map(|f| (f.name.as_str(), evaluate(request, Some(f.value)).unwrap_or_default()))
         .collect();
     let req = request.as_ref();
     let (client_ip, user_agent) = entity(request);
@@ -180,8 +180,8 @@ pub fn bypassed(request: &mut Request, predicates: *mut ngx_array_t) -> Option<b
 
 /// True when the client connection is TLS.
 pub fn is_https(request: &Request) -> bool {
-    // SAFETY: a non-null http_connection belongs to the live request.
-    unsafe { request.as_ref().http_connection.as_ref() }.is_some_and(|hc| hc.ssl() != 0)
+    // As nginx's `$https`: HTTP/2 and HTTP/3 streams share their connection's.
+    !connection(request).ssl.is_null()
 }
 
 /// A copy of `data` in the request pool.
@@ -213,16 +213,19 @@ fn list_entries(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// Value of a compiled directive argument; `None` when unset.
-pub fn evaluate(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<&[u8]> {
-    // SAFETY: a non-null `cv` was compiled for this configuration and lives
-    // as long as it.
-    let cv = unsafe { cv.as_ref() }?;
-    request.get_complex_value(cv).map(|v| v.as_bytes())
+pub fn evaluate<'r>(
+    request: &'r Request,
+    cv: Option<&ngx_http_complex_value_t>,
+) -> Option<&'r [u8]> {
+    request.get_complex_value(cv?).map(|v| v.as_bytes())
 }
 
 /// Value of a compiled directive argument, as nginx's string in the request
 /// pool, so that it can be given back to the same request; `None` when unset.
-pub fn evaluate_in_pool(request: &Request, cv: *mut ngx_http_complex_value_t) -> Option<ngx_str_t> {
+pub fn evaluate_in_pool(
+    request: &Request,
+    cv: Option<&ngx_http_complex_value_t>,
+) -> Option<ngx_str_t> {
     let value = evaluate(request, cv)?;
     Some(ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() })
 }

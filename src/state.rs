@@ -5,6 +5,7 @@
 //! its pool cleanup.
 
 use std::ffi::c_void;
+use std::io::Write;
 use std::ptr::NonNull;
 
 use esper_protocol::enforcement::EntityKey;
@@ -43,8 +44,10 @@ pub struct RequestState {
     deadline: ngx_event_t,
     pub stage: Stage,
     started: u64,
-    /// `$esper_latency`, in milliseconds.
+    /// How long the call took, in milliseconds.
     pub latency: Option<u64>,
+    /// `$esper_latency`: the same in seconds ("0.012"), written once.
+    latency_text: ([u8; 24], usize),
     /// `$esper_action`
     pub action: Option<Action>,
     /// `$esper_result`
@@ -57,6 +60,11 @@ pub struct RequestState {
 }
 
 impl RequestState {
+    /// `$esper_latency`, once the call ended.
+    pub fn latency_text(&self) -> Option<&[u8]> {
+        self.latency.map(|_| &self.latency_text.0[..self.latency_text.1])
+    }
+
     /// The decision the location's enforcement zone remembers for the entity.
     pub fn zone_lookup(&self, conf: &LocConf) -> Option<Remembered> {
         conf.zone.as_ref()?.lookup(self.entity.as_ref()?)
@@ -81,7 +89,12 @@ impl RequestState {
     /// stops the timer.
     fn arrived(&mut self, answer: Answer) {
         self.stop_deadline();
-        self.latency = Some(now_ms().wrapping_sub(self.started));
+        let ms = now_ms().wrapping_sub(self.started);
+        self.latency = Some(ms);
+        let (buf, len) = &mut self.latency_text;
+        let mut out = &mut buf[..];
+        let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+        *len = 24 - out.len();
         self.stage = Stage::Arrived(answer);
     }
 
@@ -162,6 +175,7 @@ pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
             stage: Stage::Idle,
             started: now_ms(),
             latency: None,
+            latency_text: ([0; 24], 0),
             action: None,
             result: None,
             decision_id: None,

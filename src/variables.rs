@@ -1,8 +1,6 @@
 //! `$esper_action`, `$esper_result`, `$esper_decision_id`, `$esper_latency`,
 //! `$esper_hybrid_key`.
 
-use std::borrow::Cow;
-
 use esper_protocol::metrics::EsperResult;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
@@ -56,29 +54,25 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// as `-`). Borrowed values live as long as the request (statics, the
 /// request state, the request pool), so nginx can point at them without a
 /// copy.
-fn value(request: &Request, variable: Variable) -> Option<Cow<'_, [u8]>> {
+fn value(request: &Request, variable: Variable) -> Option<&[u8]> {
     // SAFETY: the state lives until the request pool's cleanup; a variable
     // getter only reads it, between the handler's steps.
     let state = find(request).map(|s| unsafe { s.as_ref() });
     let conf = Module::location_conf(request);
     match variable {
-        Variable::Action => state?.action.map(|a| Cow::Borrowed(a.as_str().as_bytes())),
+        Variable::Action => state?.action.map(|a| a.as_str().as_bytes()),
         Variable::Result => match state {
-            Some(s) => Some(Cow::Borrowed(s.result.map_or("", EsperResult::as_str).as_bytes())),
+            Some(s) => Some(s.result.map_or("", EsperResult::as_str).as_bytes()),
             // Not judged here (`esper off`).
             None if conf.is_none_or(|c| c.target.is_none()) => {
-                Some(Cow::Borrowed(EsperResult::Skipped.as_str().as_bytes()))
+                Some(EsperResult::Skipped.as_str().as_bytes())
             }
             // Judged here, but not yet.
             None => None,
         },
-        Variable::DecisionId => {
-            state?.decision_id.as_deref().map(|id| Cow::Borrowed(id.as_bytes()))
-        }
-        Variable::Latency => state?
-            .latency
-            .map(|ms| Cow::Owned(format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes())),
-        Variable::HybridKey => request::evaluate(request, conf?.hybrid_key).map(Cow::Borrowed),
+        Variable::DecisionId => state?.decision_id.as_deref().map(|id| id.as_bytes()),
+        Variable::Latency => state?.latency_text(),
+        Variable::HybridKey => request::evaluate(request, conf?.hybrid_key),
     }
 }
 
@@ -95,19 +89,8 @@ extern "C" fn get(
             v.set_not_found(1);
             return NGX_OK as ngx_int_t;
         };
-        let data = match &value {
-            Cow::Borrowed(bytes) => bytes.as_ptr().cast_mut(),
-            Cow::Owned(bytes) => {
-                let copy = request.pool().alloc_unaligned(bytes.len().max(1)).cast::<u8>();
-                if copy.is_null() {
-                    return NGX_ERROR as ngx_int_t;
-                }
-                // SAFETY: `copy` has room for `bytes` and lives in the request pool.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len()) };
-                copy
-            }
-        };
-        v.data = data;
+        // Every value lives as long as the request: nginx points at it.
+        v.data = value.as_ptr().cast_mut();
         v.set_len(value.len() as u32);
         v.set_valid(1);
         v.set_no_cacheable(1);

@@ -9,7 +9,7 @@ use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::{self as values, ApiUrl};
 use esper_protocol::pass::PassKey;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::ffi::{ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_parse_time, ngx_str_t};
+use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 
 use super::ext::ConfExt;
 use super::*;
@@ -94,21 +94,23 @@ fn once(is_set: bool) -> SetResult {
     }
 }
 
-pub(super) extern "C" fn set_enable(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx's own flag slot, with what nginx passed us.
-    let rv = unsafe { ngx_conf_set_flag_slot(cf, cmd, conf) };
-    if rv != NGX_CONF_OK {
-        return rv;
-    }
-    directive(cf, cmd, conf, |cf, conf, _| {
-        conf.enabled_at = Some(cf.position());
-        Ok(())
-    })
-}
+directive_handler!(set_enable, |cf, conf, args| {
+    once(conf.enable != UNSET_FLAG)?;
+    // Read as nginx's flag slot reads it, with its words.
+    conf.enable = match bytes(&args[1]) {
+        on if on.eq_ignore_ascii_case(b"on") => 1,
+        off if off.eq_ignore_ascii_case(b"off") => 0,
+        other => {
+            let other = String::from_utf8_lossy(other);
+            let message = format!(
+                "invalid value \"{other}\" in \"esper\" directive, it must be \"on\" or \"off\""
+            );
+            return Err(SetError::Invalid(message));
+        }
+    };
+    conf.enabled_at = Some(cf.position());
+    Ok(())
+});
 
 /// `esper_enforcement_zone zone=NAME:SIZE [ttl=TIME];`
 pub(super) extern "C" fn set_enforcement_zone(
@@ -216,8 +218,8 @@ directive_handler!(set_challenge_status, |_cf, conf, args| {
 });
 
 directive_handler!(set_return_url, |cf, conf, args| {
-    once(!conf.return_url.is_null())?;
-    conf.return_url = cf.compile(args[1])?;
+    once(conf.return_url.is_some())?;
+    conf.return_url = Some(cf.compile(args[1])?);
     Ok(())
 });
 
@@ -267,8 +269,8 @@ directive_handler!(set_pass_secret_file, |cf, conf, args| {
 });
 
 directive_handler!(set_hybrid_key, |cf, conf, args| {
-    once(!conf.hybrid_key.is_null())?;
-    conf.hybrid_key = cf.compile(args[1])?;
+    once(conf.hybrid_key.is_some())?;
+    conf.hybrid_key = Some(cf.compile(args[1])?);
     Ok(())
 });
 

@@ -11,7 +11,11 @@ use ngx::ffi::{
     NGX_LOG_EMERG, NGX_OK,
 };
 
+use ngx::ffi::{ngx_shared_memory_add, ngx_shm_zone_t};
+use ngx::http::HttpModule;
+
 use crate::ffi::bytes;
+use crate::Module;
 
 pub trait ConfExt {
     /// The directive's words, its name first.
@@ -23,12 +27,16 @@ pub trait ConfExt {
     /// `value`, which may hold variables, compiled for requests. `value`
     /// must live as long as the configuration (directive words and statics
     /// do).
-    fn compile(&self, value: ngx_str_t) -> Result<*mut ngx_http_complex_value_t, String>;
+    fn compile(&self, value: ngx_str_t) -> Result<&'static ngx_http_complex_value_t, String>;
     /// The configuration's pool, which frees (and drops) what it holds with
     /// the configuration.
     fn pool(&self) -> Pool;
     /// An `emerg` line, with the file and line of the directive.
     fn emerg(&self, message: &str);
+    /// The shared memory zone `name` of this module, added to the
+    /// configuration (nginx keeps `name` without a copy); `None` when nginx
+    /// refuses it.
+    fn shared_zone(&self, name: &str, size: usize) -> Option<&mut ngx_shm_zone_t>;
 }
 
 impl ConfExt for ngx_conf_t {
@@ -53,12 +61,14 @@ impl ConfExt for ngx_conf_t {
         Ok(String::from_utf8_lossy(bytes(&name)).into_owned())
     }
 
-    fn compile(&self, mut value: ngx_str_t) -> Result<*mut ngx_http_complex_value_t, String> {
+    fn compile(&self, mut value: ngx_str_t) -> Result<&'static ngx_http_complex_value_t, String> {
         // nginx's compiler changes what the context points at (the core
         // module's variables), not the context itself.
         let cf = (self as *const ngx_conf_t).cast_mut();
         // SAFETY: the compiled value is allocated in the configuration pool
-        // and lives as long as the configuration, as `value` does.
+        // and lives as long as the configuration, as `value` does; the
+        // configuration outlives every request that reads it (as the `ngx`
+        // crate's configuration accessors say with their 'static).
         unsafe {
             let cv: *mut ngx_http_complex_value_t =
                 ngx_pcalloc(self.pool, size_of::<ngx_http_complex_value_t>()).cast();
@@ -75,13 +85,22 @@ impl ConfExt for ngx_conf_t {
                     String::from_utf8_lossy(bytes(&value))
                 ));
             }
-            Ok(cv)
+            Ok(&*cv)
         }
     }
 
     fn pool(&self) -> Pool {
         // SAFETY: the configuration pool lives as long as the configuration.
         unsafe { Pool::from_ngx_pool(self.pool) }
+    }
+
+    fn shared_zone(&self, name: &str, size: usize) -> Option<&mut ngx_shm_zone_t> {
+        let mut name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
+        let cf = (self as *const ngx_conf_t).cast_mut();
+        let tag = (Module::module() as *const ngx::ffi::ngx_module_t).cast_mut().cast();
+        // SAFETY: a live configuration context; nginx keeps the zone with the
+        // cycle and returns it, not yet mapped, for us to fill in.
+        unsafe { ngx_shared_memory_add(cf, &mut name, size, tag).as_mut() }
     }
 
     fn emerg(&self, message: &str) {

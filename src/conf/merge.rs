@@ -93,7 +93,7 @@ fn inherit_settings(prev: &LocConf, conf: &mut LocConf) {
 fn inherit_values(prev: &LocConf, conf: &mut LocConf) {
     inherit_clone(&mut conf.api_url, &prev.api_url);
     inherit_clone(&mut conf.api_key, &prev.api_key);
-    inherit(&mut conf.return_url, prev.return_url, null_mut(), null_mut());
+    inherit_clone(&mut conf.return_url, &prev.return_url);
     if conf.fields.is_none() {
         conf.fields = prev.fields.as_ref().map(|fields| {
             let copy = |f: &Field| Field { name: f.name.clone(), value: f.value };
@@ -105,7 +105,7 @@ fn inherit_values(prev: &LocConf, conf: &mut LocConf) {
     inherit_clone(&mut conf.breaker, &prev.breaker);
     inherit_clone(&mut conf.pass_cookie, &prev.pass_cookie);
     inherit_clone(&mut conf.pass_secret, &prev.pass_secret);
-    inherit(&mut conf.hybrid_key, prev.hybrid_key, null_mut(), null_mut());
+    inherit_clone(&mut conf.hybrid_key, &prev.hybrid_key);
     inherit_clone(&mut conf.enforcement, &prev.enforcement);
     inherit(&mut conf.bypass, prev.bypass, UNSET_PTR, null_mut());
 }
@@ -128,8 +128,8 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
             return Err(format!("\"{name}\" must be more than 0 for \"esper on\" in {at}"));
         }
     }
-    if conf.return_url.is_null() {
-        conf.return_url = cf.compile(DEFAULT_RETURN_URL)?;
+    if conf.return_url.is_none() {
+        conf.return_url = Some(cf.compile(DEFAULT_RETURN_URL)?);
     }
     if conf.fields.is_none() {
         let host = Field { name: "host".to_owned(), value: cf.compile(DEFAULT_FIELD_VALUE)? };
