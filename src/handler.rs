@@ -45,7 +45,7 @@ use crate::ffi::bytes;
 use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::response::Denial;
-use crate::state::{attach, find, on_answer, RequestState, Stage};
+use crate::state::{attach, find, RequestState, Stage};
 use crate::worker;
 use crate::{metrics, request, response, Module};
 
@@ -248,8 +248,7 @@ fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: 
         return resumed(request, conf, state, answer);
     }
     let kind = call.kind();
-    let data = (state as *mut RequestState).cast();
-    match worker::call(main, target, call, on_answer, data) {
+    match worker::call(main, target, call, state.waiter()) {
         Ok(call) => {
             debug!(request, "esper: call {call} started ({})", kind.as_str());
             state.wait_for(call, kind, conf.timeout);

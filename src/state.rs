@@ -22,7 +22,7 @@ use crate::client::{Answer, CallKind};
 use crate::conf::LocConf;
 use crate::ffi::now_ms;
 use crate::log::{debug_log, guard};
-use crate::worker::{self, CallId};
+use crate::worker::{self, CallId, Waiter};
 use crate::{metrics, Module};
 
 /// Where a request is between Esper and the access phase.
@@ -115,19 +115,24 @@ impl RequestState {
     }
 }
 
-/// The worker's callback for a finished call.
-///
-/// # Safety
-/// `data` must be a live `RequestState` whose call is still registered.
-pub unsafe fn on_answer(data: *mut c_void, answer: Answer) {
-    // SAFETY: per the function contract; the state is a separate allocation
-    // from the request, and this is the only reference to it now.
-    let state = unsafe { &mut *data.cast::<RequestState>() };
-    if let Stage::Waiting { call, .. } = state.stage {
-        debug_log!(state.deadline.log, "esper: call {call} answered");
+impl RequestState {
+    /// What the worker calls with the answer of this state's call.
+    pub fn waiter(&mut self) -> Waiter {
+        let state = NonNull::from(self);
+        Box::new(move |answer| {
+            // SAFETY: the worker calls a waiter only while its call is
+            // registered, and the state forgets its call (`abandon`, from
+            // `cleanup`) before it is freed; the state is a separate
+            // allocation from the request, and nothing else refers to it
+            // while the worker runs on the nginx thread.
+            let state = unsafe { &mut *state.as_ptr() };
+            if let Stage::Waiting { call, .. } = state.stage {
+                debug_log!(state.deadline.log, "esper: call {call} answered");
+            }
+            state.arrived(answer);
+            resume(state.request);
+        })
     }
-    state.arrived(answer);
-    resume(state.request);
 }
 
 /// The deadline timer's handler.

@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -38,9 +37,9 @@ use crate::Module;
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
 
-/// Receives, on the nginx thread, the outcome of a call that is still wanted.
-/// `data` is what was given to [`call`].
-pub type Waiter = unsafe fn(data: *mut c_void, answer: Answer);
+/// Receives, on the nginx thread, the answer of a call that is still wanted;
+/// dropped unused when the call is forgotten or expires.
+pub type Waiter = Box<dyn FnOnce(Answer)>;
 
 /// Outcomes waiting for the nginx thread, and the eventfd that wakes it.
 struct Completions {
@@ -110,7 +109,6 @@ enum Runtime {
 /// A call in flight.
 struct Pending {
     waiter: Waiter,
-    data: *mut c_void,
     task: AbortHandle,
     target: Arc<Target>,
     /// Of the configuration the call was made for.
@@ -267,13 +265,12 @@ extern "C" fn on_wake(_ev: *mut ngx_event_t) {
             // Look each call up only now: resuming an earlier request of the
             // batch may have freed this one (an HTTP/2 connection closing), and
             // a freed request has already forgotten its call.
-            let Some((waiter, data)) = end(id, End::Answered(&answer)) else {
+            let Some(waiter) = end(id, End::Answered(&answer)) else {
                 continue;
             };
-            // SAFETY: a call stays registered only while its data is alive: the
-            // owner unregisters it (`forget`) before freeing the data. The
-            // borrow is released, so the waiter may start or forget calls.
-            unsafe { waiter(data, answer) };
+            // The worker's borrow is released: the waiter may start or
+            // forget calls.
+            waiter(answer);
         }
     })
 }
@@ -286,7 +283,6 @@ pub fn call(
     target: &Arc<Target>,
     call: Call,
     waiter: Waiter,
-    data: *mut c_void,
 ) -> Result<CallId, Failure> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
@@ -330,14 +326,8 @@ pub fn call(
             let answer = exchange(&client, &task_target, call).await;
             completions.push(id, answer);
         });
-        let pending = Pending {
-            waiter,
-            data,
-            task: task.abort_handle(),
-            target: target.clone(),
-            conf,
-            admitted,
-        };
+        let pending =
+            Pending { waiter, task: task.abort_handle(), target: target.clone(), conf, admitted };
         worker.pending.insert(id, pending);
         metrics::pending_changed(1, 0);
         Ok(id)
@@ -380,7 +370,7 @@ fn admit(conf: &ConfClients, target: &Target, now: u64) -> Result<Option<Admit>,
 /// retry gate how it ended, and returns who waits for it. Only failures that
 /// say Esper is unavailable count against the breaker: an answer of any
 /// other kind shows it is there.
-fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
+fn end(id: CallId, how: End) -> Option<Waiter> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let Runtime::Running(worker) = &mut *w else {
@@ -418,7 +408,7 @@ fn end(id: CallId, how: End) -> Option<(Waiter, *mut c_void)> {
             };
             log_transition(&pending.target, transition);
         }
-        Some((pending.waiter, pending.data))
+        Some(pending.waiter)
     })
 }
 
