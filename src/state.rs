@@ -101,16 +101,25 @@ impl RequestState {
     /// Waits for `call`, up to `timeout`: the deadline timer is armed.
     pub fn wait_for(&mut self, call: CallId, kind: CallKind, timeout: ngx_msec_t) {
         self.stage = Stage::Waiting { call, kind };
-        // SAFETY: the timer event lives in the state, which takes it out of
-        // the timer tree before it is freed (`cleanup`).
-        unsafe { ngx::ffi::ngx_add_timer(&mut self.deadline, timeout) };
+        self.set_deadline(Some(timeout));
     }
 
     fn stop_deadline(&mut self) {
-        if self.deadline.timer_set() != 0 {
-            // SAFETY: the timer was armed by `start` on this thread and is
-            // still in the timer tree.
-            unsafe { ngx::ffi::ngx_del_timer(&mut self.deadline) };
+        self.set_deadline(None);
+    }
+
+    /// Arms the deadline timer, or takes it out of nginx's timer tree.
+    fn set_deadline(&mut self, timeout: Option<ngx_msec_t>) {
+        let deadline = &mut self.deadline;
+        // SAFETY: the timer event lives in the state, on the nginx thread,
+        // and the state takes it out of the timer tree before it is freed
+        // (`cleanup`); only an armed timer is deleted.
+        unsafe {
+            match timeout {
+                Some(timeout) => ngx::ffi::ngx_add_timer(deadline, timeout),
+                None if deadline.timer_set() != 0 => ngx::ffi::ngx_del_timer(deadline),
+                None => {}
+            }
         }
     }
 }

@@ -62,22 +62,20 @@ fn directive(
     body: impl FnOnce(&ngx_conf_t, &mut LocConf, &[ngx_str_t]) -> SetResult,
 ) -> *mut c_char {
     guard(NGX_CONF_ERROR, || {
-        // SAFETY: nginx calls a directive handler with its live
-        // configuration context, the command, and this block's
-        // configuration of the module: a LocConf made by create_loc_conf.
-        let (cf, cmd, conf) = unsafe { (&*cf, &*cmd, &mut *conf.cast::<LocConf>()) };
-        match body(cf, conf, cf.args()) {
-            Ok(()) => NGX_CONF_OK,
-            Err(SetError::Duplicate) => {
-                let name = String::from_utf8_lossy(bytes(&cmd.name));
-                cf.emerg(&format!("\"{name}\" directive is duplicate"));
-                NGX_CONF_ERROR
+        with_handler_args(cf, cmd, conf, |cf, cmd, conf: &mut LocConf| {
+            match body(cf, conf, cf.args()) {
+                Ok(()) => NGX_CONF_OK,
+                Err(SetError::Duplicate) => {
+                    let name = String::from_utf8_lossy(bytes(&cmd.name));
+                    cf.emerg(&format!("\"{name}\" directive is duplicate"));
+                    NGX_CONF_ERROR
+                }
+                Err(SetError::Invalid(message)) => {
+                    cf.emerg(&message);
+                    NGX_CONF_ERROR
+                }
             }
-            Err(SetError::Invalid(message)) => {
-                cf.emerg(&message);
-                NGX_CONF_ERROR
-            }
-        }
+        })
     })
 }
 
@@ -115,20 +113,19 @@ directive_handler!(set_enable, |cf, conf, args| {
 /// `esper_enforcement_zone zone=NAME:SIZE [ttl=TIME];`
 pub(super) extern "C" fn set_enforcement_zone(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
     guard(NGX_CONF_ERROR, || {
-        // SAFETY: nginx passes its live configuration context and the http
-        // block's MainConf (made by create_main_conf).
-        let (cf, main) = unsafe { (&*cf, &mut *conf.cast::<MainConf>()) };
-        match parse_enforcement_zone(cf, main) {
+        with_handler_args(cf, cmd, conf, |cf, _, main: &mut MainConf| match parse_enforcement_zone(
+            cf, main,
+        ) {
             Ok(()) => NGX_CONF_OK,
             Err(message) => {
                 cf.emerg(&message);
                 NGX_CONF_ERROR
             }
-        }
+        })
     })
 }
 
@@ -160,17 +157,45 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
     Ok(())
 }
 
+/// Runs `f` with what a directive handler gets, borrowed: nginx's live
+/// configuration context, the command, and this block's configuration of
+/// the module (a `T` made by create_main_conf or create_loc_conf, as the
+/// command's context says).
+fn with_handler_args<T, R>(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    f: impl FnOnce(&ngx_conf_t, &ngx_command_t, &mut T) -> R,
+) -> R {
+    // SAFETY: nginx calls a directive handler with these three live for the
+    // time it runs, and the table gives each command the context whose
+    // configuration is a `T`.
+    unsafe { f(&*cf, &*cmd, &mut *conf.cast::<T>()) }
+}
+
 /// An nginx size ("32k", "10m") in bytes, more than zero.
 fn size_bytes(value: &str) -> Option<usize> {
-    // SAFETY: ngx_parse_size only reads the string.
-    let n = parse_with(value, |s| unsafe { ngx::ffi::ngx_parse_size(s) });
+    let n = parse_ngx(value, Unit::Size);
     (n > 0).then_some(n as usize)
 }
 
-/// `value` as nginx's parser `parse` reads it.
-fn parse_with<T>(value: &str, parse: impl FnOnce(*mut ngx_str_t) -> T) -> T {
+/// Which of nginx's value parsers.
+enum Unit {
+    Size,
+    Time,
+}
+
+/// `value` as nginx's size or time parser reads it (so that it accepts what
+/// nginx's own directives accept).
+fn parse_ngx(value: &str, unit: Unit) -> isize {
     let mut s = ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() };
-    parse(&mut s)
+    // SAFETY: both parsers only read the string.
+    unsafe {
+        match unit {
+            Unit::Size => ngx::ffi::ngx_parse_size(&mut s),
+            Unit::Time => ngx_parse_time(&mut s, 0),
+        }
+    }
 }
 
 directive_handler!(set_enforcement, |cf, conf, args| {
@@ -305,7 +330,6 @@ directive_handler!(set_metrics, |cf, _conf, _args| {
 
 /// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.
 fn time_ms(value: &str) -> Option<u64> {
-    // SAFETY: ngx_parse_time only reads the string.
-    let ms = parse_with(value, |s| unsafe { ngx_parse_time(s, 0) });
+    let ms = parse_ngx(value, Unit::Time);
     (ms > 0).then_some(ms as u64)
 }
