@@ -39,7 +39,7 @@ my $conf = <<'EOF';
         }
         location /short/ {
             esper on;
-            esper_pass_ttl 1s;
+            esper_pass_ttl 2s;
             esper_pass_cookie other_pass;
             proxy_pass http://127.0.0.1:%%APP%%;
         }
@@ -128,15 +128,17 @@ is($t->get('/p?mock_action=block', headers => [['Cookie', $ip_pass], ['X-Real-IP
 is($t->get('/p?mock_action=block', headers => [['Cookie', $ip_pass], ['X-Real-IP', '198.51.100.8']])->{status}, 403, 'next IP does not');
 
 # Expiry: the shorter of esper_pass_ttl and Esper's lifetime wins.
-$r = $t->get('/short/x?esper_challenge_proof=ttl600-a');
-like($r->{headers}{'set-cookie'}, qr/^other_pass=.*Max-Age=1;/, 'esper_pass_ttl caps the lifetime; esper_pass_cookie names it');
-my $short = cookie_of($r);
 $r = $t->get('/p?esper_challenge_proof=ttl60-b');
 like($r->{headers}{'set-cookie'}, qr/Max-Age=60;/, 'a shorter ttl_seconds from Esper wins');
 $r = $t->get('/p?esper_challenge_proof=exp120-c');
 like($r->{headers}{'set-cookie'}, qr/Max-Age=1[12]\d;/, 'expires_at from Esper is honoured');
+# The expiry has a resolution of one second: a 2 s cookie is good for at
+# least 1 s, whenever in the second it was issued.
+$r = $t->get('/short/x?esper_challenge_proof=ttl600-a');
+like($r->{headers}{'set-cookie'}, qr/^other_pass=.*Max-Age=2;/, 'esper_pass_ttl caps the lifetime; esper_pass_cookie names it');
+my $short = cookie_of($r);
 is($t->get('/short/x?mock_action=block', headers => [['Cookie', $short]])->{status}, 200, 'fresh cookie passes');
-sleep 2.1;
+sleep 3.1;
 is($t->get('/short/x?mock_action=block', headers => [['Cookie', $short]])->{status}, 403, 'expired cookie is refused');
 
 # Secure on https.
