@@ -49,6 +49,10 @@ use crate::state::{attach, find, RequestState, Stage};
 use crate::worker;
 use crate::{metrics, request, response, Module};
 
+/// How long a block the enforcement zone remembers is held before it is
+/// answered.
+const BLOCK_HOLD_MS: ngx::ffi::ngx_msec_t = 10;
+
 /// Request headers that only Esper and this module may set.
 const HYBRID_KEY_HEADER: &str = "X-Esper-Hybrid-Key";
 const DECISION_ID_HEADER: &str = "X-Esper-Decision-ID";
@@ -135,6 +139,15 @@ fn access(request: &mut Request) -> ngx_int_t {
             state.stage = waiting;
             NGX_DONE as ngx_int_t
         }
+        Stage::Holding(_) if request::client_gone(request) => {
+            state.stop_waiting();
+            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+        }
+        holding @ Stage::Holding(_) if state.deadline_pending() => {
+            state.stage = holding;
+            NGX_DONE as ngx_int_t
+        }
+        Stage::Holding(block) => enforce(request, conf, state, block),
         // An internal redirect after a bypass: this location judges the
         // request by its own `esper_bypass` (what Esper decided is never
         // judged twice).
@@ -204,6 +217,18 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
         return proceed(request, conf, state);
     }
     if let Some(decision) = remembered {
+        if decision.verdict == Verdict::Block {
+            // A bot that Esper blocked waits a little for each answer, so a
+            // flood on keepalive connections cannot take the worker's time
+            // from other clients.
+            debug!(
+                request,
+                "esper: block remembered by the enforcement zone, held {BLOCK_HOLD_MS} ms"
+            );
+            state.hold(decision, BLOCK_HOLD_MS);
+            request.as_mut().read_event_handler = Some(ngx_http_test_reading);
+            return NGX_DONE as ngx_int_t;
+        }
         return enforce(request, conf, state, decision);
     }
     start_decision(request, conf, state)

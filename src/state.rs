@@ -34,6 +34,8 @@ pub enum Stage {
     /// The answer, or the deadline's failure, arrived; applied when the
     /// request's phases run again.
     Arrived(Answer),
+    /// A block the enforcement zone remembers, answered when the hold ends.
+    Holding(Remembered),
 }
 
 /// What the module knows about one main request; lives in the request pool
@@ -98,6 +100,22 @@ impl RequestState {
         self.stage = Stage::Arrived(answer);
     }
 
+    /// Holds a remembered block for `hold`, on the deadline timer.
+    pub fn hold(&mut self, block: Remembered, hold: ngx_msec_t) {
+        self.stage = Stage::Holding(block);
+        self.set_deadline(Some(hold));
+    }
+
+    /// True while the deadline timer runs.
+    pub fn deadline_pending(&self) -> bool {
+        self.deadline.timer_set() != 0
+    }
+
+    /// Stops the deadline timer (a client that went away while held).
+    pub fn stop_waiting(&mut self) {
+        self.stop_deadline();
+    }
+
     /// Waits for `call`, up to `timeout`: the deadline timer is armed.
     pub fn wait_for(&mut self, call: CallId, kind: CallKind, timeout: ngx_msec_t) {
         self.stage = Stage::Waiting { call, kind };
@@ -150,6 +168,7 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
         // SAFETY: the timer's data is its RequestState, alive while armed.
         let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
         debug_log!(state.deadline.log, "esper: deadline reached");
+        // A hold simply ends: the access phase answers the block.
         if let Stage::Waiting { call, kind } = state.stage {
             worker::expire(call);
             state.arrived(kind.failed(Failure::Timeout));
@@ -244,7 +263,7 @@ extern "C" fn cleanup(data: *mut c_void) {
         let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
         match state.stage {
             Stage::Waiting { call, .. } => state.abandon(call),
-            Stage::Idle | Stage::Arrived(_) => state.stop_deadline(),
+            Stage::Idle | Stage::Arrived(_) | Stage::Holding(_) => state.stop_deadline(),
         }
     })
 }

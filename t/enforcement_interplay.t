@@ -6,6 +6,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::More;
+use IO::Socket::INET;
 use EsperTest;
 
 my $t = EsperTest->new;
@@ -66,6 +67,13 @@ like(last_log('c2'), qr/^c2\|200\|pass\|/, '$esper_result pass');
 # ... never a remembered block, not even with a verified proof.
 $pass = cookie_of($t->get('/none/p?esper_challenge_proof=valid-3', ua('b1')));
 is($t->get('/p?mock_action=block&mock_decision_id=b-1', ua('b1'))->{status}, 403, 'b1 blocked and remembered');
+$r = $t->get('/p?mock_action=allow', ua('b1'));
+is($r->{status}, 403, 'blocked from the zone');
+cmp_ok($r->{elapsed}, '>=', 0.009, sprintf('after a hold of 10 ms (%.3f s): a flood cannot take the worker', $r->{elapsed}));
+my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port) or die "connect: $!";
+print $s "GET /p?mock_action=allow&gone=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: b1\r\n\r\n";
+close $s;    # a client that goes away while held
+is($t->get('/p?mock_action=allow', ua('c9'))->{status}, 200, 'others are served meanwhile');
 $before = calls();
 is($t->get('/p?mock_action=allow', ua('b1', [['Cookie', $pass]]))->{status}, 403, 'a pass cookie does not skip a block');
 like(last_log('b1'), qr/^b1\|403\|enforced\|block\|b-1$/, 'enforced from the zone');
