@@ -42,7 +42,8 @@ pub enum Stage {
 /// and is found again after internal redirects through its pool cleanup.
 pub struct RequestState {
     request: *mut ngx_http_request_t,
-    /// Fires at `esper_timeout` even if the background runtime stalls.
+    /// Fires at `esper_timeout` even if the background runtime stalls, or
+    /// at the end of a hold.
     deadline: ngx_event_t,
     pub stage: Stage,
     started: u64,
@@ -167,8 +168,8 @@ extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard((), || {
         // SAFETY: the timer's data is its RequestState, alive while armed.
         let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
-        debug_log!(state.deadline.log, "esper: deadline reached");
         // A hold simply ends: the access phase answers the block.
+        debug_log!(state.deadline.log, "esper: deadline reached");
         if let Stage::Waiting { call, kind } = state.stage {
             worker::expire(call);
             state.arrived(kind.failed(Failure::Timeout));
