@@ -50,6 +50,13 @@ pub enum Mode {
     Monitor,
 }
 
+/// What a location does with Esper's answers, and without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub on_failure: FailureAction,
+}
+
 /// `esper_failure_action`: what a request gets when no usable decision came.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureAction {
@@ -152,10 +159,8 @@ pub struct LocConf {
     failure_action_index: ngx_uint_t,
     /// `esper_mode`, as set (an index into MODES).
     mode_index: ngx_uint_t,
-    /// `esper_mode`, resolved at merge time.
-    pub mode: Mode,
-    /// `esper_failure_action`, resolved at merge time.
-    pub failure_action: FailureAction,
+    /// `esper_mode` and `esper_failure_action`, typed at merge time.
+    pub policy: Policy,
     /// `esper_block_status`
     pub block_status: ngx_uint_t,
     /// `esper_challenge_status`
@@ -215,8 +220,7 @@ impl LocConf {
             timeout: UNSET_MSEC,
             failure_action_index: UNSET_UINT,
             mode_index: UNSET_UINT,
-            mode: Mode::Enforce,
-            failure_action: FailureAction::Allow,
+            policy: Policy { mode: Mode::Enforce, on_failure: FailureAction::Allow },
             block_status: UNSET_UINT,
             challenge_status: UNSET_UINT,
             return_url: None,

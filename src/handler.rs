@@ -187,7 +187,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
         }
         Some(false) => {}
     }
-    if conf.zone.is_some() && conf.mode == Mode::Enforce {
+    if conf.zone.is_some() && conf.policy.mode == Mode::Enforce {
         let (ip, ua) = request::entity(request);
         state.entity = Some(EntityKey::new(ip, ua));
     }
@@ -333,9 +333,9 @@ fn resumed(
             if let Some(ms) = state.latency {
                 metrics::observe_latency(ms);
             }
-            let (continues, applied) = if conf.mode == Mode::Monitor {
+            let (continues, applied) = if conf.policy.mode == Mode::Monitor {
                 (true, "monitor mode, request continues")
-            } else if conf.failure_action == FailureAction::Allow {
+            } else if conf.policy.on_failure == FailureAction::Allow {
                 (true, "failure action allow")
             } else {
                 (false, "failure action block")
@@ -380,7 +380,7 @@ fn apply(
     state: &mut RequestState,
     decision: Decision,
 ) -> ngx_int_t {
-    let monitor = conf.mode == Mode::Monitor;
+    let monitor = conf.policy.mode == Mode::Monitor;
     debug!(
         request,
         "esper: decision {} applied{}",

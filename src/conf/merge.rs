@@ -63,12 +63,12 @@ fn inherit_settings(prev: &LocConf, conf: &mut LocConf) {
     inherit_clone(&mut conf.enabled_at, &prev.enabled_at);
     inherit(&mut conf.timeout, prev.timeout, UNSET_MSEC, DEFAULT_TIMEOUT_MS);
     inherit(&mut conf.failure_action_index, prev.failure_action_index, UNSET_UINT, FAILURE_ALLOW);
-    conf.failure_action = match conf.failure_action_index {
+    conf.policy.on_failure = match conf.failure_action_index {
         FAILURE_BLOCK => FailureAction::Block,
         _ => FailureAction::Allow,
     };
     inherit(&mut conf.mode_index, prev.mode_index, UNSET_UINT, MODE_ENFORCE);
-    conf.mode = match conf.mode_index {
+    conf.policy.mode = match conf.mode_index {
         MODE_MONITOR => Mode::Monitor,
         _ => Mode::Enforce,
     };
