@@ -45,7 +45,7 @@ impl HttpModule for Module {
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = conf::MainConf;
 }
-// SAFETY: as above.
+// SAFETY: the location configuration is created by `conf` as this type.
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = conf::LocConf;
 }

@@ -8,8 +8,7 @@ use Test::More;
 use EsperTest;
 
 my $t = EsperTest->new;
-my ($rc, $v) = EsperTest::capture(EsperTest::nginx_binary(), '-V');
-plan skip_all => 'the nginx under test is built without --with-debug' unless $v =~ /--with-debug/;
+EsperTest::require_nginx_flag('--with-debug');
 
 $t->start_mock('--api-key', 'secret-api-key-123');
 $t->write_file('html/p', "ok\n");

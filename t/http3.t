@@ -12,9 +12,7 @@ use JSON::PP;
 use Time::HiRes qw(time sleep);
 use EsperTest;
 
-my $nginx = EsperTest::nginx_binary();
-my (undef, $v) = EsperTest::capture($nginx, '-V');
-plan skip_all => "$nginx is built without --with-http_v3_module" unless $v =~ /--with-http_v3_module/;
+EsperTest::require_nginx_flag('--with-http_v3_module');
 
 my $CLIENT = "$EsperTest::ROOT/t/tools/h3client.py";
 

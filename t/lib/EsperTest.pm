@@ -32,6 +32,19 @@ sub nginx_binary {
     return "$dir/nginx";
 }
 
+# The nginx under test must have been configured with `$flag`. The project's
+# own nginx always is (.cargo/config.toml): there a missing flag fails the
+# test. Only another nginx given by TEST_NGINX_BINARY (a distribution's, the
+# sanitizer's) may lack it, and then the test is skipped.
+sub require_nginx_flag {
+    my ($flag) = @_;
+    my $bin = nginx_binary();
+    my $v = `$bin -V 2>&1`;
+    return if $v =~ /\Q$flag\E/;
+    Test::More::plan(skip_all => "$bin is built without $flag") if $ENV{TEST_NGINX_BINARY};
+    Test::More::BAIL_OUT("the project's nginx ($bin) is built without $flag: see .cargo/config.toml");
+}
+
 sub module_path {
     $ENV{TEST_ESPER_MODULE} || target_dir() . '/release/libngx_http_esper_module.so';
 }
