@@ -34,9 +34,9 @@ GROUPS = [
     ("wake-up (eventfd read, on_wake, resuming the request)",
      r"ngx_http_esper_module::worker::on_wake|ngx_http_esper_module::handler::(on_answer|resumed|judge|enforce|"
      r"arrived|on_deadline)|ngx_http_esper_module::headers::|ngx_http_esper_module::response::"),
-    ("HTTP client (reqwest, hyper, h2, rustls, sockets)",
-     r"reqwest::|hyper::|hyper_util::|\bh2::|\bhttp::|httparse|bytes::|rustls::|\bring::|ring_core|webpki|"
-     r"tokio::net|tokio::io|ngx_http_esper_module::worker::(exchange|transport|read)|url::|"
+    ("HTTP client (hyper, h2, rustls, sockets)",
+     r"hyper::|hyper_util::|\bh2::|\bhttp::|httparse|bytes::|rustls::|\bring::|ring_core|webpki|"
+     r"tokio::net|tokio::io|ngx_http_esper_module::(origin|client|tls)::|url::|"
      r"aes_|gcm_|chacha|poly1305|sha256|sha512|x25519|fiat_|bn_mul|p256"),
     ("hand-off (admission, spawn, tokio scheduler and I/O driver, completions, eventfd write)",
      r"ngx_http_esper_module::worker::|tokio::|mio::|std::thread|std::sys::sync|parking_lot"),
@@ -53,7 +53,8 @@ HAND_OFF_PARTS = [(name, re.compile(p)) for name, p in [
     ("timers", r"tokio::runtime::time|tokio::time"),
     ("task spawn, queues, polling", r"tokio::runtime::task|tokio::runtime::scheduler|tokio::runtime::context|"
                                     r"spawn|tokio::sync"),
-    ("admission and the call (worker::call, admit)", r"ngx_http_esper_module::worker::"),
+    ("admission, the call and the batched hand-off (worker::call, on_hand_off)",
+     r"ngx_http_esper_module::worker::"),
 ]]
 
 

@@ -86,7 +86,7 @@ pub struct MainConf {
     pub client_profiles: Vec<ClientProfile>,
     /// Distinct Esper endpoints (decision URLs); each worker keeps one circuit
     /// breaker per entry.
-    pub endpoints: Vec<reqwest::Url>,
+    pub endpoints: Vec<url::Url>,
     /// Index of `$request_id`, the idempotency key.
     pub request_id_index: ngx_uint_t,
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
@@ -122,9 +122,9 @@ pub struct ClientProfile {
 pub struct Target {
     /// `esper_circuit_breaker`; `None` when off.
     pub breaker: Option<BreakerSettings>,
-    pub decision_url: reqwest::Url,
-    pub verify_url: reqwest::Url,
-    pub api_key: reqwest::header::HeaderValue,
+    pub decision_url: url::Url,
+    pub verify_url: url::Url,
+    pub api_key: hyper::header::HeaderValue,
     pub client_profile: usize,
     /// Index into `MainConf::endpoints`: the breaker this target shares.
     pub endpoint: usize,

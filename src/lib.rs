@@ -17,9 +17,11 @@ mod handler;
 mod headers;
 mod log;
 mod metrics;
+mod origin;
 mod request;
 mod response;
 mod state;
+mod tls;
 mod variables;
 mod worker;
 

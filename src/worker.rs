@@ -2,36 +2,44 @@
 //! the decision calls, and the way their results come back into nginx's event
 //! loop.
 //!
-//! A finished call pushes its outcome onto a queue and writes an eventfd that is
-//! registered in nginx's own event loop, so the worker wakes at once and applies
-//! the outcome on the nginx thread. Requests are known to the background only by
+//! Calls started while nginx handles one batch of events are handed to the
+//! runtime together, once that batch is done (a posted event), so a burst
+//! of requests wakes the runtime thread once and their requests to Esper go
+//! out together (on one HTTP/2 connection, in one write). A finished call
+//! pushes its outcome onto a queue and writes an eventfd that is registered
+//! in nginx's own event loop, so the worker wakes at once and applies the
+//! outcome on the nginx thread. Requests are known to the background only by
 //! a number: a request that ends first is forgotten here, and its late outcome is
 //! dropped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use esper_protocol::breaker::{Admit, Breaker, Transition};
 use esper_protocol::enforcement::RetryGate;
 use esper_protocol::Failure;
 use ngx::ffi::{
-    ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, ngx_process, NGX_LOG_ALERT, NGX_LOG_WARN, NGX_OK,
-    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_delete_posted_event, ngx_event_t,
+    ngx_get_connection, ngx_handle_read_event, ngx_int_t, ngx_post_event, ngx_posted_events,
+    ngx_process, NGX_LOG_ALERT, NGX_LOG_WARN, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{client, exchange, Answer, Call};
+use crate::client::{exchange, Answer, Call};
 use crate::conf::{MainConf, Target};
 use crate::ffi::now_ms;
 use crate::log::{guard, log_error};
 use crate::metrics;
+use crate::origin::Origin;
 use crate::Module;
 
 /// Identifies a pending call between the nginx thread and the runtime.
@@ -74,8 +82,19 @@ impl Completions {
     }
 }
 
+/// A call's whole life on the runtime thread.
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 struct Worker {
-    runtime: tokio::runtime::Runtime,
+    /// Runs the runtime (single-threaded: the calls of a batch run in order,
+    /// so their HTTP/2 frames leave in one write) until `dispatch` closes.
+    thread: std::thread::JoinHandle<()>,
+    /// Calls started since the last hand-off.
+    batch: Vec<Job>,
+    /// Hands a batch over; the runtime's dispatcher spawns its calls.
+    dispatch: mpsc::UnboundedSender<Vec<Job>>,
+    /// Posted when a batch starts; its handler hands the batch over.
+    hand_off: Box<ngx_event_t>,
     completions: Arc<Completions>,
     /// The nginx connection that watches a duplicate of the eventfd.
     notifier: *mut ngx_connection_t,
@@ -88,12 +107,33 @@ struct Worker {
 /// single-process mode the new configuration's indices never point into the
 /// old one's clients and breakers, while calls of the old one finish.
 pub struct ConfClients {
-    /// One per `MainConf::client_profiles` entry (`Target::client_profile`).
-    clients: Vec<reqwest::Client>,
+    /// TLS settings, one per `MainConf::client_profiles` entry
+    /// (`Target::client_profile`).
+    tls: Vec<Arc<rustls::ClientConfig>>,
+    /// Connections, one per client profile and endpoint in use, made on first use.
+    origins: RefCell<HashMap<(usize, usize), Arc<Origin>>>,
     /// One per Esper endpoint (`Target::endpoint`).
     breakers: RefCell<Vec<Breaker>>,
     /// One per Esper endpoint: closed while Esper's `Retry-After` runs.
     retry_gates: RefCell<Vec<RetryGate>>,
+}
+
+impl ConfClients {
+    /// The connections of `target`'s client profile to its endpoint.
+    fn origin(&self, main: &MainConf, target: &Target) -> Result<Arc<Origin>, String> {
+        let key = (target.client_profile, target.endpoint);
+        if let Some(origin) = self.origins.borrow().get(&key) {
+            return Ok(origin.clone());
+        }
+        let origin = Arc::new(Origin::new(
+            &target.decision_url,
+            &target.verify_url,
+            &main.client_profiles[target.client_profile],
+            &self.tls[target.client_profile],
+        )?);
+        self.origins.borrow_mut().insert(key, origin.clone());
+        Ok(origin)
+    }
 }
 
 /// Whether this process has its background runtime.
@@ -109,7 +149,8 @@ enum Runtime {
 /// A call in flight.
 struct Pending {
     waiter: Waiter,
-    task: AbortHandle,
+    /// Dropped to cancel the call.
+    cancel: oneshot::Sender<()>,
     target: Arc<Target>,
     /// Of the configuration the call was made for.
     conf: Rc<ConfClients>,
@@ -171,14 +212,11 @@ pub fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
 }
 
 fn build() -> Result<Worker, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("esper")
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-
     // SAFETY: eventfd returns a new descriptor, which nothing else owns, or -1.
     let eventfd = unsafe {
         let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
@@ -190,8 +228,32 @@ fn build() -> Result<Worker, String> {
     let watched = eventfd.try_clone().map_err(|e| format!("dup: {e}"))?;
     let notifier = watch(OwnedFd::from(watched))?;
 
+    let (dispatch, mut batches) = mpsc::unbounded_channel::<Vec<Job>>();
+    let thread = std::thread::Builder::new()
+        .name("esper".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                while let Some(batch) = batches.recv().await {
+                    for job in batch {
+                        tokio::spawn(job);
+                    }
+                }
+            });
+            // Calls still running are cancelled.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    // SAFETY: ngx_event_t is a C struct for which all zeroes is the empty
+    // event, as nginx's own ngx_pcalloc'd events are.
+    let mut hand_off: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
+    hand_off.handler = Some(on_hand_off);
+    hand_off.log = cycle_log();
+
     Ok(Worker {
-        runtime,
+        thread,
+        batch: Vec::new(),
+        dispatch,
+        hand_off,
         completions: Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd }),
         notifier,
         pending: HashMap::new(),
@@ -207,10 +269,15 @@ fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
     if let Some(made) = &*slot {
         return made.clone();
     }
-    let made =
-        main.client_profiles.iter().map(client).collect::<Result<Vec<_>, _>>().map(|clients| {
+    let made = main
+        .client_profiles
+        .iter()
+        .map(crate::tls::client_config)
+        .collect::<Result<Vec<_>, _>>()
+        .map(|tls| {
             Rc::new(ConfClients {
-                clients,
+                tls,
+                origins: RefCell::new(HashMap::new()),
                 breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
                 retry_gates: RefCell::new(vec![RetryGate::default(); main.endpoints.len()]),
             })
@@ -275,6 +342,20 @@ extern "C" fn on_wake(_ev: *mut ngx_event_t) {
     })
 }
 
+/// Handler of the posted hand-off event: gives the calls started in this
+/// round of the event loop to the runtime at once.
+extern "C" fn on_hand_off(_ev: *mut ngx_event_t) {
+    guard((), || {
+        WORKER.with(|w| {
+            if let Runtime::Running(worker) = &mut *w.borrow_mut() {
+                let batch = std::mem::take(&mut worker.batch);
+                // The dispatcher lives as long as the runtime.
+                let _ = worker.dispatch.send(batch);
+            }
+        })
+    })
+}
+
 /// Starts a call for a location of `main`. `waiter` gets the outcome unless
 /// the call is forgotten or expires first. Fails when this process has no
 /// runtime or the endpoint's circuit breaker is open.
@@ -315,19 +396,32 @@ pub fn call(
                 None
             }
         };
-        let client = conf.clients[target.client_profile].clone();
+        let origin = conf.origin(main, target).map_err(Failure::Transport)?;
         let id = worker.next_id;
         worker.next_id += 1;
         let completions = worker.completions.clone();
         let task_target = target.clone();
+        let (cancel, mut cancelled) = oneshot::channel::<()>();
         // No timer here: the request's nginx timer bounds every call, and
         // cancels it (`expire`) at the deadline.
-        let task = worker.runtime.spawn(async move {
-            let answer = exchange(&client, &task_target, call).await;
-            completions.push(id, answer);
-        });
-        let pending =
-            Pending { waiter, task: task.abort_handle(), target: target.clone(), conf, admitted };
+        worker.batch.push(Box::pin(async move {
+            let mut answer = pin!(exchange(&origin, &task_target, call));
+            let answer = std::future::poll_fn(|cx| {
+                if Pin::new(&mut cancelled).poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                answer.as_mut().poll(cx).map(Some)
+            });
+            if let Some(answer) = answer.await {
+                completions.push(id, answer);
+            }
+        }));
+        if worker.batch.len() == 1 {
+            // SAFETY: the event lives in the worker, which lives until
+            // `stop` takes it out of the posted queue.
+            unsafe { ngx_post_event(&mut *worker.hand_off, &raw mut ngx_posted_events) };
+        }
+        let pending = Pending { waiter, cancel, target: target.clone(), conf, admitted };
         worker.pending.insert(id, pending);
         metrics::pending_changed(1, 0);
         Ok(id)
@@ -377,7 +471,6 @@ fn end(id: CallId, how: End) -> Option<Waiter> {
             return None;
         };
         let pending = worker.pending.remove(&id)?;
-        pending.task.abort();
         metrics::pending_changed(0, 1);
         let now = now_ms();
         if let End::Answered(answer) = &how {
@@ -408,6 +501,8 @@ fn end(id: CallId, how: End) -> Option<Waiter> {
             };
             log_transition(&pending.target, transition);
         }
+        // Dropping the sender cancels the call if it still runs.
+        drop(pending.cancel);
         Some(pending.waiter)
     })
 }
@@ -437,7 +532,7 @@ fn log_transition(target: &Target, transition: Option<Transition>) {
 
 /// Shuts the runtime down and closes the notifier (`exit_process`).
 pub fn stop(cycle: &ngx_cycle_t) {
-    let Runtime::Running(worker) =
+    let Runtime::Running(mut worker) =
         WORKER.with(|w| std::mem::replace(&mut *w.borrow_mut(), Runtime::Absent))
     else {
         return;
@@ -449,7 +544,14 @@ pub fn stop(cycle: &ngx_cycle_t) {
         metrics::breakers_changed(0, open);
     }
     metrics::pending_changed(0, worker.pending.len() as u64);
-    worker.runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    if worker.hand_off.posted() != 0 {
+        // SAFETY: the event is in nginx's posted queue, which must not keep
+        // it once it is freed.
+        unsafe { ngx_delete_posted_event(&mut *worker.hand_off) };
+    }
+    // The dispatcher ends when its channel closes, and the thread with it.
+    drop(worker.dispatch);
+    let _ = worker.thread.join();
     // SAFETY: the notifier connection was opened by `watch` in this process.
     unsafe { ngx_close_connection(worker.notifier) };
 }

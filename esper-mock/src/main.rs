@@ -87,10 +87,13 @@ Proof verification (POST /api/v1/challenge/proof/verify) answers by token (proof
   anything else                     {\"valid\": false}
 
 Control:
-  GET /__mock/requests   every API call received: seq, path, version, headers, body
+  GET /__mock/requests   every API call received: seq, path, peer (the client's address and
+                         port: one per connection), version, headers, body
   GET /__mock/count      {\"runtime\": n, \"verify\": n, \"rate_limited\": n} (runtime calls
                          answered 429, by the rate limit or mock_status)
-  POST /__mock/reset     forget calls and counts; the rate limit counts afresh";
+  POST /__mock/reset     forget calls and counts; the rate limit counts afresh
+  POST /__mock/close-idle  close every open connection (one busy with a call once it is
+                         answered), as a server does with idle keepalive connections";
 const RUNTIME_PATH: &str = "/api/v1/runtime/mitigation";
 const VERIFY_PATH: &str = "/api/v1/challenge/proof/verify";
 const API_KEY_HEADER: &str = "x-esper-api-key";
@@ -217,6 +220,7 @@ async fn run(opts: Options) -> io::Result<()> {
         verify_calls: AtomicU64::new(0),
         rate_limited: AtomicU64::new(0),
         records: Mutex::new(Vec::new()),
+        closing: tokio::sync::watch::channel(0).0,
         sessions: Mutex::new(Sessions::default()),
         sessions_opened: AtomicU64::new(0),
         tokens: Mutex::new(HashMap::new()),
@@ -232,8 +236,8 @@ async fn run(opts: Options) -> io::Result<()> {
 
 async fn serve(listener: TcpListener, mock: Arc<Mock>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Typically out of file descriptors: back off rather than spin.
                 eprintln!("esper-mock: accept: {e}");
@@ -243,15 +247,25 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
         };
         // Small request/response exchanges: don't let Nagle delay them.
         let _ = stream.set_nodelay(true);
+        let mut closing = mock.closing.subscribe();
         let mock = Arc::clone(&mock);
         tokio::spawn(async move {
-            let service = service_fn(move |req| Arc::clone(&mock).route(req));
+            let service = service_fn(move |req| Arc::clone(&mock).route(req, peer));
             // HTTP/1.1, or HTTP/2 with prior knowledge (`esper_http2 on`).
             // Errors here are clients going away or a deliberate `mock_close`.
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // Let a benchmark hold thousands of decisions on one connection.
             builder.http2().max_concurrent_streams(MAX_STREAMS);
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                // `/__mock/close-idle`: closed once its exchange in progress, if any, is done.
+                _ = closing.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
 }
@@ -267,6 +281,8 @@ struct Mock {
     /// Runtime calls answered 429.
     rate_limited: AtomicU64,
     records: Mutex<Vec<Value>>,
+    /// Changed by `/__mock/close-idle`: every open connection closes.
+    closing: tokio::sync::watch::Sender<u64>,
     /// Who each challenge was shown to.
     sessions: Mutex<Sessions>,
     /// Never reset, so that a session id outlives `/__mock/reset`.
@@ -277,10 +293,14 @@ struct Mock {
 }
 
 impl Mock {
-    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Error> {
         let response = match (req.method(), req.uri().path()) {
-            (&Method::POST, RUNTIME_PATH) => return self.runtime_call(req).await,
-            (&Method::POST, VERIFY_PATH) => return self.verify_call(req).await,
+            (&Method::POST, RUNTIME_PATH) => return self.runtime_call(req, peer).await,
+            (&Method::POST, VERIFY_PATH) => return self.verify_call(req, peer).await,
             (&Method::GET, "/challenge/solve") => self.solve(req.uri().query().unwrap_or("")),
             (_, RUNTIME_PATH) => {
                 let mut response = json_response(
@@ -301,6 +321,10 @@ impl Mock {
                     "rate_limited": self.rate_limited.load(Ordering::Relaxed),
                 });
                 json_response(StatusCode::OK, count.to_string())
+            }
+            (&Method::POST, "/__mock/close-idle") => {
+                self.closing.send_modify(|generation| *generation += 1);
+                json_response(StatusCode::OK, r#"{"ok":true}"#)
             }
             (&Method::POST, "/__mock/reset") => {
                 let mut records = self.records.lock().unwrap();
@@ -325,6 +349,7 @@ impl Mock {
     async fn accept_call(
         &self,
         req: Request<Incoming>,
+        peer: SocketAddr,
         path: &str,
         counter: &AtomicU64,
     ) -> Result<Result<(u64, Bytes), Response<Body>>, Error> {
@@ -341,7 +366,7 @@ impl Mock {
         };
         let seq = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if self.record {
-            let entry = record_entry(seq, path, &parts, &body);
+            let entry = record_entry(seq, path, peer, &parts, &body);
             self.records.lock().unwrap().push(entry);
         }
         if let Some(key) = &self.api_key {
@@ -356,11 +381,16 @@ impl Mock {
         Ok(Ok((seq, body)))
     }
 
-    async fn runtime_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let (seq, body) = match self.accept_call(req, RUNTIME_PATH, &self.runtime_calls).await? {
-            Ok(call) => call,
-            Err(response) => return Ok(response),
-        };
+    async fn runtime_call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Error> {
+        let (seq, body) =
+            match self.accept_call(req, peer, RUNTIME_PATH, &self.runtime_calls).await? {
+                Ok(call) => call,
+                Err(response) => return Ok(response),
+            };
         let refusal = self.rate_limit.and_then(|limit| limit.refusal(seq));
         let plan = match refusal {
             Some(answer) => Plan { delay: None, outcome: Outcome::Answer(answer) },
@@ -440,8 +470,12 @@ impl Mock {
         }
     }
 
-    async fn verify_call(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let body = match self.accept_call(req, VERIFY_PATH, &self.verify_calls).await? {
+    async fn verify_call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Error> {
+        let body = match self.accept_call(req, peer, VERIFY_PATH, &self.verify_calls).await? {
             Ok((_, body)) => body,
             Err(response) => return Ok(response),
         };
@@ -503,7 +537,13 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// One entry of `/__mock/requests`.
-fn record_entry(seq: u64, path: &str, parts: &hyper::http::request::Parts, body: &[u8]) -> Value {
+fn record_entry(
+    seq: u64,
+    path: &str,
+    peer: SocketAddr,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> Value {
     let headers = &parts.headers;
     let headers: Map<String, Value> = headers
         .keys()
@@ -522,5 +562,5 @@ fn record_entry(seq: u64, path: &str, parts: &hyper::http::request::Parts, body:
     let received_at_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let version = format!("{:?}", parts.version);
-    json!({"seq": seq, "path": path, "version": version, "headers": headers, "body": body, "bytes": bytes, "received_at_ms": received_at_ms})
+    json!({"seq": seq, "path": path, "peer": peer.to_string(), "version": version, "headers": headers, "body": body, "bytes": bytes, "received_at_ms": received_at_ms})
 }

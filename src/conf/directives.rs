@@ -267,7 +267,7 @@ directive_handler!(set_trusted_certificate, |cf, conf, args| {
     once(conf.ssl_trusted_certificate.is_some())?;
     let path = cf.full_name(args[1])?;
     let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
-    match reqwest::Certificate::from_pem_bundle(&pem) {
+    match crate::tls::certificates(&pem) {
         Ok(certs) if !certs.is_empty() => {}
         Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
         Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),

@@ -152,9 +152,9 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
 /// are shared with the locations that have the same ones.
 fn target(conf: &LocConf, main: &mut MainConf, key: &str) -> Result<Target, String> {
     let api_url = conf.api_url.clone().unwrap_or_default();
-    let decision_url = reqwest::Url::parse(&api_url.decision_url()).map_err(|e| e.to_string())?;
-    let verify_url = reqwest::Url::parse(&api_url.verify_url()).map_err(|e| e.to_string())?;
-    let mut api_key = reqwest::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
+    let decision_url = url::Url::parse(&api_url.decision_url()).map_err(|e| e.to_string())?;
+    let verify_url = url::Url::parse(&api_url.verify_url()).map_err(|e| e.to_string())?;
+    let mut api_key = hyper::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
     api_key.set_sensitive(true);
     let profile = ClientProfile {
         http2: conf.http2 == 1,

@@ -1,0 +1,316 @@
+//! Connections to one Esper origin (scheme, host and port) for one client
+//! profile: a pool of HTTP/1.1 connections, or one multiplexed HTTP/2
+//! connection, over TCP or TLS.
+//!
+//! A pooled HTTP/1.1 connection serves one call at a time and a new one is
+//! opened only when none is idle, so a worker never holds more connections to
+//! Esper than it had calls in flight at once. Everything here runs on the
+//! worker's runtime thread.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
+use esper_protocol::Failure;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{HeaderMap, Method, Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::conf::ClientProfile;
+
+/// An idle HTTP/1.1 connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const API_KEY_HEADER: &str = "x-esper-api-key";
+const USER_AGENT_VALUE: &str = concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION"));
+
+type Body = Full<Bytes>;
+
+/// What a call reads of Esper's HTTP answer.
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+pub struct Origin {
+    host: Host,
+    port: u16,
+    /// `Host` of HTTP/1.1 requests (HTTP/2 takes `:authority` from the URI).
+    authority: HeaderValue,
+    /// The request targets of the two calls: origin-form for HTTP/1.1,
+    /// absolute for HTTP/2.
+    pub decision_uri: Uri,
+    pub verify_uri: Uri,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connections: Connections,
+}
+
+enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+enum Connections {
+    Http1 { idle: Mutex<Vec<Idle>> },
+    Http2 { shared: Mutex<Option<http2::SendRequest<Body>>>, connecting: tokio::sync::Mutex<()> },
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl Origin {
+    /// The origin of `decision_url` and `verify_url` (one `esper_api_url`).
+    pub fn new(
+        decision_url: &url::Url,
+        verify_url: &url::Url,
+        profile: &ClientProfile,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Origin, String> {
+        let (host, server_name) = match decision_url.host() {
+            Some(url::Host::Domain(name)) => (
+                Host::Name(name.to_owned()),
+                ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?,
+            ),
+            Some(url::Host::Ipv4(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
+            Some(url::Host::Ipv6(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
+            None => return Err(format!("no host in \"{decision_url}\"")),
+        };
+        let port = decision_url.port_or_known_default().ok_or("no port")?;
+        let authority = &decision_url[url::Position::BeforeHost..url::Position::AfterPort];
+        let uri = |url: &url::Url| {
+            let target = if profile.http2 {
+                format!("{}://{authority}{}", url.scheme(), &url[url::Position::BeforePath..])
+            } else {
+                url[url::Position::BeforePath..].to_owned()
+            };
+            Uri::try_from(target).map_err(|e| e.to_string())
+        };
+        let https = decision_url.scheme() == "https";
+        Ok(Origin {
+            host,
+            port,
+            authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
+            decision_uri: uri(decision_url)?,
+            verify_uri: uri(verify_url)?,
+            tls: https.then(|| (TlsConnector::from(tls.clone()), server_name)),
+            connections: if profile.http2 {
+                Connections::Http2 {
+                    shared: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                }
+            } else {
+                Connections::Http1 { idle: Mutex::new(Vec::new()) }
+            },
+        })
+    }
+
+    /// POSTs `body` to `uri` and reads the answer, up to [`MAX_ANSWER_BYTES`].
+    ///
+    /// A connection that was open before the call may have been closed by
+    /// Esper while idle: when it fails before any answer, the call is sent
+    /// once more on a new connection (its `idempotency_key` is the same).
+    pub async fn post(
+        &self,
+        uri: &Uri,
+        api_key: &HeaderValue,
+        body: Vec<u8>,
+    ) -> Result<RawResponse, Failure> {
+        let body = Bytes::from(body);
+        let request = || {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri.clone();
+            let headers = request.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(API_KEY_HEADER, api_key.clone());
+            headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+            if let Connections::Http1 { .. } = self.connections {
+                headers.insert(HOST, self.authority.clone());
+            }
+            request
+        };
+        match &self.connections {
+            Connections::Http1 { idle } => {
+                if let Some(sender) = take_idle(idle) {
+                    if let Ok(answer) = exchange_http1(idle, sender, request()).await {
+                        return answer;
+                    }
+                }
+                let sender = self.connect_http1().await?;
+                exchange_http1(idle, sender, request()).await.unwrap_or_else(|e| Err(transport(e)))
+            }
+            Connections::Http2 { shared, connecting } => {
+                let (mut sender, reused) = self.http2_sender(shared, connecting).await?;
+                let response = match sender.send_request(request()).await {
+                    Err(_) if reused && sender.is_closed() => {
+                        let (mut sender, _) = self.http2_sender(shared, connecting).await?;
+                        sender.send_request(request()).await
+                    }
+                    sent => sent,
+                };
+                read(response.map_err(transport)?).await
+            }
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, Failure> {
+        let io = self.connect().await?;
+        let (sender, connection) = http1::handshake(io).await.map_err(transport)?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// The shared HTTP/2 connection, opened by the first call that needs it
+    /// (the others wait for it) and again once it has closed; true when it
+    /// was open already.
+    async fn http2_sender(
+        &self,
+        shared: &Mutex<Option<http2::SendRequest<Body>>>,
+        connecting: &tokio::sync::Mutex<()>,
+    ) -> Result<(http2::SendRequest<Body>, bool), Failure> {
+        let open = || {
+            let shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.as_ref().filter(|s| !s.is_closed()).cloned()
+        };
+        if let Some(sender) = open() {
+            return Ok((sender, true));
+        }
+        let _one_at_a_time = connecting.lock().await;
+        if let Some(sender) = open() {
+            return Ok((sender, true));
+        }
+        let io = self.connect().await?;
+        let (sender, connection) =
+            http2::handshake(TokioExecutor::new(), io).await.map_err(transport)?;
+        tokio::spawn(connection);
+        *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok((sender, false))
+    }
+
+    /// A new TCP connection, with TLS for https.
+    async fn connect(&self) -> Result<TokioIo<Unvectored>, Failure> {
+        let tcp = match &self.host {
+            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
+            Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
+        }
+        .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
+        tcp.set_nodelay(true).map_err(|e| Failure::Transport(format!("connect: {e}")))?;
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| Failure::Transport(format!("TLS handshake: {e}")))?,
+            ),
+        };
+        Ok(TokioIo::new(Unvectored(stream)))
+    }
+}
+
+/// A TCP or TLS stream.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A stream that does not offer vectored writes. Without them, the HTTP/2
+/// codec copies a body of up to 1 KiB into its write buffer instead of
+/// flushing it on its own, so the requests of a batch leave in one write
+/// rather than one write each (and HTTP/1.1 writes head and body together
+/// either way).
+struct Unvectored(Box<dyn Stream>);
+
+impl AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// One call on an HTTP/1.1 connection, which goes back to the pool once its
+/// answer is read; `Err` when the connection failed before any answer.
+async fn exchange_http1(
+    idle: &Mutex<Vec<Idle>>,
+    mut sender: http1::SendRequest<Body>,
+    request: Request<Body>,
+) -> Result<Result<RawResponse, Failure>, hyper::Error> {
+    let response = sender.try_send_request(request).await.map_err(|e| e.into_error())?;
+    let answer = read(response).await;
+    // Read to its end, the answer leaves the connection ready for the next call.
+    if answer.is_ok() && !sender.is_closed() {
+        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.push(Idle { sender, since: Instant::now() });
+    }
+    Ok(answer)
+}
+
+/// The most recently used idle connection that is ready; the ones idle too
+/// long (the oldest, at the front) are closed on the way.
+fn take_idle(idle: &Mutex<Vec<Idle>>) -> Option<http1::SendRequest<Body>> {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let expired = idle.iter().take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT).count();
+    idle.drain(..expired);
+    // One that Esper closed is dropped; the next one is tried.
+    std::iter::from_fn(|| idle.pop()).map(|c| c.sender).find(|sender| sender.is_ready())
+}
+
+async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
+    let (parts, mut body) = response.into_parts();
+    let mut raw =
+        RawResponse { status: parts.status.as_u16(), headers: parts.headers, body: Vec::new() };
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(transport)?.into_data() else {
+            continue;
+        };
+        if raw.body.len() + data.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::TooLarge);
+        }
+        raw.body.extend_from_slice(&data);
+    }
+    Ok(raw)
+}
+
+/// The reason of a transport error, down to its root cause.
+fn transport(error: hyper::Error) -> Failure {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason = format!("{reason}: {cause}");
+        source = cause.source();
+    }
+    Failure::Transport(reason)
+}

@@ -1,0 +1,100 @@
+//! TLS to Esper: the rustls client configuration of a client profile
+//! (`esper_ssl_verify`, `esper_ssl_trusted_certificate`, `esper_http2`).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::conf::ClientProfile;
+
+/// The certificates of a PEM bundle; an error when a block is malformed
+/// (checked at `nginx -t`, read again by each worker).
+pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+/// The client configuration of `profile`. Certificates come from
+/// `esper_ssl_trusted_certificate` only, or else from the system's store
+/// (which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+pub fn client_config(profile: &ClientProfile) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let mut config = if profile.verify {
+        builder.with_root_certificates(roots(profile)?).with_no_client_auth()
+    } else {
+        // Still load the roots: a broken trust store fails the same way
+        // whether or not verification is on.
+        roots(profile)?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![if profile.http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(Arc::new(config))
+}
+
+fn roots(profile: &ClientProfile) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    if let Some(pem) = &profile.ca_pem {
+        for cert in certificates(pem)? {
+            roots.add(cert).map_err(|e| format!("TLS: trusted certificate: {e}"))?;
+        }
+        return Ok(roots);
+    }
+    let native = rustls_native_certs::load_native_certs();
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 && (ignored > 0 || !native.errors.is_empty()) {
+        let errors = native.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+        return Err(format!(
+            "TLS: no valid certificate in the system's trust store ({ignored} unusable) {errors}"
+        ));
+    }
+    Ok(roots)
+}
+
+/// `esper_ssl_verify off`: any certificate is accepted, but the handshake's
+/// signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
