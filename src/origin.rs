@@ -4,11 +4,14 @@
 //!
 //! A pooled HTTP/1.1 connection serves one call at a time and a new one is
 //! opened only when none is idle, so a worker never holds more connections to
-//! Esper than it had calls in flight at once. Everything here runs on the
+//! Esper than it had calls in flight at once. The most recently used idle
+//! connection is taken first, so the ones a smaller load no longer needs stay
+//! unused and are closed after a few seconds. Everything here runs on the
 //! worker's runtime thread.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,8 +32,13 @@ use tokio_rustls::TlsConnector;
 
 use crate::conf::ClientProfile;
 
-/// An idle HTTP/1.1 connection is closed after this long unused.
+/// The most recently used idle HTTP/1.1 connection is closed after this long
+/// unused (a quiet site keeps one connection for its next call) ...
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// ... and the other idle ones after this long: a burst's surplus.
+const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the idle connections are looked at while there are some.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const USER_AGENT_VALUE: &str = concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION"));
 
@@ -62,13 +70,63 @@ enum Host {
 }
 
 enum Connections {
-    Http1 { idle: Mutex<Vec<Idle>> },
+    Http1 { idle: Arc<Pool> },
     Http2 { shared: Mutex<Option<http2::SendRequest<Body>>>, connecting: tokio::sync::Mutex<()> },
+}
+
+/// The idle HTTP/1.1 connections, least recently used first.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    /// Whether a task closes the connections idle too long.
+    trimming: AtomicBool,
 }
 
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+}
+
+impl Pool {
+    /// The most recently used idle connection that is ready.
+    fn take(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // One that Esper closed is dropped; the next one is tried.
+        std::iter::from_fn(|| idle.pop()).map(|c| c.sender).find(|sender| sender.is_ready())
+    }
+
+    fn put(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
+        let since = Instant::now();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle { sender, since });
+        if !self.trimming.swap(true, Ordering::Relaxed) {
+            tokio::spawn(self.clone().trim());
+        }
+    }
+
+    /// Closes idle connections as they time out, until there are none.
+    async fn trim(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let count = idle.len();
+            let expired = idle
+                .iter()
+                .enumerate()
+                .take_while(|(i, c)| {
+                    let timeout = if i + 1 == count { IDLE_TIMEOUT } else { SURPLUS_IDLE_TIMEOUT };
+                    now.duration_since(c.since) >= timeout
+                })
+                .count();
+            idle.drain(..expired);
+            idle.retain(|c| !c.sender.is_closed());
+            if idle.is_empty() {
+                // The runtime has one thread: no `put` runs in between.
+                self.trimming.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
 }
 
 impl Origin {
@@ -112,7 +170,7 @@ impl Origin {
                     connecting: tokio::sync::Mutex::new(()),
                 }
             } else {
-                Connections::Http1 { idle: Mutex::new(Vec::new()) }
+                Connections::Http1 { idle: Arc::default() }
             },
         })
     }
@@ -144,7 +202,7 @@ impl Origin {
         };
         match &self.connections {
             Connections::Http1 { idle } => {
-                if let Some(sender) = take_idle(idle) {
+                if let Some(sender) = idle.take() {
                     if let Ok(answer) = exchange_http1(idle, sender, request()).await {
                         return answer;
                     }
@@ -263,7 +321,7 @@ impl AsyncWrite for Unvectored {
 /// One call on an HTTP/1.1 connection, which goes back to the pool once its
 /// answer is read; `Err` when the connection failed before any answer.
 async fn exchange_http1(
-    idle: &Mutex<Vec<Idle>>,
+    idle: &Arc<Pool>,
     mut sender: http1::SendRequest<Body>,
     request: Request<Body>,
 ) -> Result<Result<RawResponse, Failure>, hyper::Error> {
@@ -271,21 +329,9 @@ async fn exchange_http1(
     let answer = read(response).await;
     // Read to its end, the answer leaves the connection ready for the next call.
     if answer.is_ok() && !sender.is_closed() {
-        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.push(Idle { sender, since: Instant::now() });
+        idle.put(sender);
     }
     Ok(answer)
-}
-
-/// The most recently used idle connection that is ready; the ones idle too
-/// long (the oldest, at the front) are closed on the way.
-fn take_idle(idle: &Mutex<Vec<Idle>>) -> Option<http1::SendRequest<Body>> {
-    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    let expired = idle.iter().take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT).count();
-    idle.drain(..expired);
-    // One that Esper closed is dropped; the next one is tried.
-    std::iter::from_fn(|| idle.pop()).map(|c| c.sender).find(|sender| sender.is_ready())
 }
 
 async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {

@@ -51,9 +51,8 @@ fn roots(profile: &ClientProfile) -> Result<RootCertStore, String> {
     let native = rustls_native_certs::load_native_certs();
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     if added == 0 && (ignored > 0 || !native.errors.is_empty()) {
-        let mut reason = format!(
-            "TLS: no usable certificate in the system's trust store ({ignored} unusable)"
-        );
+        let mut reason =
+            format!("TLS: no usable certificate in the system's trust store ({ignored} unusable)");
         for error in &native.errors {
             reason.push_str(&format!("; {error}"));
         }

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     signal::unix::{signal, SignalKind},
 };
 
@@ -89,8 +89,10 @@ Proof verification (POST /api/v1/challenge/proof/verify) answers by token (proof
 Control:
   GET /__mock/requests   every API call received: seq, path, peer (the client's address and
                          port: one per connection), version, headers, body
-  GET /__mock/count      {\"runtime\": n, \"verify\": n, \"rate_limited\": n} (runtime calls
-                         answered 429, by the rate limit or mock_status)
+  GET /__mock/count      {\"runtime\": n, \"verify\": n, \"rate_limited\": n, \"connections\": n}
+                         (rate_limited: runtime calls answered 429, by the rate limit or
+                         mock_status; connections: client connections open now, this one
+                         included)
   POST /__mock/reset     forget calls and counts; the rate limit counts afresh
   POST /__mock/close-idle  close every open connection (one busy with a call once it is
                          answered), as a server does with idle keepalive connections";
@@ -199,9 +201,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// A listening socket with a backlog as deep as a production server's: a
+/// worker that opens hundreds of connections at once (a benchmark's first
+/// second) must not see SYNs dropped and retried a second later.
+fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 async fn run(opts: Options) -> io::Result<()> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
+    let listener = bind(opts.listen)
         .map_err(|e| io::Error::new(e.kind(), format!("listen on {}: {e}", opts.listen)))?;
     let listen = listener.local_addr()?;
     // Registered before announcing the port, so a test may stop us right away.
@@ -220,6 +231,7 @@ async fn run(opts: Options) -> io::Result<()> {
         verify_calls: AtomicU64::new(0),
         rate_limited: AtomicU64::new(0),
         records: Mutex::new(Vec::new()),
+        connections: AtomicU64::new(0),
         closing: tokio::sync::watch::channel(0).0,
         sessions: Mutex::new(Sessions::default()),
         sessions_opened: AtomicU64::new(0),
@@ -249,7 +261,9 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
         let _ = stream.set_nodelay(true);
         let mut closing = mock.closing.subscribe();
         let mock = Arc::clone(&mock);
+        mock.connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let open = Arc::clone(&mock);
             let service = service_fn(move |req| Arc::clone(&mock).route(req, peer));
             // HTTP/1.1, or HTTP/2 with prior knowledge (`esper_http2 on`).
             // Errors here are clients going away or a deliberate `mock_close`.
@@ -266,6 +280,7 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
                     let _ = connection.await;
                 }
             }
+            open.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -281,6 +296,8 @@ struct Mock {
     /// Runtime calls answered 429.
     rate_limited: AtomicU64,
     records: Mutex<Vec<Value>>,
+    /// Client connections open now.
+    connections: AtomicU64,
     /// Changed by `/__mock/close-idle`: every open connection closes.
     closing: tokio::sync::watch::Sender<u64>,
     /// Who each challenge was shown to.
@@ -319,6 +336,7 @@ impl Mock {
                     "runtime": self.runtime_calls.load(Ordering::Relaxed),
                     "verify": self.verify_calls.load(Ordering::Relaxed),
                     "rate_limited": self.rate_limited.load(Ordering::Relaxed),
+                    "connections": self.connections.load(Ordering::Relaxed),
                 });
                 json_response(StatusCode::OK, count.to_string())
             }
