@@ -575,6 +575,10 @@ def production(seconds, runs, clients=R_CONNECTIONS):
                 "R-C": f"{base}/c/index.html"}
         for url in urls.values():
             wrk(url, clients, 2, threads=2)  # warm up pools and connections
+        # The warm-up ends with its own burst of connections: the module
+        # closes such a surplus after 5 s idle (src/origin.rs), so that the
+        # connections counted are those the measured load keeps open.
+        time.sleep(6)
         for i in range(runs):
             for k, url in urls.items():
                 mock_port = mocks[k][1]

@@ -6,12 +6,13 @@
 //! opened only when none is idle, so a worker never holds more connections to
 //! Esper than it had calls in flight at once. The most recently used idle
 //! connection is taken first, so the ones a smaller load no longer needs stay
-//! unused and are closed after a few seconds. Everything here runs on the
+//! unused and are closed after a few seconds; only when no call is in
+//! progress is one kept longer, for the next call. Everything here runs on the
 //! worker's runtime thread.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,10 +33,11 @@ use tokio_rustls::TlsConnector;
 
 use crate::conf::ClientProfile;
 
-/// The most recently used idle HTTP/1.1 connection is closed after this long
-/// unused (a quiet site keeps one connection for its next call) ...
+/// When no call is in progress, the most recently used idle HTTP/1.1
+/// connection is closed after this long unused (a quiet site keeps one
+/// connection for its next call) ...
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// ... and the other idle ones after this long: a burst's surplus.
+/// ... and every other idle one after this long: a burst's surplus.
 const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the idle connections are looked at while there are some.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -80,6 +82,24 @@ struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Whether a task closes the connections idle too long.
     trimming: AtomicBool,
+    /// Calls in progress.
+    calls: AtomicUsize,
+}
+
+/// Counts a call in progress on its pool while it lives.
+struct InProgress<'a>(&'a AtomicUsize);
+
+impl<'a> InProgress<'a> {
+    fn new(calls: &'a AtomicUsize) -> InProgress<'a> {
+        calls.fetch_add(1, Ordering::Relaxed);
+        InProgress(calls)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Idle {
@@ -109,12 +129,17 @@ impl Pool {
             tokio::time::sleep(TRIM_EVERY).await;
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
+            let keep_last = self.calls.load(Ordering::Relaxed) == 0;
             let count = idle.len();
             let expired = idle
                 .iter()
                 .enumerate()
                 .take_while(|(i, c)| {
-                    let timeout = if i + 1 == count { IDLE_TIMEOUT } else { SURPLUS_IDLE_TIMEOUT };
+                    let timeout = if keep_last && i + 1 == count {
+                        IDLE_TIMEOUT
+                    } else {
+                        SURPLUS_IDLE_TIMEOUT
+                    };
                     now.duration_since(c.since) >= timeout
                 })
                 .count();
@@ -202,6 +227,7 @@ impl Origin {
         };
         match &self.connections {
             Connections::Http1 { idle } => {
+                let _counted = InProgress::new(&idle.calls);
                 if let Some(sender) = idle.take() {
                     if let Ok(answer) = exchange_http1(idle, sender, request()).await {
                         return answer;
