@@ -1,9 +1,9 @@
 //! The exchange with Esper: the two calls, the answer of each call's own
 //! kind, and one call's round trip (its connections are in `origin`).
 
-use esper_protocol::answer::contract::DECISION_ID_HEADER;
+use esper_protocol::answer::contract::{DECISION_ID_HEADER, RETRY_AFTER_HEADER};
 use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
-use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::CONTENT_TYPE;
 
 use crate::conf::Target;
 use crate::origin::Origin;
@@ -84,7 +84,7 @@ pub async fn exchange(origin: &Origin, target: &Target, call: Call) -> Answer {
     let now = std::time::SystemTime::now();
     let header = |name: &str| response.headers.get(name).map(|v| v.as_bytes());
     let (status, content_type, retry_after) =
-        (response.status, header(CONTENT_TYPE.as_str()), header(RETRY_AFTER.as_str()));
+        (response.status, header(CONTENT_TYPE.as_str()), header(RETRY_AFTER_HEADER));
     match kind {
         CallKind::Decide => Answer::Decision(parse_answer(
             status,

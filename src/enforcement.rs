@@ -30,6 +30,8 @@ pub struct Zone {
     /// `ttl=`: the longest an entry lives.
     pub ttl: Duration,
     shm: NonNull<ngx_shm_zone_t>,
+    /// Where the table's parts lie, for the zone's size.
+    layout: Layout,
     /// The table's memory inside the zone, set when nginx maps it.
     table: AtomicPtr<u8>,
 }
@@ -44,10 +46,15 @@ impl Zone {
         size: usize,
         ttl: Duration,
     ) -> Result<Rc<Zone>, String> {
+        if name == crate::metrics::ZONE_NAME {
+            return Err(format!("the zone name \"{name}\" is the module's own"));
+        }
+        let layout = layout_for(size).ok_or("the zone is too small")?;
         let zone = Rc::new(Zone {
             name: name.to_owned(),
             ttl,
             shm: NonNull::dangling(),
+            layout,
             table: AtomicPtr::new(std::ptr::null_mut()),
         });
         // nginx keeps the name without a copy: it points into the zone,
@@ -78,9 +85,8 @@ impl Zone {
         // zone's mutex, held until `_locked` drops, makes this the only view
         // of the table in any process.
         unsafe {
-            let shm = self.shm.as_ref();
-            let layout = layout_of(shm)?;
-            let _locked = SlabPool::from_shm_zone(shm)?.lock();
+            let layout = self.layout;
+            let _locked = SlabPool::from_shm_zone(self.shm.as_ref())?.lock();
             let mut table = Table::new(
                 &mut *base.cast::<Meta>(),
                 std::slice::from_raw_parts_mut(
@@ -91,6 +97,7 @@ impl Zone {
                     base.add(layout.slots_offset).cast::<Slot>(),
                     layout.capacity,
                 ),
+                random_seed,
             );
             Some(f(&mut table))
         }
@@ -142,8 +149,17 @@ pub fn layout_for(size: usize) -> Option<Layout> {
     Layout::fitting(usable_bytes(size), MIN_ENTRIES)
 }
 
-fn layout_of(shm: &ngx_shm_zone_t) -> Option<Layout> {
-    layout_for(shm.shm.size)
+/// A new table's bucket seed. Should the system refuse randomness, the
+/// clock and the process id still keep the seed from being known in advance.
+fn random_seed() -> [u8; 16] {
+    let mut seed = [0u8; 16];
+    if getrandom::fill(&mut seed).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let nanos = now.map_or(0, |d| d.as_nanos()) as u64;
+        seed[..8].copy_from_slice(&nanos.to_le_bytes());
+        seed[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    seed
 }
 
 /// What one allocation can surely take from a zone of `size` bytes: nginx's
@@ -162,15 +178,15 @@ extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _previous: *mut c_void) -> ngx
         // SAFETY: nginx passes the zone it has just mapped, whose data is
         // the Zone of this configuration (`Zone::add`); a zone starts with
         // nginx's slab pool, and a kept zone (same name, size and module)
-        // still holds the table in the pool's `data`. Workers do not exist
-        // yet, so the pool is not locked.
+        // still holds the table in the pool's `data`. The unlocked
+        // allocation only happens in a zone mapped just now, which no worker
+        // has seen; a kept zone, which the old workers still use, is only
+        // read here (its `data`), and the table in it is then taken under
+        // the zone's mutex by `with_table`.
         let (zone, base) = unsafe {
             let zone = &*(*shm).data.cast::<Zone>();
             let size = (*shm).shm.size;
             let pool = (*shm).shm.addr.cast::<ngx_slab_pool_t>();
-            if layout_of(&*shm).is_none() {
-                return NGX_ERROR as ngx_int_t;
-            }
             if (*pool).data.is_null() {
                 let p = ngx_slab_alloc_locked(pool, usable_bytes(size));
                 if p.is_null() {

@@ -128,9 +128,12 @@ fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
     }
 }
 
+/// The counters' shared zone; no `esper_enforcement_zone` may take its name.
+pub const ZONE_NAME: &str = "ngx_http_esper_module";
+
 /// Adds the shared zone to the configuration (postconfiguration).
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
-    let zone = cf.shared_zone("ngx_http_esper_module", ZONE_SIZE).ok_or(())?;
+    let zone = cf.shared_zone(ZONE_NAME, ZONE_SIZE).ok_or(())?;
     zone.init = Some(init_zone);
     Ok(())
 }

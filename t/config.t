@@ -25,6 +25,13 @@ check_fails(in_location('esper maybe;'), 'invalid value "maybe" in "esper" direc
 check_fails(in_location('esper_api_url ftp://x/;'), 'invalid Esper API URL "ftp://x/": scheme must be http or https', 'bad URL scheme');
 check_fails(in_location('esper_api_url api.esperr.com;'), 'invalid Esper API URL "api.esperr.com"', 'relative URL');
 check_fails(in_location('esper_api_url https://x/?a=1;'), 'query and fragment are not allowed', 'URL with query');
+# A key put into the URL by mistake is not repeated on the terminal or in the log.
+for my $url ('https://user:sekret@x/', 'https://x/?key=sekret') {
+    my ($status, $output) = $t->test_config(in_location("esper_api_url $url;"));
+    isnt($status, 0, "$url: nginx -t fails");
+    unlike($output, qr/sekret/, "$url: the error does not repeat what may be a key");
+}
+check_fails(in_location('esper_api_url https://user:sekret@x/;'), 'invalid Esper API URL "https://***@x/": credentials belong in esper_api_key', 'URL with credentials');
 check_fails(in_location('esper_api_key "a b";'), 'invalid API key: it must be non-empty visible ASCII', 'bad key');
 check_fails(in_location('esper_timeout 3x;'), '"esper_timeout" directive invalid value', 'bad time');
 check_fails(in_location('esper_timeout 0; esper on; esper_api_key k;'), '"esper_timeout" must be more than 0', 'zero timeout');
@@ -59,6 +66,7 @@ check_fails("esper_api_key k;\n" . in_location('esper on; esper_enforcement nowh
 check_fails("esper_enforcement_zone zone=z:1x;", 'invalid zone size "zone=z:1x"', 'bad zone size');
 check_fails("esper_enforcement_zone zone=z:4k;", 'zone "z" is too small', 'zone too small');
 check_fails("esper_enforcement_zone zone=:1m;", 'invalid zone name "zone=:1m"', 'empty zone name');
+check_fails("esper_enforcement_zone zone=ngx_http_esper_module:1m;", 'the zone name "ngx_http_esper_module" is the module\'s own', 'the metrics zone\'s name');
 check_fails("esper_enforcement_zone zone=z:1m ttl=0;", 'invalid parameter "ttl=0"', 'zero zone ttl');
 check_fails("esper_enforcement_zone zone=z:1m ttl=soon;", 'invalid parameter "ttl=soon"', 'bad zone ttl');
 check_fails("esper_enforcement_zone ttl=10s;", '"zone" parameter is missing', 'zone parameter missing');

@@ -28,11 +28,28 @@ pub struct ApiUrl {
     base: url::Url,
 }
 
+/// `value` as an error may show it: without a query, a fragment or a
+/// `user:password@`, where a key put in the wrong place would be.
+fn without_secrets(value: &str) -> String {
+    let value = &value[..value.find(['?', '#']).unwrap_or(value.len())];
+    let Some(scheme_end) = value.find("://") else {
+        return value.to_owned();
+    };
+    let rest = &value[scheme_end + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}://***@{}", &value[..scheme_end], &rest[at + 1..]),
+        None => value.to_owned(),
+    }
+}
+
 impl ApiUrl {
     /// Accepts an absolute http or https URL with a host, no query and no
     /// fragment; a path prefix is kept (for a gateway in front of Esper).
     pub fn parse(value: &str) -> Result<ApiUrl, ConfigError> {
-        let invalid = |why: &str| ConfigError(format!("invalid Esper API URL \"{value}\": {why}"));
+        let invalid = |why: &str| {
+            ConfigError(format!("invalid Esper API URL \"{}\": {why}", without_secrets(value)))
+        };
         let base = url::Url::parse(value).map_err(|e| invalid(&e.to_string()))?;
         if base.scheme() != "http" && base.scheme() != "https" {
             return Err(invalid("scheme must be http or https"));
@@ -126,6 +143,21 @@ pub fn check_api_key(value: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_repeat_a_key_put_in_the_url() {
+        for (url, shown) in [
+            ("https://user:sekret@api.example/", "\"https://***@api.example/\""),
+            ("https://sekret@api.example:99/x", "\"https://***@api.example:99/x\""),
+            ("https://api.example/?key=sekret", "\"https://api.example/\""),
+            ("https://api.example/#sekret", "\"https://api.example/\""),
+            ("ht tp://u:sekret@x/", "\"ht tp://***@x/\""),
+        ] {
+            let error = ApiUrl::parse(url).unwrap_err().to_string();
+            assert!(!error.contains("sekret"), "{error}");
+            assert!(error.contains(shown), "{error}");
+        }
+    }
 
     #[test]
     fn api_url_forms() {

@@ -8,13 +8,15 @@
 
 use std::mem::{align_of, size_of};
 
+use sha2::{Digest, Sha256};
+
 use crate::{Action, Verdict};
 
 /// No slot.
 const NIL: u32 = u32::MAX;
 /// Marks memory laid out by this version of the table; anything else (a new
 /// zone, a zone of another layout kept across a reload) is laid out anew.
-const MAGIC: u64 = 0x6573_7065_7274_6231; // "espertb1"
+const MAGIC: u64 = 0x6573_7065_7274_6232; // "espertb2"
 /// The longest decision id kept; a longer one is cut.
 pub const MAX_ID_BYTES: usize = 128;
 /// The longest challenge URL kept: a challenge whose URL is longer is not
@@ -29,6 +31,9 @@ pub use crate::enforcement::EntityKey;
 #[repr(C)]
 pub struct Meta {
     magic: u64,
+    /// Keys the bucket hash: random per table, so that a client cannot
+    /// choose user agents whose entries all land in one bucket.
+    seed: [u8; 16],
     capacity: u32,
     buckets: u32,
     lru_head: u32,
@@ -115,18 +120,25 @@ pub struct Table<'a> {
 impl<'a> Table<'a> {
     /// Takes the parts of a table; lays them out anew unless they already
     /// hold a table of this layout (a zone kept across a reload).
-    pub fn new(meta: &'a mut Meta, buckets: &'a mut [u32], slots: &'a mut [Slot]) -> Self {
+    /// The table in this memory; one of another layout (or none yet) is
+    /// laid out afresh, with the seed `new_seed` gives.
+    pub fn new(
+        meta: &'a mut Meta,
+        buckets: &'a mut [u32],
+        slots: &'a mut [Slot],
+        new_seed: impl FnOnce() -> [u8; 16],
+    ) -> Self {
         let mut table = Table { meta, buckets, slots };
         let kept = table.meta.magic == MAGIC
             && table.meta.capacity as usize == table.slots.len()
             && table.meta.buckets as usize == table.buckets.len();
         if !kept {
-            table.clear();
+            table.clear(new_seed());
         }
         table
     }
 
-    fn clear(&mut self) {
+    fn clear(&mut self, seed: [u8; 16]) {
         self.buckets.fill(NIL);
         let n = self.slots.len();
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -135,6 +147,7 @@ impl<'a> Table<'a> {
         }
         *self.meta = Meta {
             magic: MAGIC,
+            seed,
             capacity: n as u32,
             buckets: self.buckets.len() as u32,
             lru_head: NIL,
@@ -259,9 +272,8 @@ impl<'a> Table<'a> {
     }
 
     fn bucket_of(&self, key: &EntityKey) -> usize {
-        let k = key.as_bytes();
-        let h = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
-        h as usize & (self.buckets.len() - 1)
+        let h = Sha256::new().chain_update(self.meta.seed).chain_update(key.as_bytes()).finalize();
+        u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize & (self.buckets.len() - 1)
     }
 
     fn find(&self, key: &EntityKey) -> Option<u32> {
@@ -368,6 +380,7 @@ mod tests {
         fn new(capacity: usize) -> Memory {
             let meta = Meta {
                 magic: 0,
+                seed: [0; 16],
                 capacity: 0,
                 buckets: 0,
                 lru_head: 0,
@@ -396,13 +409,17 @@ mod tests {
         }
 
         fn table(&mut self) -> Table<'_> {
-            Table::new(&mut self.meta, &mut self.buckets, &mut self.slots)
+            self.seeded(7)
+        }
+
+        fn seeded(&mut self, seed: u8) -> Table<'_> {
+            Table::new(&mut self.meta, &mut self.buckets, &mut self.slots, || [seed; 16])
         }
     }
 
     fn key(n: u32) -> EntityKey {
         let mut k = [0u8; 16];
-        // Same low bytes for many keys: collisions in the buckets.
+        // Keys alike but for a few bytes.
         k[4..8].copy_from_slice(&n.to_le_bytes());
         k[0] = (n % 3) as u8;
         EntityKey::from_bytes(k)
@@ -417,6 +434,22 @@ mod tests {
             verdict: Verdict::Challenge { redirect_url: url.to_owned() },
             decision_id: None,
         }
+    }
+
+    #[test]
+    fn the_seed_decides_the_buckets() {
+        // The keys that share a bucket under one seed (what a client could
+        // find by trying user agents, were the hash not keyed) spread out
+        // under another.
+        let mut one = Memory::new(64);
+        let t = one.seeded(1);
+        let aimed: Vec<EntityKey> = (0..20_000).map(key).filter(|k| t.bucket_of(k) == 0).collect();
+        assert!(aimed.len() > 100, "{}", aimed.len());
+        let mut other = Memory::new(64);
+        let t = other.seeded(2);
+        let spread: std::collections::HashSet<usize> =
+            aimed.iter().map(|k| t.bucket_of(k)).collect();
+        assert!(spread.len() > 32, "{}", spread.len());
     }
 
     #[test]
