@@ -44,6 +44,7 @@ use crate::conf::{FailureAction, LocConf, Mode};
 use crate::ffi::bytes;
 use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
+use crate::request::ChallengeProof;
 use crate::response::Denial;
 use crate::state::{attach, find, RequestState, Stage};
 use crate::worker;
@@ -180,7 +181,9 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
         None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         Some(true) => {
             // Never verified, but never passed on either.
-            let _ = request::take_challenge_proof(request);
+            if request::take_challenge_proof(request).is_none() {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            }
             state.judged(EsperResult::Bypassed);
             debug!(request, "esper: bypassed by esper_bypass");
             return proceed(request, conf, state);
@@ -194,11 +197,15 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
 
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
-    if let Some(Some(token)) = request::take_challenge_proof(request) {
-        debug!(request, "esper: challenge proof taken out of the request, verifying it");
-        let (ip, ua) = request::entity(request);
-        let body = verify_body(&token, ip, ua);
-        return start(request, conf, state, Call::Verify(body));
+    match request::take_challenge_proof(request) {
+        None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        Some(ChallengeProof::Taken { token: Some(token) }) => {
+            debug!(request, "esper: challenge proof taken out of the request, verifying it");
+            let (ip, ua) = request::entity(request);
+            let body = verify_body(&token, ip, ua);
+            return start(request, conf, state, Call::Verify(body));
+        }
+        Some(ChallengeProof::Taken { token: None } | ChallengeProof::Absent) => {}
     }
 
     // A pass skips a remembered challenge, never a remembered block.

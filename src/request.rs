@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use esper_protocol::query::{replace_target, take_proof, target_without_proof};
+use esper_protocol::query::{replace_target, take_proof, target_without_proof, CleanTarget, Proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
     ngx_array_t, ngx_http_complex_value_t, ngx_http_get_indexed_variable, ngx_http_request_t,
@@ -92,16 +92,35 @@ pub fn has_valid_pass(request: &Request, pass: &PassSettings) -> bool {
 /// application, Esper's payload nor the access log ever sees it: out of
 /// `$request_uri` (what is proxied as is, and where the visitor is sent back
 /// to), `$args` and the request line (`$request`), and out of every variable
-/// that cached one of them before the access phase. Returns `None` when the
-/// parameter is absent, else the proof's token if any.
-pub fn take_challenge_proof(request: &mut Request) -> Option<Option<String>> {
+/// that cached one of them before the access phase. `None` when the request
+/// pool cannot hold the cleaned request: the whole query is then cut off
+/// (the proof with it, without allocating), and the request must not go on.
+pub fn take_challenge_proof(request: &mut Request) -> Option<ChallengeProof> {
     let req = request.as_ref();
     let from_uri = target_without_proof(bytes(&req.unparsed_uri));
     let from_args = take_proof(bytes(&req.args));
     if from_uri.is_none() && from_args.is_none() {
-        return None;
+        return Some(ChallengeProof::Absent);
     }
-    if let Some(clean) = &from_uri {
+    let replaced = replace_without_proof(request, from_uri.as_ref(), from_args.as_ref());
+    if replaced.is_none() {
+        cut_query(request);
+    }
+    forget_cached_uri_variables(request);
+    replaced?;
+    let token = from_uri.and_then(|clean| clean.token);
+    Some(ChallengeProof::Taken { token: token.or(from_args.and_then(|proof| proof.token)) })
+}
+
+/// Puts the request target, request line and `$args` without the proof in
+/// their place; `None` when the pool cannot hold them.
+fn replace_without_proof(
+    request: &mut Request,
+    from_uri: Option<&CleanTarget>,
+    from_args: Option<&Proof>,
+) -> Option<()> {
+    let req = request.as_ref();
+    if let Some(clean) = from_uri {
         let line = replace_target(
             bytes(&req.request_line),
             bytes(&req.method_name),
@@ -115,12 +134,31 @@ pub fn take_challenge_proof(request: &mut Request) -> Option<Option<String>> {
         req.request_line = line;
         req.unparsed_uri = target;
     }
-    if let Some(proof) = &from_args {
+    if let Some(proof) = from_args {
         request.as_mut().args = pool_str(request, &proof.rest)?;
     }
-    forget_cached_uri_variables(request);
-    let token = from_uri.and_then(|clean| clean.token);
-    Some(token.or(from_args.and_then(|proof| proof.token)))
+    Some(())
+}
+
+/// Ends the request line and target before their query and empties `$args`,
+/// by shortening them where they are.
+fn cut_query(request: &mut Request) {
+    let req = request.as_mut();
+    for text in [&mut req.request_line, &mut req.unparsed_uri] {
+        if let Some(at) = bytes(text).iter().position(|&b| b == b'?') {
+            text.len = at;
+        }
+    }
+    req.args.len = 0;
+}
+
+/// What [`take_challenge_proof`] found.
+pub enum ChallengeProof {
+    Absent,
+    /// Taken out; its token, when it had one.
+    Taken {
+        token: Option<String>,
+    },
 }
 
 /// Variables whose value is the request URI, its query or the request line.

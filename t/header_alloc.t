@@ -90,4 +90,48 @@ $t->stop_nginx;
 is($t->read_file('logs/seen.log'), "500|-|decided\n200|$big|decided\n",
     'the log of the failed request reads no half-made header');
 unlike($t->error_log, qr/exited on signal/, 'no crash');
+
+# The challenge proof is taken out of a request line above the pool limit: the
+# copy without it is made with malloc. When that fails, the request is not
+# served and its query is cut off where it is, so the proof reaches neither
+# the application nor the access log.
+my $t2 = EsperTest->new(name => 'header_alloc-proof');
+$t2->start_mock('--api-key', 'k');
+my $path = '/' . ('p' x 5000);
+my $clean_line = "GET $path HTTP/1.1";
+my $conf2 = <<'EOF';
+    esper_api_url http://%%MOCK%%;
+    esper_api_key k;
+    log_format line '$status|$request|$request_uri|$args|$esper_result';
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        access_log %%DIR%%/logs/line.log line;
+        location / { esper on; proxy_pass http://127.0.0.1:%%APP%%; }
+    }
+    server {
+        listen 127.0.0.1:%%APP%%;
+        access_log %%DIR%%/logs/app.log;
+        location / { return 200 "app\n"; }
+    }
+EOF
+$conf2 =~ s/%%APP%%/$app/g;
+{
+    local $ENV{LD_PRELOAD} = $shim;
+    # The first allocation of that size is the module's own copy of the
+    # line (Rust's heap), the second the request pool's.
+    local $ENV{FAIL_MALLOC_SIZE} = length $clean_line;
+    local $ENV{FAIL_MALLOC_NTH} = 2;
+    local $ENV{MALLOC_PERTURB_} = 165;
+    $t2->start_nginx($conf2);
+}
+$r = $t2->get("$path?esper_challenge_proof=proof-1");
+is($r->{status}, 500, 'the request without its proof cannot be made: 500');
+is($t2->get("$path?mock_action=allow")->{status}, 200, 'the next request is served');
+$t2->stop_nginx;
+my @lines = split /\n/, $t2->read_file('logs/line.log');
+is($lines[0], "500|GET $path|$path||", 'the failed request is logged without its query');
+unlike($t2->read_file('logs/line.log'), qr/esper_challenge_proof|proof-1/, 'the proof is in no log line');
+unlike($t2->read_file('logs/app.log') // '', qr/proof/, 'the application never saw it');
+is($t2->mock_count, 1, 'Esper was asked only for the next request');
+unlike($t2->error_log, qr/exited on signal/, 'no crash');
 done_testing;
