@@ -59,16 +59,10 @@ impl Zone {
         });
         // nginx keeps the name without a copy: it points into the zone,
         // which lives as long as the configuration.
-        let shm_ref =
-            cf.shared_zone(&zone.name, size).ok_or("cannot add the shared memory zone")?;
-        let shm = NonNull::from(&mut *shm_ref);
-        if !shm_ref.data.is_null() {
-            return Err(format!("duplicate zone \"{name}\""));
-        }
+        let data = Rc::as_ptr(&zone).cast_mut().cast();
+        let shm = cf.add_shared_zone(&zone.name, size, Some(init_zone), data)?;
         let mut zone = zone;
         Rc::get_mut(&mut zone).expect("not shared yet").shm = shm;
-        shm_ref.init = Some(init_zone);
-        shm_ref.data = Rc::as_ptr(&zone).cast_mut().cast();
         Ok(zone)
     }
 

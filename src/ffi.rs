@@ -1,16 +1,13 @@
-//! What every nginx-facing file needs: nginx strings as bytes, the page size
-//! and the cached clock.
+//! What every nginx-facing file needs: nginx strings over Rust bytes, the
+//! page size and the cached clock.
 
 use ngx::ffi::ngx_str_t;
 
-/// The bytes of an nginx string; empty for a null pointer.
-pub fn bytes(s: &ngx_str_t) -> &[u8] {
-    if s.data.is_null() || s.len == 0 {
-        return &[];
-    }
-    // SAFETY: a non-null ngx_str_t points at `len` readable bytes that live at
-    // least as long as the structure holding it.
-    unsafe { std::slice::from_raw_parts(s.data, s.len) }
+/// An nginx string that points at `value` without a copy, for nginx calls
+/// that only read it or for values that live as long as it is used (static
+/// text, pool memory, a configuration's own strings).
+pub fn borrowed_str(value: &[u8]) -> ngx_str_t {
+    ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() }
 }
 
 /// nginx's memory page size, set at startup.

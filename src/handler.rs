@@ -41,7 +41,6 @@ use ngx::ngx_string;
 
 use crate::client::{Answer, Call};
 use crate::conf::{FailureAction, LocConf, Mode};
-use crate::ffi::bytes;
 use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::request::ChallengeProof;
@@ -426,7 +425,7 @@ fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> n
     // The value stays in the request pool: no copy on the way.
     let key = request::evaluate_in_pool(request, conf.hybrid_key).filter(|k| k.len > 0);
     if let Some(key) = key {
-        if add_header_in(request, HYBRID_KEY_HEADER, bytes(&key)).is_none() {
+        if add_header_in(request, HYBRID_KEY_HEADER, key.as_bytes()).is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
     }

@@ -7,8 +7,6 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
-use crate::ffi::bytes;
-
 /// Which of a request's header lists.
 #[derive(Clone, Copy)]
 enum List {
@@ -99,7 +97,7 @@ pub fn remove_headers_in(request: &mut Request, matches: impl Fn(&[u8]) -> bool)
         let mut any = false;
         while let Some(p) = part.as_ref() {
             let elts = p.elts.cast::<ngx_table_elt_t>();
-            any |= (0..p.nelts).any(|i| matches(bytes(&(*elts.add(i)).key)));
+            any |= (0..p.nelts).any(|i| matches((*elts.add(i)).key.as_bytes()));
             part = p.next;
         }
         if !any {
@@ -111,7 +109,7 @@ pub fn remove_headers_in(request: &mut Request, matches: impl Fn(&[u8]) -> bool)
             let elts = p.elts.cast::<ngx_table_elt_t>();
             let mut start = 0;
             for i in 0..p.nelts {
-                if matches(bytes(&(*elts.add(i)).key)) {
+                if matches((*elts.add(i)).key.as_bytes()) {
                     if i > start {
                         runs.push((elts.add(start), i - start));
                     }

@@ -133,9 +133,9 @@ pub const ZONE_NAME: &str = "ngx_http_esper_module";
 
 /// Adds the shared zone to the configuration (postconfiguration).
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
-    let zone = cf.shared_zone(ZONE_NAME, ZONE_SIZE).ok_or(())?;
-    zone.init = Some(init_zone);
-    Ok(())
+    cf.add_shared_zone(ZONE_NAME, ZONE_SIZE, Some(init_zone), std::ptr::null_mut())
+        .map(drop)
+        .map_err(drop)
 }
 
 /// Zone initialization: new counters, or those of the previous configuration

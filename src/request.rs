@@ -15,7 +15,7 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{LocConf, MainConf, PassSettings};
-use crate::ffi::bytes;
+use crate::ffi::borrowed_str;
 
 /// Builds the JSON body of the decision call.
 pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
@@ -30,8 +30,8 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
     let req = request.as_ref();
     let (client_ip, user_agent) = entity(request);
     let view = RequestView {
-        method: bytes(&req.method_name),
-        unparsed_uri: bytes(&req.unparsed_uri),
+        method: req.method_name.as_bytes(),
+        unparsed_uri: req.unparsed_uri.as_bytes(),
         client_ip,
         user_agent: Some(user_agent).filter(|ua| !ua.is_empty()),
         request_id,
@@ -72,7 +72,7 @@ fn authority_without_host_header(request: &Request) -> Option<&[u8]> {
 /// Esper's default entity: the client address (after the realip module) and
 /// the user agent.
 pub fn entity(request: &Request) -> (&[u8], &[u8]) {
-    let ip = bytes(&connection(request).addr_text);
+    let ip = connection(request).addr_text.as_bytes();
     let ua = request.user_agent().map_or(&[][..], |ua| ua.as_bytes());
     (ip, ua)
 }
@@ -97,8 +97,8 @@ pub fn has_valid_pass(request: &Request, pass: &PassSettings) -> bool {
 /// (the proof with it, without allocating), and the request must not go on.
 pub fn take_challenge_proof(request: &mut Request) -> Option<ChallengeProof> {
     let req = request.as_ref();
-    let from_uri = target_without_proof(bytes(&req.unparsed_uri));
-    let from_args = take_proof(bytes(&req.args));
+    let from_uri = target_without_proof(req.unparsed_uri.as_bytes());
+    let from_args = take_proof(req.args.as_bytes());
     if from_uri.is_none() && from_args.is_none() {
         return Some(ChallengeProof::Absent);
     }
@@ -122,11 +122,11 @@ fn replace_without_proof(
     let req = request.as_ref();
     if let Some(clean) = from_uri {
         let line = replace_target(
-            bytes(&req.request_line),
-            bytes(&req.method_name),
-            bytes(&req.unparsed_uri),
+            req.request_line.as_bytes(),
+            req.method_name.as_bytes(),
+            req.unparsed_uri.as_bytes(),
             &clean.target,
-            bytes(&req.http_protocol),
+            req.http_protocol.as_bytes(),
         );
         let line = pool_str(request, &line)?;
         let target = pool_str(request, &clean.target)?;
@@ -145,7 +145,7 @@ fn replace_without_proof(
 fn cut_query(request: &mut Request) {
     let req = request.as_mut();
     for text in [&mut req.request_line, &mut req.unparsed_uri] {
-        if let Some(at) = bytes(text).iter().position(|&b| b == b'?') {
+        if let Some(at) = text.as_bytes().iter().position(|&b| b == b'?') {
             text.len = at;
         }
     }
@@ -177,7 +177,7 @@ fn forget_cached_uri_variables(request: &mut Request) {
     // each of them (nginx allocates them together).
     unsafe {
         for variable in cmcf.variables.as_slice::<ngx_http_variable_t>() {
-            let name = bytes(&variable.name);
+            let name = variable.name.as_bytes();
             if URI_VARIABLES.contains(&name) || name.starts_with(b"arg_") {
                 let value = &mut *slots.add(variable.index);
                 value.set_valid(0);
@@ -247,7 +247,7 @@ fn list_entries(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
     .flatten()
     .filter(|h| h.hash != 0)
-    .map(|h| (bytes(&h.key), bytes(&h.value)))
+    .map(|h| (h.key.as_bytes(), h.value.as_bytes()))
 }
 
 /// Value of a compiled directive argument; `None` when unset.
@@ -265,7 +265,7 @@ pub fn evaluate_in_pool(
     cv: Option<&ngx_http_complex_value_t>,
 ) -> Option<ngx_str_t> {
     let value = evaluate(request, cv)?;
-    Some(ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() })
+    Some(borrowed_str(value))
 }
 
 /// Value of an indexed nginx variable, empty when not found.

@@ -11,12 +11,13 @@ use esper_protocol::response::{
 };
 use esper_protocol::Verdict;
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_http_finalize_request, ngx_int_t, ngx_str_t,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_http_finalize_request, ngx_int_t, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 use ngx::http::Request;
 
 use crate::conf::LocConf;
+use crate::ffi::borrowed_str;
 use crate::headers::{add_header_out, set_location};
 use crate::request;
 
@@ -110,8 +111,7 @@ pub fn send_body(
     let out = &mut request.as_mut().headers_out;
     out.status = status;
     out.content_length_n = body.len() as i64;
-    out.content_type =
-        ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
+    out.content_type = borrowed_str(content_type.as_bytes());
     out.content_type_len = content_type.len();
     let rc = request.send_header().0;
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || request.header_only() {

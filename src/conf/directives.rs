@@ -14,7 +14,7 @@ use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 use super::ext::ConfExt;
 use super::*;
 use crate::enforcement::{self, Zone};
-use crate::ffi::bytes;
+use crate::ffi::borrowed_str;
 use crate::log::guard;
 
 /// Why a directive was refused; `nginx -t` prints it with the file and line.
@@ -66,7 +66,7 @@ fn directive(
             match body(cf, conf, cf.args()) {
                 Ok(()) => NGX_CONF_OK,
                 Err(SetError::Duplicate) => {
-                    let name = String::from_utf8_lossy(bytes(&cmd.name));
+                    let name = String::from_utf8_lossy(cmd.name.as_bytes());
                     cf.emerg(&format!("\"{name}\" directive is duplicate"));
                     NGX_CONF_ERROR
                 }
@@ -80,7 +80,7 @@ fn directive(
 }
 
 fn text(arg: &ngx_str_t) -> Result<&str, SetError> {
-    std::str::from_utf8(bytes(arg))
+    std::str::from_utf8(arg.as_bytes())
         .map_err(|_| SetError::Invalid("argument is not valid UTF-8".to_owned()))
 }
 
@@ -95,7 +95,7 @@ fn once(is_set: bool) -> SetResult {
 directive_handler!(set_enable, |cf, conf, args| {
     once(conf.enable != UNSET_FLAG)?;
     // Read as nginx's flag slot reads it, with its words.
-    conf.enable = match bytes(&args[1]) {
+    conf.enable = match args[1].as_bytes() {
         on if on.eq_ignore_ascii_case(b"on") => 1,
         off if off.eq_ignore_ascii_case(b"off") => 0,
         other => {
@@ -133,7 +133,7 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
     let mut zone = None;
     let mut ttl = Duration::from_secs(DEFAULT_ENFORCEMENT_TTL_SECS);
     for arg in &cf.args()[1..] {
-        let arg = String::from_utf8_lossy(bytes(arg));
+        let arg = String::from_utf8_lossy(arg.as_bytes());
         let invalid = || format!("invalid parameter \"{arg}\"");
         if let Some(spec) = arg.strip_prefix("zone=") {
             let (name, size) = spec.rsplit_once(':').ok_or_else(invalid)?;
@@ -188,7 +188,7 @@ enum Unit {
 /// `value` as nginx's size or time parser reads it (so that it accepts what
 /// nginx's own directives accept).
 fn parse_ngx(value: &str, unit: Unit) -> isize {
-    let mut s = ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() };
+    let mut s = borrowed_str(value.as_bytes());
     // SAFETY: both parsers only read the string.
     unsafe {
         match unit {
@@ -301,7 +301,7 @@ directive_handler!(set_hybrid_key, |cf, conf, args| {
 
 directive_handler!(set_circuit_breaker, |_cf, conf, args| {
     once(conf.breaker.is_some())?;
-    if args.len() == 2 && bytes(&args[1]) == b"off" {
+    if args.len() == 2 && args[1].as_bytes() == b"off" {
         conf.breaker = Some(None);
         return Ok(());
     }

@@ -11,10 +11,13 @@ use ngx::ffi::{
     NGX_LOG_EMERG, NGX_OK,
 };
 
-use ngx::ffi::{ngx_shared_memory_add, ngx_shm_zone_t};
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use ngx::ffi::{ngx_shared_memory_add, ngx_shm_zone_init_pt, ngx_shm_zone_t};
 use ngx::http::HttpModule;
 
-use crate::ffi::bytes;
+use crate::ffi::borrowed_str;
 use crate::Module;
 
 pub trait ConfExt {
@@ -33,10 +36,18 @@ pub trait ConfExt {
     fn pool(&self) -> Pool;
     /// An `emerg` line, with the file and line of the directive.
     fn emerg(&self, message: &str);
-    /// The shared memory zone `name` of this module, added to the
-    /// configuration (nginx keeps `name` without a copy); `None` when nginx
-    /// refuses it.
-    fn shared_zone(&self, name: &str, size: usize) -> Option<&mut ngx_shm_zone_t>;
+    /// Adds this module's shared memory zone `name` to the configuration,
+    /// for nginx to map and hand to `init` with `data`. nginx keeps `name`
+    /// without a copy. Fails when nginx refuses the zone or this
+    /// configuration has already added it. The zone lives as long as the
+    /// configuration.
+    fn add_shared_zone(
+        &self,
+        name: &str,
+        size: usize,
+        init: ngx_shm_zone_init_pt,
+        data: *mut c_void,
+    ) -> Result<NonNull<ngx_shm_zone_t>, String>;
 }
 
 impl ConfExt for ngx_conf_t {
@@ -49,7 +60,7 @@ impl ConfExt for ngx_conf_t {
     fn position(&self) -> String {
         // SAFETY: while a file is read, `conf_file` is that file.
         let file = unsafe { &*self.conf_file };
-        format!("{}:{}", String::from_utf8_lossy(bytes(&file.file.name)), file.line)
+        format!("{}:{}", String::from_utf8_lossy(file.file.name.as_bytes()), file.line)
     }
 
     fn full_name(&self, mut name: ngx_str_t) -> Result<String, String> {
@@ -58,7 +69,7 @@ impl ConfExt for ngx_conf_t {
         if unsafe { ngx_conf_full_name(self.cycle, &mut name, 1) } != NGX_OK as isize {
             return Err("cannot resolve the file name".to_owned());
         }
-        Ok(String::from_utf8_lossy(bytes(&name)).into_owned())
+        Ok(String::from_utf8_lossy(name.as_bytes()).into_owned())
     }
 
     fn compile(&self, mut value: ngx_str_t) -> Result<&'static ngx_http_complex_value_t, String> {
@@ -82,7 +93,7 @@ impl ConfExt for ngx_conf_t {
             if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as isize {
                 return Err(format!(
                     "invalid value \"{}\"",
-                    String::from_utf8_lossy(bytes(&value))
+                    String::from_utf8_lossy(value.as_bytes())
                 ));
             }
             Ok(&*cv)
@@ -94,13 +105,31 @@ impl ConfExt for ngx_conf_t {
         unsafe { Pool::from_ngx_pool(self.pool) }
     }
 
-    fn shared_zone(&self, name: &str, size: usize) -> Option<&mut ngx_shm_zone_t> {
-        let mut name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
+    fn add_shared_zone(
+        &self,
+        name: &str,
+        size: usize,
+        init: ngx_shm_zone_init_pt,
+        data: *mut c_void,
+    ) -> Result<NonNull<ngx_shm_zone_t>, String> {
+        let mut zone_name = borrowed_str(name.as_bytes());
         let cf = (self as *const ngx_conf_t).cast_mut();
         let tag = (Module::module() as *const ngx::ffi::ngx_module_t).cast_mut().cast();
         // SAFETY: a live configuration context; nginx keeps the zone with the
-        // cycle and returns it, not yet mapped, for us to fill in.
-        unsafe { ngx_shared_memory_add(cf, &mut name, size, tag).as_mut() }
+        // cycle and returns it, not yet mapped, for us to fill in. Nothing
+        // else holds a reference to it while it is filled in here: nginx
+        // reads it only when it maps the zones, after the configuration is read.
+        unsafe {
+            let zone = NonNull::new(ngx_shared_memory_add(cf, &mut zone_name, size, tag))
+                .ok_or("cannot add the shared memory zone")?;
+            let fields = &mut *zone.as_ptr();
+            if !fields.data.is_null() || fields.init.is_some() {
+                return Err(format!("duplicate zone \"{name}\""));
+            }
+            fields.init = init;
+            fields.data = data;
+            Ok(zone)
+        }
     }
 
     fn emerg(&self, message: &str) {
