@@ -30,11 +30,11 @@ use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Decision, Failure, ProofCheck, Verdict};
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_http_get_variable_index, ngx_http_handler_pt,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_http_test_reading, ngx_int_t,
-    ngx_log_t, ngx_time, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
-    NGX_OK,
+    ngx_array_push, ngx_conf_t, ngx_http_finalize_request, ngx_http_get_variable_index,
+    ngx_http_handler_pt, ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t,
+    ngx_http_test_reading, ngx_int_t, ngx_log_t, ngx_time, ngx_uint_t, NGX_DECLINED, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
@@ -44,7 +44,7 @@ use crate::conf::{FailureAction, LocConf, Mode};
 use crate::headers::{add_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::request::ChallengeProof;
-use crate::response::Denial;
+use crate::response::{Denial, Step};
 use crate::state::{attach, find, RequestState, Stage};
 use crate::worker;
 use crate::{metrics, request, response, Module};
@@ -52,6 +52,10 @@ use crate::{metrics, request, response, Module};
 /// How long a block the enforcement zone remembers is held before it is
 /// answered.
 const BLOCK_HOLD_MS: ngx::ffi::ngx_msec_t = 10;
+
+const DECLINED: Step = Step::Phase(NGX_DECLINED as ngx_int_t);
+const DONE: Step = Step::Phase(NGX_DONE as ngx_int_t);
+const SERVER_ERROR: Step = Step::Phase(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
 
 /// Request headers that only Esper and this module may set.
 const HYBRID_KEY_HEADER: &str = "X-Esper-Hybrid-Key";
@@ -94,27 +98,37 @@ extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: nginx calls access handlers with a live main request on its
         // thread; nothing else holds a Rust reference to it meanwhile.
         let request = unsafe { Request::from_ngx_http_request(r) };
-        access(request)
+        match access(request) {
+            Step::Phase(rc) => rc,
+            Step::Sent(rc) => {
+                // SAFETY: `access` has returned, so no reference into the
+                // request or its state is left; finalizing may free both.
+                // The phase engine stops at NGX_DONE and never touches the
+                // request again.
+                unsafe { ngx_http_finalize_request(r, rc) };
+                NGX_DONE as ngx_int_t
+            }
+        }
     })
 }
 
-fn access(request: &mut Request) -> ngx_int_t {
+fn access(request: &mut Request) -> Step {
     let Some(conf) = Module::location_conf(request) else {
-        return NGX_DECLINED as ngx_int_t;
+        return DECLINED;
     };
     let (mut state, first_visit) = match find(request) {
         Some(state) => (state, false),
         None => {
             let (Some(_), Some(_)) = (conf.target.as_ref(), conf.pass.as_ref()) else {
                 metrics::count_result(EsperResult::Skipped);
-                return NGX_DECLINED as ngx_int_t;
+                return DECLINED;
             };
             // Only Esper and this module may set these for the application.
             if remove_headers_in(request, is_esper_header).is_none() {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return SERVER_ERROR;
             }
             let Some(state) = attach(request) else {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return SERVER_ERROR;
             };
             debug!(request, "esper: state attached");
             (state, true)
@@ -133,26 +147,26 @@ fn access(request: &mut Request) -> ngx_int_t {
         // the stream (STOP_SENDING) leaves a write error.
         Stage::Waiting { call, .. } if request::client_gone(request) => {
             state.abandon(call);
-            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+            Step::Phase(NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t)
         }
         waiting @ Stage::Waiting { .. } => {
             state.stage = waiting;
-            NGX_DONE as ngx_int_t
+            DONE
         }
         Stage::Holding(_) if request::client_gone(request) => {
             state.stop_waiting();
-            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
+            Step::Phase(NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t)
         }
         holding @ Stage::Holding(_) if state.deadline_pending() => {
             state.stage = holding;
-            NGX_DONE as ngx_int_t
+            DONE
         }
         Stage::Holding(block) => enforce(request, conf, state, block),
         // An internal redirect after a bypass: this location judges the
         // request by its own `esper_bypass` (what Esper decided is never
         // judged twice).
         Stage::Idle if state.result == Some(EsperResult::Bypassed) => judge(request, conf, state),
-        Stage::Idle => NGX_DECLINED as ngx_int_t,
+        Stage::Idle => DECLINED,
     }
 }
 
@@ -172,16 +186,16 @@ fn is_esper_header(name: &[u8]) -> bool {
 /// Judges a request where `esper on`, in this order: the operator's
 /// `esper_bypass`; a proof to verify; a pass cookie; the enforcement zone;
 /// else Esper's runtime decision.
-fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Step {
     let Some(pass) = conf.pass.as_ref() else {
-        return NGX_DECLINED as ngx_int_t;
+        return DECLINED;
     };
     match request::bypassed(request, conf.bypass) {
-        None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        None => return SERVER_ERROR,
         Some(true) => {
             // Never verified, but never passed on either.
             if request::take_challenge_proof(request).is_none() {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return SERVER_ERROR;
             }
             state.judged(EsperResult::Bypassed);
             debug!(request, "esper: bypassed by esper_bypass");
@@ -197,7 +211,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
     // A visitor back from a challenge: verify the proof first. The proof is
     // taken out of the request whatever happens next.
     match request::take_challenge_proof(request) {
-        None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        None => return SERVER_ERROR,
         Some(ChallengeProof::Taken { token: Some(token) }) => {
             debug!(request, "esper: challenge proof taken out of the request, verifying it");
             let (ip, ua) = request::entity(request);
@@ -233,7 +247,7 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx
             );
             state.hold(decision, BLOCK_HOLD_MS);
             request.as_mut().read_event_handler = Some(ngx_http_test_reading);
-            return NGX_DONE as ngx_int_t;
+            return DONE;
         }
         return enforce(request, conf, state, decision);
     }
@@ -246,7 +260,7 @@ fn enforce(
     conf: &LocConf,
     state: &mut RequestState,
     decision: Remembered,
-) -> ngx_int_t {
+) -> Step {
     let action = decision.verdict.action();
     debug!(request, "esper: {} remembered by the enforcement zone", action.as_str());
     state.judged(EsperResult::Enforced);
@@ -255,23 +269,23 @@ fn enforce(
     metrics::count_enforced(action);
     match Denial::of(&decision.verdict) {
         Some(denial) => response::deny(request, conf, denial, state.decision_id.as_deref()),
-        None => NGX_DECLINED as ngx_int_t,
+        None => DECLINED,
     }
 }
 
 /// Asks Esper for the runtime decision.
-fn start_decision(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+fn start_decision(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Step {
     let Some(main) = Module::main_conf(request) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        return SERVER_ERROR;
     };
     let body = request::payload(request, conf, main);
     start(request, conf, state, Call::Decide(body))
 }
 
 /// Starts a call and makes the request wait for it, up to `esper_timeout`.
-fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: Call) -> ngx_int_t {
+fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: Call) -> Step {
     let (Some(target), Some(main)) = (conf.target.as_ref(), Module::main_conf(request)) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        return SERVER_ERROR;
     };
     let limit = conf.max_pending.max(1) as usize;
     if worker::pending() >= limit {
@@ -288,7 +302,7 @@ fn start(request: &mut Request, conf: &LocConf, state: &mut RequestState, call: 
     }
     // Notice a client that goes away while its call is pending.
     request.as_mut().read_event_handler = Some(ngx_http_test_reading);
-    NGX_DONE as ngx_int_t
+    DONE
 }
 
 /// Acts on the answer the request waited for.
@@ -297,7 +311,7 @@ fn resumed(
     conf: &LocConf,
     state: &mut RequestState,
     answer: Answer,
-) -> ngx_int_t {
+) -> Step {
     // The connection log adds the client and the request to each line.
     let log = request.log();
     match answer {
@@ -351,7 +365,7 @@ fn resumed(
             if continues {
                 proceed(request, conf, state)
             } else {
-                conf.block_status as ngx_int_t
+                Step::Phase(conf.block_status as ngx_int_t)
             }
         }
     }
@@ -385,7 +399,7 @@ fn apply(
     conf: &LocConf,
     state: &mut RequestState,
     decision: Decision,
-) -> ngx_int_t {
+) -> Step {
     let monitor = conf.policy.mode == Mode::Monitor;
     debug!(
         request,
@@ -421,29 +435,29 @@ fn apply(
 
 /// Lets the request go on to the application, carrying the Esper headers the
 /// location asks for.
-fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> ngx_int_t {
+fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Step {
     // The value stays in the request pool: no copy on the way.
     let key = request::evaluate_in_pool(request, conf.hybrid_key).filter(|k| k.len > 0);
     if let Some(key) = key {
         if add_header_in(request, HYBRID_KEY_HEADER, key.as_bytes()).is_none() {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            return SERVER_ERROR;
         }
     }
     if conf.forward_decision_id == 1 {
         if let Some(id) = &state.decision_id {
             if add_header_in(request, DECISION_ID_HEADER, id.as_bytes()).is_none() {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return SERVER_ERROR;
             }
         }
     }
-    NGX_DECLINED as ngx_int_t
+    DECLINED
 }
 
 /// A verified visitor: issue the pass cookie and send them back to the URL
 /// they asked for, without the proof.
-fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Duration>) -> ngx_int_t {
+fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Duration>) -> Step {
     let Some(pass) = conf.pass.as_ref() else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        return SERVER_ERROR;
     };
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
     let (ip, ua) = request::entity(request);
@@ -452,5 +466,5 @@ fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Durat
     // A relative path that stays on this site, whatever `absolute_redirect`
     // makes of it: never `//host/...`.
     let back = same_site_path(request.unparsed_uri().as_bytes());
-    response::redirect(request, conf, &back, Some(cookie.as_bytes()))
+    Step::Phase(response::redirect(request, conf, &back, Some(cookie.as_bytes())))
 }

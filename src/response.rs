@@ -11,8 +11,8 @@ use esper_protocol::response::{
 };
 use esper_protocol::Verdict;
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_http_finalize_request, ngx_int_t, NGX_DONE,
-    NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_int_t, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 use ngx::http::Request;
 
@@ -22,6 +22,18 @@ use crate::headers::{add_header_out, set_location};
 use crate::request;
 
 const ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+
+/// What the access phase does after a step of the module.
+#[derive(Clone, Copy)]
+pub enum Step {
+    /// Return this to the phase engine: `NGX_DECLINED` goes on, `NGX_DONE`
+    /// waits, a status answers with it (through `error_page`).
+    Phase(ngx_int_t),
+    /// The module has sent a response of its own: the access handler's
+    /// entry finalizes the request with this code, once no reference into
+    /// the request is left.
+    Sent(ngx_int_t),
+}
 
 /// How a request is stopped; a challenge carries Esper's page.
 pub enum Denial<'a> {
@@ -48,19 +60,21 @@ pub fn deny(
     conf: &LocConf,
     denial: Denial,
     decision_id: Option<&str>,
-) -> ngx_int_t {
+) -> Step {
     let auto = conf.json_response == JsonMode::Auto;
     let json = wants_json(conf.json_response, request::headers(request));
     if auto && add_header_out(request, "Vary", VARY_AUTO.as_bytes()).is_none() {
-        return ERROR;
+        return Step::Phase(ERROR);
     }
     match (denial, json) {
         (Denial::Challenge(url), true) => {
             send_json(request, JSON_CHALLENGE_STATUS.into(), &challenge_body(url, decision_id))
         }
-        (Denial::Challenge(url), false) => redirect(request, conf, url.as_bytes(), None),
+        (Denial::Challenge(url), false) => {
+            Step::Phase(redirect(request, conf, url.as_bytes(), None))
+        }
         (Denial::Block, true) => send_json(request, conf.block_status, &block_body(decision_id)),
-        (Denial::Block, false) => conf.block_status as ngx_int_t,
+        (Denial::Block, false) => Step::Phase(conf.block_status as ngx_int_t),
     }
 }
 
@@ -83,17 +97,13 @@ pub fn redirect(
     }
 }
 
-/// Sends `body` as `application/json` with `status`, never cached, and ends
-/// the request; the access phase then stops (`NGX_DONE`).
-fn send_json(request: &mut Request, status: usize, body: &str) -> ngx_int_t {
+/// Sends `body` as `application/json` with `status`, never cached; the
+/// request is then finalized with the output's code.
+fn send_json(request: &mut Request, status: usize, body: &str) -> Step {
     if add_header_out(request, "Cache-Control", b"no-store").is_none() {
-        return ERROR;
+        return Step::Phase(ERROR);
     }
-    let rc = send_body(request, status, JSON_CONTENT_TYPE, body.as_bytes());
-    // SAFETY: the request is live and in its access phase; it is not touched
-    // after it is finalized (the phase engine stops at NGX_DONE).
-    unsafe { ngx_http_finalize_request(request.as_mut(), rc) };
-    NGX_DONE as ngx_int_t
+    Step::Sent(send_body(request, status, JSON_CONTENT_TYPE, body.as_bytes()))
 }
 
 /// Sends a whole response with `body`; returns what nginx's output filter

@@ -125,8 +125,7 @@ pub fn check_name(what: &str, value: &str) -> Result<(), ConfigError> {
 
 /// `esper_pass_cookie`: an RFC 6265 cookie name (an HTTP token).
 pub fn check_cookie_name(value: &str) -> Result<(), ConfigError> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if value.is_empty() || value.len() > 128 || !value.bytes().all(token) {
+    if value.len() > 128 || !crate::response::is_token(value.as_bytes()) {
         return Err(ConfigError(format!("invalid cookie name \"{value}\"")));
     }
     Ok(())

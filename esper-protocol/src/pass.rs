@@ -148,11 +148,8 @@ pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> S
 
 /// Every value of cookie `name` in a `Cookie` header; a client may send several.
 pub fn cookie_values<'a>(header: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    header.split(|&b| b == b';').filter_map(move |pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-    })
+    crate::payload::cookie_pairs(header)
+        .filter_map(move |(pair_name, value)| (pair_name == name.as_bytes()).then_some(value))
 }
 
 #[cfg(test)]

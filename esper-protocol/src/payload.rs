@@ -272,18 +272,22 @@ impl Serialize for Pairs<'_> {
 
 /// `name=value` pairs of a `Cookie` header, values as sent, last one wins.
 fn add_cookies<'a>(map: &mut Pairs<'a>, header: &'a [u8]) {
-    for pair in header.split(|&b| b == b';') {
-        let pair = pair.trim_ascii();
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (name, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+    for (name, value) in cookie_pairs(header) {
         if name.is_empty() {
             continue;
         }
         let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
         map.set(text(name, MAX_NAME_BYTES), text(value, MAX_VALUE_BYTES));
     }
+}
+
+/// The `name=value` pairs of a `Cookie` header, each side trimmed; a piece
+/// without `=` is skipped.
+pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+    })
 }
 
 fn split_uri(uri: &[u8]) -> (&[u8], Option<&[u8]>) {

@@ -262,7 +262,7 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 }
 
 /// An RFC 9110 token: one or more tchar.
-fn is_token(bytes: &[u8]) -> bool {
+pub(crate) fn is_token(bytes: &[u8]) -> bool {
     !bytes.is_empty()
         && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
