@@ -165,7 +165,9 @@ fn access(request: &mut Request) -> Step {
         // An internal redirect after a bypass: this location judges the
         // request by its own `esper_bypass` (what Esper decided is never
         // judged twice).
-        Stage::Idle if state.result == Some(EsperResult::Bypassed) => judge(request, conf, state),
+        Stage::Idle if state.shown().result == Some(EsperResult::Bypassed) => {
+            judge(request, conf, state)
+        }
         Stage::Idle => DECLINED,
     }
 }
@@ -264,11 +266,10 @@ fn enforce(
     let action = decision.verdict.action();
     debug!(request, "esper: {} remembered by the enforcement zone", action.as_str());
     state.judged(EsperResult::Enforced);
-    state.action = Some(action);
-    state.decision_id = decision.decision_id;
+    state.decided(action, decision.decision_id);
     metrics::count_enforced(action);
     match Denial::of(&decision.verdict) {
-        Some(denial) => response::deny(request, conf, denial, state.decision_id.as_deref()),
+        Some(denial) => response::deny(request, conf, denial, state.shown().decision_id.as_deref()),
         None => DECLINED,
     }
 }
@@ -417,8 +418,7 @@ fn apply(
             EVICTION_LOG.with(|t| zone.evicted(&mut t.borrow_mut()));
         }
     }
-    state.action = Some(decision.verdict.action());
-    state.decision_id = decision.decision_id;
+    state.decided(decision.verdict.action(), decision.decision_id);
     state.judged(if monitor { EsperResult::Monitor } else { EsperResult::Decided });
     metrics::count_action(decision.verdict.action());
     if let Some(ms) = state.latency {
@@ -429,7 +429,7 @@ fn apply(
         // apply. Monitor mode never enforces.
         None => proceed(request, conf, state),
         Some(_) if monitor => proceed(request, conf, state),
-        Some(denial) => response::deny(request, conf, denial, state.decision_id.as_deref()),
+        Some(denial) => response::deny(request, conf, denial, state.shown().decision_id.as_deref()),
     }
 }
 
@@ -444,7 +444,7 @@ fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> S
         }
     }
     if conf.forward_decision_id == 1 {
-        if let Some(id) = &state.decision_id {
+        if let Some(id) = &state.shown().decision_id {
             if add_header_in(request, DECISION_ID_HEADER, id.as_bytes()).is_none() {
                 return SERVER_ERROR;
             }

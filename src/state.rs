@@ -1,8 +1,8 @@
 //! A request's state in this module: where it is between Esper and the
-//! access phase (`Stage`), what `$esper_*` show, and how nginx's callbacks
-//! (the answer's wake-up, the deadline, the pool cleanup) reach it. It lives
-//! in the request pool and is found again after internal redirects through
-//! its pool cleanup.
+//! access phase (`Stage`), what `$esper_*` show (`Shown`), and how nginx's
+//! callbacks (the answer's wake-up, the deadline, the pool cleanup) reach it.
+//! It lives until the request pool's cleanup and is found again after
+//! internal redirects through that cleanup.
 
 use std::ffi::c_void;
 use std::io::Write;
@@ -38,8 +38,39 @@ pub enum Stage {
     Holding(Remembered),
 }
 
-/// What the module knows about one main request; lives in the request pool
-/// and is found again after internal redirects through its pool cleanup.
+/// What `$esper_*` show of a request.
+#[derive(Default)]
+pub struct Shown {
+    /// `$esper_action`
+    pub action: Option<Action>,
+    /// `$esper_result`
+    pub result: Option<EsperResult>,
+    /// `$esper_decision_id`
+    pub decision_id: Option<String>,
+    /// `$esper_latency`: how long the call took in seconds ("0.012"), once
+    /// it ended.
+    latency_text: Option<([u8; 24], usize)>,
+}
+
+impl Shown {
+    /// `$esper_latency`, once the call ended.
+    pub fn latency_text(&self) -> Option<&[u8]> {
+        self.latency_text.as_ref().map(|(text, len)| &text[..*len])
+    }
+}
+
+/// One allocation per judged request: its state and what `$esper_*` show,
+/// side by side. A `$esper_*` getter may run while a handler step holds
+/// `&mut RequestState` (an `esper_bypass`, `esper_field` or
+/// `esper_hybrid_key` expression that names one): it reads `shown`, which
+/// that borrow does not cover, and the state writes `shown` only through
+/// short-lived references of its own.
+struct Attached {
+    state: RequestState,
+    shown: Shown,
+}
+
+/// What the module knows about one main request.
 pub struct RequestState {
     request: *mut ngx_http_request_t,
     /// Fires at `esper_timeout` even if the background runtime stalls, or
@@ -49,23 +80,37 @@ pub struct RequestState {
     started: u64,
     /// How long the call took, in milliseconds.
     pub latency: Option<u64>,
-    /// `$esper_latency`: the same in seconds ("0.012"), written once.
-    latency_text: ([u8; 24], usize),
-    /// `$esper_action`
-    pub action: Option<Action>,
-    /// `$esper_result`
-    pub result: Option<EsperResult>,
-    /// `$esper_decision_id`
-    pub decision_id: Option<String>,
+    /// The `shown` beside this state in its `Attached`.
+    shown: NonNull<Shown>,
     /// The entity's key in the location's enforcement zone; `None` where no
     /// zone applies (none set, or monitor mode, which never enforces).
     pub entity: Option<EntityKey>,
 }
 
 impl RequestState {
-    /// `$esper_latency`, once the call ended.
-    pub fn latency_text(&self) -> Option<&[u8]> {
-        self.latency.map(|_| &self.latency_text.0[..self.latency_text.1])
+    /// What `$esper_*` show of this request.
+    pub fn shown(&self) -> &Shown {
+        // SAFETY: `shown` is the sibling field of this state in its
+        // `Attached`, alive as long as the state; it is written only through
+        // `show`, whose reference ends with the call.
+        unsafe { self.shown.as_ref() }
+    }
+
+    /// Changes what `$esper_*` show.
+    fn show(&mut self, change: impl FnOnce(&mut Shown)) {
+        // SAFETY: as in `shown`; no other reference to it is live while
+        // `change` runs: getters run only inside nginx calls, and `change`
+        // makes none.
+        change(unsafe { self.shown.as_mut() })
+    }
+
+    /// Records what Esper (or the zone) decided, for `$esper_action` and
+    /// `$esper_decision_id`.
+    pub fn decided(&mut self, action: Action, decision_id: Option<String>) {
+        self.show(|shown| {
+            shown.action = Some(action);
+            shown.decision_id = decision_id;
+        });
     }
 
     /// The decision the location's enforcement zone remembers for the entity.
@@ -77,7 +122,7 @@ impl RequestState {
 impl RequestState {
     /// Records what became of the request, for `$esper_result` and the metrics.
     pub fn judged(&mut self, result: EsperResult) {
-        self.result = Some(result);
+        self.show(|shown| shown.result = Some(result));
         metrics::count_result(result);
     }
 
@@ -94,10 +139,11 @@ impl RequestState {
         self.stop_deadline();
         let ms = now_ms().wrapping_sub(self.started);
         self.latency = Some(ms);
-        let (buf, len) = &mut self.latency_text;
-        let mut out = &mut buf[..];
+        let mut text = [0; 24];
+        let mut out = &mut text[..];
         let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
-        *len = 24 - out.len();
+        let len = 24 - out.len();
+        self.show(|shown| shown.latency_text = Some((text, len)));
         self.stage = Stage::Arrived(answer);
     }
 
@@ -201,31 +247,34 @@ pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
     let pool = request.as_ref().pool;
     // SAFETY: an all-zero ngx_event_t is nginx's own initial state; the
     // request pool is live, and a new cleanup entry is ours to fill; the
-    // state is freed only by `cleanup`.
+    // allocation is freed only by `cleanup`. Only raw pointers into it are
+    // made here, one per field.
     unsafe {
-        let state = Box::into_raw(Box::new(RequestState {
-            request: r,
-            deadline: std::mem::zeroed(),
-            stage: Stage::Idle,
-            started: now_ms(),
-            latency: None,
-            latency_text: ([0; 24], 0),
-            action: None,
-            result: None,
-            decision_id: None,
-            entity: None,
+        let attached = Box::into_raw(Box::new(Attached {
+            state: RequestState {
+                request: r,
+                deadline: std::mem::zeroed(),
+                stage: Stage::Idle,
+                started: now_ms(),
+                latency: None,
+                shown: NonNull::dangling(),
+                entity: None,
+            },
+            shown: Shown::default(),
         }));
         let Some(cln) = ngx_pool_cleanup_add(pool, 0).as_mut() else {
-            drop(Box::from_raw(state));
+            drop(Box::from_raw(attached));
             return None;
         };
         cln.handler = Some(cleanup);
-        cln.data = state.cast();
+        cln.data = attached.cast();
+        let state = &raw mut (*attached).state;
+        (*state).shown = NonNull::new_unchecked(&raw mut (*attached).shown);
         let deadline = &mut (*state).deadline;
         deadline.handler = Some(on_deadline);
         deadline.data = state.cast();
         deadline.log = log;
-        request.set_module_ctx(state.cast(), Module::module());
+        request.set_module_ctx(attached.cast(), Module::module());
         NonNull::new(state)
     }
 }
@@ -233,6 +282,22 @@ pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
 /// The state of the request's main request, if it has been judged here;
 /// it lives until the main request's pool cleanup.
 pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
+    let attached = find_attached(request)?.as_ptr();
+    // SAFETY: a field of a live allocation, reached without a reference.
+    NonNull::new(unsafe { &raw mut (*attached).state })
+}
+
+/// What `$esper_*` show of the request's main request, if it has been
+/// judged here. Never a reference into its state (see `Attached`).
+pub fn shown(request: &Request) -> Option<&Shown> {
+    let attached = find_attached(request)?.as_ptr();
+    // SAFETY: `shown` lives until the main request's pool cleanup, so as
+    // long as the request; it is only written through `RequestState::show`,
+    // which is never running while nginx evaluates a variable.
+    Some(unsafe { &(*attached).shown })
+}
+
+fn find_attached(request: &Request) -> Option<NonNull<Attached>> {
     // Our cleanup handler, compared by address.
     let ours = cleanup as *const () as usize;
     // SAFETY: `main` of a live request is live; its module contexts have a
@@ -261,7 +326,8 @@ pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
 extern "C" fn cleanup(data: *mut c_void) {
     guard((), || {
         // SAFETY: `data` is the Box made by `attach`, freed only here.
-        let mut state = unsafe { Box::from_raw(data.cast::<RequestState>()) };
+        let mut attached = unsafe { Box::from_raw(data.cast::<Attached>()) };
+        let state = &mut attached.state;
         match state.stage {
             Stage::Waiting { call, .. } => state.abandon(call),
             Stage::Idle | Stage::Arrived(_) | Stage::Holding(_) => state.stop_deadline(),

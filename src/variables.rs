@@ -10,7 +10,7 @@ use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_string;
 
 use crate::log::guard;
-use crate::state::find;
+use crate::state::shown;
 use crate::{request, Module};
 
 #[derive(Clone, Copy)]
@@ -55,9 +55,7 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// request state, the request pool), so nginx can point at them without a
 /// copy.
 fn value(request: &Request, variable: Variable) -> Option<&[u8]> {
-    // SAFETY: the state lives until the request pool's cleanup; a variable
-    // getter only reads it, between the handler's steps.
-    let state = find(request).map(|s| unsafe { s.as_ref() });
+    let state = shown(request);
     let conf = Module::location_conf(request);
     match variable {
         Variable::Action => state?.action.map(|a| a.as_str().as_bytes()),

@@ -1,5 +1,6 @@
 # $esper_action, $esper_result, $esper_decision_id and $esper_latency in an
-# access log, and how settings inherit from http to server to location.
+# access log, in the module's own expressions (read while the request is
+# being judged), and how settings inherit from http to server to location.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -28,6 +29,13 @@ $t->start_nginx(<<'EOF');
             proxy_pass http://127.0.0.1:%%PORT%%/echo/;
         }
         location /echo/ { esper off; return 200 "$http_x_esper_result $http_x_esper_action\n"; }
+        location /inside/ {
+            esper_bypass $esper_result;
+            esper_field seen "[$esper_result|$esper_action|$esper_decision_id]";
+            esper_hybrid_key "$esper_result:$esper_action:$esper_decision_id:$esper_latency";
+            proxy_pass http://127.0.0.1:%%PORT%%/key/;
+        }
+        location /key/ { esper off; return 200 "$http_x_esper_hybrid_key\n"; }
     }
 EOF
 
@@ -54,6 +62,19 @@ is_deeply([@$v[1 .. 5]], [200, '-', 'skipped', '-', '-'], 'esper off: skipped, n
 
 my $r = $t->get('/header/x?mock_action=allow');
 is($r->{body}, "decided allow\n", 'variables usable in proxy_set_header');
+
+# The module's own expressions read $esper_* while it judges the request:
+# esper_bypass before anything is known, esper_field when the payload is
+# built, esper_hybrid_key once the decision is applied.
+$t->mock_reset;
+$r = $t->get('/inside/x?mock_action=allow&mock_decision_id=in-1');
+like($r->{body}, qr/^decided:allow:in-1:\d+\.\d{3}$/m,
+    'esper_hybrid_key sees the decision it follows');
+my $call = $t->last_call;
+is($call && $call->{body}{fields}{seen}, '[||]',
+    'esper_field is built before the decision: $esper_* empty');
+$v = logged('/inside/x');
+is_deeply([@$v[1 .. 4]], [200, 'allow', 'decided', 'in-1'], 'esper_bypass naming $esper_result: judged (empty is false)');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes');
 done_testing;
