@@ -55,9 +55,9 @@ R_PAYLOAD = json.dumps(dict(json.loads(PAYLOAD), request=dict(
     json.loads(PAYLOAD)["request"], query_params={"mock_delay_ms": str(R_DELAY_MS)})), separators=(",", ":"))
 
 # The cases measured side by side, interleaved, `--runs` times each.
-INTERLEAVED = ["A", "B", "B2", "P", "C", "B-TLS", "P-TLS", "C-TLS", "G-lookup"]
+INTERLEAVED = ["A", "A0", "B", "B2", "P", "C", "B-TLS", "P-TLS", "C-TLS", "G-lookup"]
 TLS_CASES = ["B-TLS", "P-TLS", "C-TLS"]
-PATHS = {"A": "a", "B": "b", "B2": "h2", "P": "p", "C": "c", "B-TLS": "b-tls", "P-TLS": "p-tls",
+PATHS = {"A": "a", "A0": "a0", "B": "b", "B2": "h2", "P": "p", "C": "c", "B-TLS": "b-tls", "P-TLS": "p-tls",
          "C-TLS": "c-tls", "G-lookup": "bz"}
 
 # The same POST to the mock as auth_request's, through nginx's proxy module:
@@ -95,6 +95,7 @@ http {{
         listen 127.0.0.1:{port} backlog=8192;
         root {tmp}/html;
         location /a/ {{ alias {tmp}/html/; }}
+        location /a0/ {{ return 200 "ok\\n"; }}
         location /b/ {{ esper on; alias {tmp}/html/; }}
         location /h2/ {{ esper on; esper_http2 on; alias {tmp}/html/; }}
         location /hold/ {{ esper on; esper_timeout 30s; esper_max_pending 8192; alias {tmp}/html/; }}
@@ -710,7 +711,7 @@ def chart(results, path):
     return True
 
 
-NAMES = {"A": "A. baseline (esper off)", "B": "B. esper on, allow", "B2": "B. with esper_http2 on",
+NAMES = {"A": "A. baseline (esper off)", "A0": "A0. esper off, the same body by return (no file)", "B": "B. esper on, allow", "B2": "B. with esper_http2 on",
          "P": "P. plain proxy_pass of the same POST, answer relayed",
          "C": "C. auth_request",
          "B-TLS": "B-TLS. esper on, https Esper", "P-TLS": "P-TLS. proxy_pass, https",
@@ -730,6 +731,18 @@ def table(results):
         lat = r["latency_us"]
         rows.append(f"| {NAMES[key]} | {r['rps']:,.0f} | {lat['50'] / 1000:.2f} | {lat['99'] / 1000:.2f} | "
                     f"{lat['99.9'] / 1000:.2f} | {r['cpu_s_per_1k']:.4f} | {r['rss_kb'] / 1024:.1f} |")
+    for p, b, over, sharing in (("P", "B", "plain HTTP", "wrk and the mock"),
+                                ("P-TLS", "B-TLS", "HTTPS", "wrk, the mock and the TLS terminator")):
+        if not all(k in c for k in ("A0", "A", p, b)):
+            continue
+        us = {k: c[k]["cpu_s_per_1k"] * 1000 for k in ("A0", "A", p, b)}
+        file, exchange, decision = us["A"] - us["A0"], us[p] - us["A0"], us[b] - us["A"]
+        rows += ["", f"Worker CPU per request, {over} to Esper: A0 {us['A0']:.1f} µs (an answer from memory); "
+                 f"A {us['A']:.1f} (+ {file:.1f} for the file); {p} {us[p]:.1f} (A0 + {exchange:.1f} for nginx's "
+                 f"own upstream exchange and relay); {b} {us[b]:.1f} (A + {decision:.1f} for the decision). With "
+                 f"the cores saturated ({sharing} share them), {b}/{p} >= 1.0 needs {b}'s "
+                 f"CPU <= {p}'s, a decision of at most {us[p] - us['A']:.1f} µs: "
+                 f"{(us[p] - us['A']) / exchange:.2f} of nginx's own exchange, which makes the same round trip."]
     tls = [k for k in TLS_CASES if k in c]
     if tls:
         rows += ["", "TLS handshakes at the terminator during the measured runs (warm-up excluded; "
