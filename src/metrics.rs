@@ -135,7 +135,7 @@ pub const ZONE_NAME: &str = "ngx_http_esper_module";
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
     cf.add_shared_zone(ZONE_NAME, ZONE_SIZE, Some(init_zone), std::ptr::null_mut())
         .map(drop)
-        .map_err(drop)
+        .map_err(|message| cf.emerg(&message))
 }
 
 /// Zone initialization: new counters, or those of the previous configuration

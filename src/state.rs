@@ -192,14 +192,16 @@ impl RequestState {
 impl RequestState {
     /// What the worker calls with the answer of this state's call.
     pub fn waiter(&mut self) -> Waiter {
-        let state = NonNull::from(self);
+        // The pointer `attach` made (the deadline's data), not one taken
+        // from this borrow, which the handler's step outlives.
+        let state = self.deadline.data.cast::<RequestState>();
         Box::new(move |answer| {
             // SAFETY: the worker calls a waiter only while its call is
             // registered, and the state forgets its call (`abandon`, from
             // `cleanup`) before it is freed; the state is a separate
             // allocation from the request, and nothing else refers to it
             // while the worker runs on the nginx thread.
-            let state = unsafe { &mut *state.as_ptr() };
+            let state = unsafe { &mut *state };
             if let Stage::Waiting { call, .. } = state.stage {
                 debug_log!(state.deadline.log, "esper: call {call} answered");
             }
@@ -239,16 +241,17 @@ fn resume(r: *mut ngx_http_request_t) {
     }
 }
 
-/// Creates the state of the request in its pool; it lives until the pool's
-/// cleanup.
+/// Creates the state of the request (a heap allocation that the request
+/// pool's cleanup frees).
 pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
     let r: *mut ngx_http_request_t = request.as_mut();
     let log = request.log();
     let pool = request.as_ref().pool;
     // SAFETY: an all-zero ngx_event_t is nginx's own initial state; the
     // request pool is live, and a new cleanup entry is ours to fill; the
-    // allocation is freed only by `cleanup`. Only raw pointers into it are
-    // made here, one per field.
+    // allocation is freed only by `cleanup`. The pointers kept (the
+    // cleanup's, the context's, the deadline's and `shown`) are raw, made
+    // from the one `into_raw` gives; the reference to the deadline ends here.
     unsafe {
         let attached = Box::into_raw(Box::new(Attached {
             state: RequestState {
@@ -289,11 +292,17 @@ pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
 
 /// What `$esper_*` show of the request's main request, if it has been
 /// judged here. Never a reference into its state (see `Attached`).
-pub fn shown(request: &Request) -> Option<&Shown> {
+///
+/// # Safety
+///
+/// For variable getters only: the result must be dropped before the module
+/// changes what is shown (`RequestState::show`), which a getter, called
+/// from inside nginx, always is.
+pub unsafe fn shown(request: &Request) -> Option<&Shown> {
     let attached = find_attached(request)?.as_ptr();
     // SAFETY: `shown` lives until the main request's pool cleanup, so as
-    // long as the request; it is only written through `RequestState::show`,
-    // which is never running while nginx evaluates a variable.
+    // long as the request; the caller drops the reference before it is
+    // written again.
     Some(unsafe { &(*attached).shown })
 }
 
@@ -302,11 +311,13 @@ fn find_attached(request: &Request) -> Option<NonNull<Attached>> {
     let ours = cleanup as *const () as usize;
     // SAFETY: `main` of a live request is live; its module contexts have a
     // slot for every module; its pool's cleanup list is null-terminated.
+    // The main request may be `request` itself: only shared references to
+    // it (`Request` is a transparent wrapper of nginx's request).
     unsafe {
-        let main = Request::from_ngx_http_request(request.as_ref().main);
-        let state = *main.as_ref().ctx.add(Module::module().ctx_index);
-        if !state.is_null() {
-            return NonNull::new(state.cast());
+        let main = &*request.as_ref().main.cast::<Request>().cast_const();
+        let attached = *main.as_ref().ctx.add(Module::module().ctx_index);
+        if !attached.is_null() {
+            return NonNull::new(attached.cast());
         }
         // An internal redirect clears module contexts but not pool cleanups;
         // nginx's realip module finds its state the same way.

@@ -51,11 +51,13 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 /// The value of `variable` for the request; `None` is "not found" (logged
-/// as `-`). Borrowed values live as long as the request (statics, the
-/// request state, the request pool), so nginx can point at them without a
-/// copy.
+/// as `-`). Borrowed values live as long as the request (statics, what
+/// the request state shows, the request pool), so nginx can point at them
+/// without a copy.
 fn value(request: &Request, variable: Variable) -> Option<&[u8]> {
-    let state = shown(request);
+    // SAFETY: a getter runs inside an nginx call, and `state` is dropped
+    // when it returns; nginx copies the value before the module changes it.
+    let state = unsafe { shown(request) };
     let conf = Module::location_conf(request);
     match variable {
         Variable::Action => state?.action.map(|a| a.as_str().as_bytes()),

@@ -283,7 +283,7 @@ fn add_cookies<'a>(map: &mut Pairs<'a>, header: &'a [u8]) {
 
 /// The `name=value` pairs of a `Cookie` header, each side trimmed; a piece
 /// without `=` is skipped.
-pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(crate) fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     header.split(|&b| b == b';').filter_map(|pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
         Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
