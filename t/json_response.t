@@ -131,5 +131,18 @@ like($h2, qr{^content-type: application/json\r?$}mi, 'HTTP/2: JSON');
 like($h2, qr{^vary: \Q$vary\E\r?$}mi, 'HTTP/2: Vary');
 like($h2, qr{\{"action":"block","decision_id":"h2"\}$}, 'HTTP/2: the body');
 
+# HEAD: the JSON block's head only (its length, no body), and the
+# connection goes on with the request pipelined after it.
+my $head = $t->request("HEAD /on/p?mock_action=block&mock_decision_id=hd HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    . "GET /off/p HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+my @answers = split m{(?=HTTP/1\.1 \d{3} )}, $head->{raw};
+is(scalar @answers, 2, 'HEAD: two answers on the connection');
+my $first = EsperTest::parse_response($answers[0] // '');
+is($first->{status}, 403, 'HEAD: 403');
+is($first->{headers}{'content-type'}, 'application/json', 'HEAD: JSON');
+is($first->{headers}{'content-length'}, length('{"action":"block","decision_id":"hd"}'), 'HEAD: the length of the JSON body');
+is($first->{body}, '', 'HEAD: no body');
+like($answers[1] // '', qr{^HTTP/1\.1 200 .*ok\n\z}s, 'HEAD: the next request is served');
+
 is(scalar $t->serious_errors, 0, 'no alerts or crashes') or diag join "\n", $t->serious_errors;
 done_testing;
