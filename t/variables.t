@@ -63,6 +63,14 @@ is_deeply([@$v[1 .. 5]], [200, '-', 'skipped', '-', '-'], 'esper off: skipped, n
 my $r = $t->get('/header/x?mock_action=allow');
 is($r->{body}, "decided allow\n", 'variables usable in proxy_set_header');
 
+# A decision id is kept whole up to 128 bytes, and a longer one not at all.
+$t->write_file("html/$_.html", "ok\n") for qw(longest longer);
+my $longest = 'i' x 128;
+$t->get("/longest.html?mock_decision_id=$longest");
+is(logged('/longest.html')->[4], $longest, 'a 128-byte decision id, whole');
+$t->get("/longer.html?mock_decision_id=${longest}x");
+is(logged('/longer.html')->[4], '-', 'a 129-byte decision id is dropped, not cut');
+
 # The module's own expressions read $esper_* while it judges the request:
 # esper_bypass before anything is known, esper_field when the payload is
 # built, esper_hybrid_key once the decision is applied.

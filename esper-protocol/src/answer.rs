@@ -24,6 +24,10 @@ pub mod contract {
     pub const DECISION_ID_FIELDS: [&str; 2] = ["decision_id", "id"];
     /// Response header that may carry the decision id when the body has none.
     pub const DECISION_ID_HEADER: &str = "x-esper-decision-id";
+    /// Longest decision id kept; a longer one is dropped (not cut: a cut id
+    /// names no decision). Ids are short tokens; this bounds the header the
+    /// application receives and fits the enforcement zone's slot.
+    pub const MAX_DECISION_ID_BYTES: usize = 128;
     /// Largest answer body read; a decision is a few hundred bytes.
     pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
     /// Proof verification answer (docs/esper-contract.md, "Managed challenge",
@@ -272,7 +276,7 @@ pub fn parse_answer(
                 .filter(|h| !h.is_empty())
                 .map(|h| String::from_utf8_lossy(h).into_owned())
         })
-        .filter(|id| is_header_safe(id));
+        .filter(|id| is_header_safe(id) && id.len() <= contract::MAX_DECISION_ID_BYTES);
 
     // Tolerant: an unreadable or past lifetime is no lifetime.
     let lifetime = contract::lifetime(&raw.rest, now).filter(|l| !l.is_zero());
@@ -451,6 +455,14 @@ mod tests {
         assert_eq!(d.decision_id.as_deref(), Some("h3"));
         let d = answer(200, None, Some(b"h3"), br#"{"action":"allow","decision_id":"b"}"#).unwrap();
         assert_eq!(d.decision_id.as_deref(), Some("b"));
+        let longest = "d".repeat(contract::MAX_DECISION_ID_BYTES);
+        let body = format!(r#"{{"action":"allow","decision_id":"{longest}"}}"#);
+        assert_eq!(ok(&body).unwrap().decision_id.as_deref(), Some(longest.as_str()));
+        let body = format!(r#"{{"action":"allow","decision_id":"{longest}x"}}"#);
+        assert_eq!(ok(&body).unwrap().decision_id, None, "too long: dropped, never cut");
+        let long_header = format!("{longest}x");
+        let d = answer(200, None, Some(long_header.as_bytes()), br#"{"action":"allow"}"#).unwrap();
+        assert_eq!(d.decision_id, None);
         assert_eq!(ok("{\"action\":\"allow\",\"id\":\"a\\r\\nb\"}").unwrap().decision_id, None);
     }
 

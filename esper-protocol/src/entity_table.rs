@@ -18,7 +18,7 @@ const NIL: u32 = u32::MAX;
 /// zone, a zone of another layout kept across a reload) is laid out anew.
 const MAGIC: u64 = 0x6573_7065_7274_6232; // "espertb2"
 /// The longest decision id kept; a longer one is cut.
-pub const MAX_ID_BYTES: usize = 128;
+pub const MAX_ID_BYTES: usize = crate::answer::contract::MAX_DECISION_ID_BYTES;
 /// The longest challenge URL kept: a challenge whose URL is longer is not
 /// remembered, and the entity's next request asks Esper again.
 pub const MAX_URL_BYTES: usize = 1024;
@@ -245,8 +245,9 @@ impl<'a> Table<'a> {
                 at
             }
         };
+        // Answers never carry a longer id; one that does not fit is not kept.
         let id = decision.decision_id.as_deref().unwrap_or_default().as_bytes();
-        let id = &id[..floor_char_boundary(id, MAX_ID_BYTES)];
+        let id = if id.len() <= MAX_ID_BYTES { id } else { &[] };
         let slot = &mut self.slots[at as usize];
         slot.action = action;
         slot.expires_ms = expires_ms;
@@ -354,15 +355,6 @@ fn stored_action(code: u8) -> Option<Action> {
         2 => Some(Action::Challenge),
         _ => None,
     }
-}
-
-/// The longest prefix of `bytes` of at most `max` bytes that does not end
-/// inside a UTF-8 sequence.
-fn floor_char_boundary(bytes: &[u8], max: usize) -> usize {
-    if bytes.len() <= max {
-        return bytes.len();
-    }
-    (0..=max).rev().find(|&i| bytes.get(i).is_none_or(|b| (*b as i8) >= -0x40)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -537,13 +529,15 @@ mod tests {
     }
 
     #[test]
-    fn long_ids_are_cut_on_a_character_boundary() {
-        let mut m = Memory::new(1);
+    fn ids_are_kept_whole_or_not_at_all() {
+        let mut m = Memory::new(2);
         let mut t = m.table();
-        let id = "é".repeat(MAX_ID_BYTES);
-        t.remember(&key(1), &block(&id), 1000, 0);
-        let kept = t.get(&key(1), 1).unwrap().decision_id.unwrap();
-        assert!(kept.len() <= MAX_ID_BYTES && id.starts_with(&kept) && !kept.is_empty());
+        let longest = "é".repeat(MAX_ID_BYTES / 2);
+        t.remember(&key(1), &block(&longest), 1000, 0);
+        assert_eq!(t.get(&key(1), 1).unwrap().decision_id.as_deref(), Some(longest.as_str()));
+        t.remember(&key(2), &block(&format!("{longest}x")), 1000, 0);
+        let kept = t.get(&key(2), 1).unwrap();
+        assert_eq!((kept.verdict, kept.decision_id), (Verdict::Block, None));
     }
 
     #[test]
