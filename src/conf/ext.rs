@@ -2,19 +2,16 @@
 //! directive handlers and the merge: the directive's arguments and position,
 //! file names, compiled values, errors.
 
+use std::ffi::c_void;
 use std::mem::zeroed;
+use std::ptr::NonNull;
 
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_full_name, ngx_conf_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
+    ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG, NGX_OK,
 };
-
-use std::ffi::c_void;
-use std::ptr::NonNull;
-
-use ngx::ffi::{ngx_shared_memory_add, ngx_shm_zone_init_pt, ngx_shm_zone_t};
 use ngx::http::HttpModule;
 
 use crate::ffi::borrowed_str;
