@@ -41,7 +41,7 @@ use ngx::ngx_string;
 
 use crate::client::{Answer, Call};
 use crate::conf::{FailureAction, LocConf, Mode};
-use crate::headers::{add_header_in, remove_headers_in};
+use crate::headers::{add_header_in, add_pooled_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::request::ChallengeProof;
 use crate::response::{Denial, Step};
@@ -436,10 +436,13 @@ fn apply(
 /// Lets the request go on to the application, carrying the Esper headers the
 /// location asks for.
 fn proceed(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Step {
-    // The value stays in the request pool: no copy on the way.
-    let key = request::evaluate_in_pool(request, conf.hybrid_key).filter(|k| k.len > 0);
-    if let Some(key) = key {
-        if add_header_in(request, HYBRID_KEY_HEADER, key.as_bytes()).is_none() {
+    // The value stays where nginx made it: no copy on the way. A key that
+    // cannot be made stops the request rather than letting it go on without.
+    let Ok(key) = request::evaluate_in_pool(request, conf.hybrid_key) else {
+        return SERVER_ERROR;
+    };
+    if let Some(key) = key.filter(|k| k.len > 0) {
+        if add_pooled_header_in(request, HYBRID_KEY_HEADER, key).is_none() {
             return SERVER_ERROR;
         }
     }

@@ -7,6 +7,8 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
+use crate::ffi::borrowed_str;
+
 /// Which of a request's header lists.
 #[derive(Clone, Copy)]
 enum List {
@@ -17,31 +19,51 @@ enum List {
 }
 
 /// Adds a header to what the request carries on to the application.
-pub fn add_header_in(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
+pub fn add_header_in(request: &mut Request, name: &'static str, value: &[u8]) -> Option<()> {
+    let value = pool_copy(request, value)?;
+    push_header(request, List::In, name, value).map(|_| ())
+}
+
+/// The same for a value nginx made in the request pool (an evaluated
+/// directive), which is kept without a copy.
+pub fn add_pooled_header_in(
+    request: &mut Request,
+    name: &'static str,
+    value: ngx_str_t,
+) -> Option<()> {
     push_header(request, List::In, name, value).map(|_| ())
 }
 
 /// Adds a header to the response.
-pub fn add_header_out(request: &mut Request, name: &str, value: &[u8]) -> Option<()> {
+pub fn add_header_out(request: &mut Request, name: &'static str, value: &[u8]) -> Option<()> {
+    let value = pool_copy(request, value)?;
     push_header(request, List::Out, name, value).map(|_| ())
 }
 
 /// Sets the response's `Location`.
 pub fn set_location(request: &mut Request, value: &[u8]) -> Option<()> {
+    let value = pool_copy(request, value)?;
     let h = push_header(request, List::Out, "Location", value)?;
     request.as_mut().headers_out.location = h;
     Some(())
 }
 
-/// Appends a header to one of the request's lists, copying name and value
-/// into its pool. Everything that can fail happens before the element joins
-/// the list, so readers of the list (header filters, `$http_*`, the proxy
-/// module) never see a half-made one.
+/// `value` copied into the request pool, which frees it with the request.
+fn pool_copy(request: &Request, value: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: the live request's own pool.
+    unsafe { ngx_str_t::from_bytes(request.as_ref().pool, value) }
+}
+
+/// Appends a header to one of the request's lists. The name is static text,
+/// as nginx's own modules set names (nginx never writes through a header's
+/// key); the value lives in the request pool. Everything that can fail
+/// happens before the element joins the list, so readers of the list
+/// (header filters, `$http_*`, the proxy module) never see a half-made one.
 fn push_header(
     request: &mut Request,
     to: List,
-    name: &str,
-    value: &[u8],
+    name: &'static str,
+    value: ngx_str_t,
 ) -> Option<*mut ngx_table_elt_t> {
     let r = request.as_mut();
     let pool = r.pool;
@@ -49,12 +71,11 @@ fn push_header(
         List::In => &mut r.headers_in.headers,
         List::Out => &mut r.headers_out.headers,
     };
-    // SAFETY: the list and pool are the live request's own; the copies live
-    // in the pool as long as the request, and the new element is complete
-    // before anything reads it.
+    // SAFETY: the list and pool are the live request's own; the name is
+    // static and the value and lower-case copy live in the pool as long as
+    // the request; the new element is complete before anything reads it.
     unsafe {
-        let key = ngx_str_t::from_bytes(pool, name.as_bytes())?;
-        let value = ngx_str_t::from_bytes(pool, value)?;
+        let key = borrowed_str(name.as_bytes());
         let lowcase_key: *mut u8 = ngx_pnalloc(pool, key.len.max(1)).cast();
         if lowcase_key.is_null() {
             return None;

@@ -258,14 +258,19 @@ pub fn evaluate<'r>(
     request.get_complex_value(cv?).map(|v| v.as_bytes())
 }
 
-/// Value of a compiled directive argument, as nginx's string in the request
-/// pool, so that it can be given back to the same request; `None` when unset.
+/// Value of a compiled directive argument as nginx's string, made in the
+/// request pool (or the configuration's, for text without variables), so
+/// that it can be given back to the same request without a copy. `Ok(None)`
+/// when unset; `Err` when nginx cannot make it (no memory).
 pub fn evaluate_in_pool(
     request: &Request,
     cv: Option<&ngx_http_complex_value_t>,
-) -> Option<ngx_str_t> {
-    let value = evaluate(request, cv)?;
-    Some(borrowed_str(value))
+) -> Result<Option<ngx_str_t>, ()> {
+    let Some(cv) = cv else {
+        return Ok(None);
+    };
+    let value = request.get_complex_value(cv).ok_or(())?;
+    Ok(Some(borrowed_str(value.as_bytes())))
 }
 
 /// Value of an indexed nginx variable, empty when not found.
