@@ -93,9 +93,8 @@ pub struct MainConf {
     /// made once per configuration (so shared by all workers, new on reload).
     random_pass_key: Option<Arc<PassKey>>,
     /// This configuration's HTTP clients and breakers in this process, made
-    /// on first use after the fork (`worker::clients_of`); an error says why
-    /// they could not be made.
-    pub clients: RefCell<Option<Result<Rc<ConfClients>, String>>>,
+    /// on first use after the fork (`worker::clients_of`).
+    pub clients: RefCell<Option<Rc<ConfClients>>>,
     /// `esper_enforcement_zone`s, in order.
     pub zones: Vec<Rc<Zone>>,
 }

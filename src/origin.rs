@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{HeaderMap, Method, Request, Response, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Body as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -41,6 +42,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the idle connections are looked at while there are some.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// An HTTP/2 connection is pinged after this long without a frame from
+/// Esper, and closed when the ping is not answered in time: one a middlebox
+/// dropped without a word is found out, rather than each call waiting for
+/// its deadline on it.
+const HTTP2_PING_AFTER: Duration = Duration::from_secs(10);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const USER_AGENT_VALUE: &str = concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION"));
 
@@ -107,17 +114,28 @@ struct Idle {
     since: Instant,
 }
 
+/// The data behind `mutex`, also after a panic elsewhere left it poisoned
+/// (the data stays consistent: every change is one push, pop or drain).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Pool {
-    /// The most recently used idle connection that is ready.
-    fn take(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // One that Esper closed is dropped; the next one is tried.
-        std::iter::from_fn(|| idle.pop()).map(|c| c.sender).find(|sender| sender.is_ready())
+    /// The most recently used idle connection, once it is ready for a
+    /// request (its connection task may not have finished the last answer
+    /// yet); one that Esper closed is dropped and the next one tried.
+    async fn take(&self) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let mut sender = lock(&self.idle).pop()?.sender;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
     }
 
     fn put(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
         let since = Instant::now();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle { sender, since });
+        lock(&self.idle).push(Idle { sender, since });
         if !self.trimming.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().trim());
         }
@@ -127,7 +145,7 @@ impl Pool {
     async fn trim(self: Arc<Self>) {
         loop {
             tokio::time::sleep(TRIM_EVERY).await;
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = lock(&self.idle);
             let now = Instant::now();
             let keep_last = self.calls.load(Ordering::Relaxed) == 0;
             let count = idle.len();
@@ -160,15 +178,16 @@ impl Origin {
         decision_url: &url::Url,
         verify_url: &url::Url,
         profile: &ClientProfile,
-        tls: &Arc<rustls::ClientConfig>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Origin, String> {
+        let ip = |ip: IpAddr| (Host::Ip(ip), ServerName::IpAddress(ip.into()));
         let (host, server_name) = match decision_url.host() {
             Some(url::Host::Domain(name)) => (
                 Host::Name(name.to_owned()),
                 ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?,
             ),
-            Some(url::Host::Ipv4(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
-            Some(url::Host::Ipv6(ip)) => (Host::Ip(ip.into()), ServerName::IpAddress(ip.into())),
+            Some(url::Host::Ipv4(v4)) => ip(v4.into()),
+            Some(url::Host::Ipv6(v6)) => ip(v6.into()),
             None => return Err(format!("no host in \"{decision_url}\"")),
         };
         let port = decision_url.port_or_known_default().ok_or("no port")?;
@@ -181,14 +200,13 @@ impl Origin {
             };
             Uri::try_from(target).map_err(|e| e.to_string())
         };
-        let https = decision_url.scheme() == "https";
         Ok(Origin {
             host,
             port,
             authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
             decision_uri: uri(decision_url)?,
             verify_uri: uri(verify_url)?,
-            tls: https.then(|| (TlsConnector::from(tls.clone()), server_name)),
+            tls: tls.map(|config| (TlsConnector::from(config), server_name)),
             connections: if profile.http2 {
                 Connections::Http2 {
                     shared: Mutex::new(None),
@@ -228,7 +246,7 @@ impl Origin {
         match &self.connections {
             Connections::Http1 { idle } => {
                 let _counted = InProgress::new(&idle.calls);
-                if let Some(sender) = idle.take() {
+                if let Some(sender) = idle.take().await {
                     if let Ok(answer) = exchange_http1(idle, sender, request()).await {
                         return answer;
                     }
@@ -238,8 +256,15 @@ impl Origin {
             }
             Connections::Http2 { shared, connecting } => {
                 let (mut sender, reused) = self.http2_sender(shared, connecting).await?;
+                // As for HTTP/1.1: a connection that was open already and
+                // fails before any answer (closed, or going away) is given
+                // up, and the call is sent once more on a new one.
                 let response = match sender.send_request(request()).await {
-                    Err(_) if reused && sender.is_closed() => {
+                    Err(_) if reused => {
+                        // Calls already on it keep their own handle. Should
+                        // another call have replaced it meanwhile, that
+                        // costs one more new connection, only after errors.
+                        *lock(shared) = None;
                         let (mut sender, _) = self.http2_sender(shared, connecting).await?;
                         sender.send_request(request()).await
                     }
@@ -265,10 +290,7 @@ impl Origin {
         shared: &Mutex<Option<http2::SendRequest<Body>>>,
         connecting: &tokio::sync::Mutex<()>,
     ) -> Result<(http2::SendRequest<Body>, bool), Failure> {
-        let open = || {
-            let shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.as_ref().filter(|s| !s.is_closed()).cloned()
-        };
+        let open = || lock(shared).as_ref().filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = open() {
             return Ok((sender, true));
         }
@@ -277,10 +299,19 @@ impl Origin {
             return Ok((sender, true));
         }
         let io = self.connect().await?;
-        let (sender, connection) =
-            http2::handshake(TokioExecutor::new(), io).await.map_err(transport)?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(HTTP2_PING_AFTER)
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            // Esper's answer is read up to MAX_ANSWER_BYTES: no more is
+            // let in per stream before it is read.
+            .initial_stream_window_size(MAX_ANSWER_BYTES as u32)
+            .handshake(io)
+            .await
+            .map_err(transport)?;
         tokio::spawn(connection);
-        *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        *lock(shared) = Some(sender.clone());
         Ok((sender, false))
     }
 
@@ -290,8 +321,8 @@ impl Origin {
             Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
             Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
         }
+        .and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp))
         .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
-        tcp.set_nodelay(true).map_err(|e| Failure::Transport(format!("connect: {e}")))?;
         let stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
             Some((connector, name)) => Box::new(
@@ -362,8 +393,16 @@ async fn exchange_http1(
 
 async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
     let (parts, mut body) = response.into_parts();
-    let mut raw =
-        RawResponse { status: parts.status.as_u16(), headers: parts.headers, body: Vec::new() };
+    // A Content-Length beyond the bound is refused before anything is read.
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    if announced > MAX_ANSWER_BYTES {
+        return Err(Failure::TooLarge);
+    }
+    let mut raw = RawResponse {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: Vec::with_capacity(announced),
+    };
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(transport)?.into_data() else {
             continue;

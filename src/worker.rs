@@ -108,8 +108,9 @@ struct Worker {
 /// old one's clients and breakers, while calls of the old one finish.
 pub struct ConfClients {
     /// TLS settings, one per `MainConf::client_profiles` entry
-    /// (`Target::client_profile`).
-    tls: Vec<Arc<rustls::ClientConfig>>,
+    /// (`Target::client_profile`); none when no Esper URL is https, so that
+    /// plain-http calls never depend on the system's trust store.
+    tls: Vec<Result<Arc<rustls::ClientConfig>, String>>,
     /// Connections, one per client profile and endpoint in use, made on first use.
     origins: RefCell<HashMap<(usize, usize), Arc<Origin>>>,
     /// One per Esper endpoint (`Target::endpoint`).
@@ -125,11 +126,15 @@ impl ConfClients {
         if let Some(origin) = self.origins.borrow().get(&key) {
             return Ok(origin.clone());
         }
+        let tls = match target.decision_url.scheme() {
+            "https" => Some(self.tls[target.client_profile].clone()?),
+            _ => None,
+        };
         let origin = Arc::new(Origin::new(
             &target.decision_url,
             &target.verify_url,
             &main.client_profiles[target.client_profile],
-            &self.tls[target.client_profile],
+            tls,
         )?);
         self.origins.borrow_mut().insert(key, origin.clone());
         Ok(origin)
@@ -203,7 +208,7 @@ pub fn start(cycle: &ngx_cycle_t) {
     WORKER.with(|w| *w.borrow_mut() = state);
     if running {
         // Made now rather than by the first request; a failure is logged there.
-        let _ = clients_of(main);
+        clients_of(main);
     }
 }
 
@@ -226,7 +231,6 @@ fn build() -> Result<Worker, String> {
         File::from(OwnedFd::from_raw_fd(fd))
     };
     let watched = eventfd.try_clone().map_err(|e| format!("dup: {e}"))?;
-    let notifier = watch(OwnedFd::from(watched))?;
 
     let (dispatch, mut batches) = mpsc::unbounded_channel::<Vec<Job>>();
     let thread = std::thread::Builder::new()
@@ -243,6 +247,9 @@ fn build() -> Result<Worker, String> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
         })
         .map_err(|e| format!("thread: {e}"))?;
+    // Last: nothing after it can fail and leave the connection behind. (On
+    // failure the thread ends as `dispatch` is dropped.)
+    let notifier = watch(OwnedFd::from(watched))?;
     // SAFETY: ngx_event_t is a C struct for which all zeroes is the empty
     // event, as nginx's own ngx_pcalloc'd events are.
     let mut hand_off: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
@@ -261,34 +268,33 @@ fn build() -> Result<Worker, String> {
     })
 }
 
-/// The clients and breakers of `main` in this process, made on first use. A
-/// configuration whose clients cannot be made says why once, at `alert`, and
-/// its requests get the failure action.
-fn clients_of(main: &MainConf) -> Result<Rc<ConfClients>, String> {
+/// The clients and breakers of `main` in this process, made on first use.
+/// TLS settings that cannot be made (a broken trust store) are said once,
+/// at `alert`; calls to https URLs then get the failure action.
+fn clients_of(main: &MainConf) -> Rc<ConfClients> {
     let mut slot = main.clients.borrow_mut();
     if let Some(made) = &*slot {
         return made.clone();
     }
-    let made = main
-        .client_profiles
-        .iter()
-        .map(crate::tls::client_config)
-        .collect::<Result<Vec<_>, _>>()
-        .map(|tls| {
-            Rc::new(ConfClients {
-                tls,
-                origins: RefCell::new(HashMap::new()),
-                breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
-                retry_gates: RefCell::new(vec![RetryGate::default(); main.endpoints.len()]),
-            })
-        });
-    if let Err(message) = &made {
+    let any_https = main.endpoints.iter().any(|url| url.scheme() == "https");
+    let tls: Vec<_> = if any_https {
+        main.client_profiles.iter().map(crate::tls::client_config).collect()
+    } else {
+        Vec::new()
+    };
+    if let Some(Err(message)) = tls.iter().find(|made| made.is_err()) {
         log_error(
             NGX_LOG_ALERT,
             cycle_log(),
-            &format!("esper: cannot make the HTTP clients in this worker process: {message}; every request gets the failure action"),
+            &format!("esper: cannot make the HTTP clients in this worker process: {message}; for https Esper URLs, every request gets the failure action"),
         );
     }
+    let made = Rc::new(ConfClients {
+        tls,
+        origins: RefCell::new(HashMap::new()),
+        breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
+        retry_gates: RefCell::new(vec![RetryGate::default(); main.endpoints.len()]),
+    });
     *slot = Some(made.clone());
     made
 }
@@ -378,7 +384,10 @@ pub fn call(
                 ))
             }
         };
-        let conf = clients_of(main).map_err(Failure::Transport)?;
+        let conf = clients_of(main);
+        // Before admission: a call that cannot start must not hold the
+        // breaker's probe ticket.
+        let origin = conf.origin(main, target).map_err(Failure::Transport)?;
         let now = now_ms();
         let admitted = match &call {
             Call::Decide(_) => {
@@ -396,7 +405,6 @@ pub fn call(
                 None
             }
         };
-        let origin = conf.origin(main, target).map_err(Failure::Transport)?;
         let id = worker.next_id;
         worker.next_id += 1;
         let completions = worker.completions.clone();
@@ -539,7 +547,7 @@ pub fn stop(cycle: &ngx_cycle_t) {
     };
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
-    if let Some(Ok(conf)) = Module::main_conf(cycle).and_then(|m| m.clients.borrow().clone()) {
+    if let Some(conf) = Module::main_conf(cycle).and_then(|m| m.clients.borrow().clone()) {
         let open = conf.breakers.borrow().iter().filter(|b| b.is_open()).count() as u64;
         metrics::breakers_changed(0, open);
     }

@@ -64,9 +64,10 @@ EOF
     cmp_ok(threads_of($t->nginx_pid), '>=', 2, 'the single process has the runtime thread');
 }
 
-# 3. A runtime that cannot start: one alert, the worker stays, every request
-# gets the failure action. Here the HTTP client cannot load the system's
-# trust store (a certificate file that holds no certificate).
+# 3. An HTTP client that cannot start: one alert, the worker stays, every
+# request to an https Esper URL gets the failure action. Here the TLS client
+# cannot load the system's trust store (a certificate file that holds no
+# certificate); an http Esper URL does not need it.
 {
     my $t = EsperTest->new(name => 'processes-nostart');
     $t->start_mock('--api-key', 'k');
@@ -75,7 +76,7 @@ EOF
     mkdir $t->dir . '/no-certs';
     my $dir = $t->dir;
     $t->start_nginx(<<'EOF', main => "env SSL_CERT_FILE=$bad;\nenv SSL_CERT_DIR=$dir/no-certs;");
-    esper_api_url http://%%MOCK%%;
+    esper_api_url https://%%MOCK%%;
     esper_api_key k;
     log_format r '$esper_result';
     server {
@@ -84,9 +85,10 @@ EOF
         root %%DIR%%/html;
         location /closed/ { esper on; esper_failure_action block; }
         location /open/ { esper on; }
+        location /plain/ { esper on; esper_api_url http://%%MOCK%%; access_log off; }
     }
 EOF
-    $t->write_file("html/$_", "ok\n") for qw(closed/x closed/y open/x);
+    $t->write_file("html/$_", "ok\n") for qw(closed/x closed/y open/x plain/x);
     my @before = $t->worker_pids;
     is($t->get('/closed/x?mock_action=allow')->{status}, 403, 'failure action block');
     is($t->get('/open/x?mock_action=block')->{status}, 200, 'failure action allow');
@@ -97,6 +99,9 @@ EOF
     like($alerts[0] // '', qr/esper: cannot make the HTTP clients in this worker process: .*every request gets the failure action/, 'saying why');
     unlike($t->error_log, qr/exited|internal error/, 'no worker exit, no panic');
     is($t->mock_count, 0, 'Esper not asked');
+    # Plain http never depends on the trust store.
+    is($t->get('/plain/x?mock_action=block')->{status}, 403, 'an http Esper URL is still asked');
+    is($t->mock_count, 1, 'once');
     $t->stop_nginx;
     like($t->read_file('logs/result.log'), qr/^error\nerror\nerror\n$/, '$esper_result is error');
 }
