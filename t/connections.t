@@ -1,7 +1,7 @@
 # Connections to Esper: a worker opens no more HTTP/1.1 connections than it
 # has calls in flight at once and reuses them, one HTTP/2 connection carries
-# every call, and a connection Esper closed while idle costs no call (it is
-# sent again on a new connection).
+# every call, a connection Esper closed while idle costs no call (it is sent
+# again on a new connection), and calls given up leave none open.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -103,6 +103,25 @@ is($t->get('/h2/index.html?after_close=h2')->{status}, 200, 'a call after Esper 
 my ($last_peer) = peers_of(scalar(@{ $t->mock_requests }) - 1);
 isnt($last_peer, $h2[0], 'on a new connection');
 unlike($t->error_log, qr/esper decision failed/, 'no call failed');
+
+
+# Calls whose clients went away, while Esper still holds them, leave no
+# connection behind: a call given up is cancelled and its connection closed.
+my $connections = sub { $t->mock_call('GET', '/__mock/count')->{connections} };
+my $before = $connections->();
+for my $location ('h1', 'h2') {
+    my $calls = $t->mock_count;
+    my @gone = map { $t->open_request("/$location/index.html?mock_hang=1&gone=$_") } 1 .. 10;
+    my $until = time + 5;
+    sleep 0.02 while $t->mock_count < $calls + 10 && time < $until;
+    is($t->mock_count, $calls + 10, "$location: ten calls held by Esper");
+    close $_ for @gone;
+}
+$deadline = time + 5;
+sleep 0.1 while $connections->() > $before && time < $deadline;
+cmp_ok($connections->(), '<=', $before, "no connection left open for the calls given up ($before before)");
+is($t->get('/h1/index.html?after_gone=1')->{status}, 200, 'HTTP/1.1 calls go on');
+is($t->get('/h2/index.html?after_gone=1')->{status}, 200, 'HTTP/2 calls go on');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes');
 done_testing;
