@@ -20,7 +20,7 @@ use crate::ffi::borrowed_str;
 /// Builds the JSON body of the decision call.
 pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
     let request_id = indexed_variable(request, main.request_id_index);
-    let return_url = evaluate(request, conf.return_url);
+    let return_url = return_url(request, conf);
     let fields: Vec<(&str, &[u8])> = conf
         .fields
         .iter()
@@ -52,6 +52,14 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
     let mut body = Vec::with_capacity(1024);
     build_payload(&view, headers(request).chain(authority), &settings, &mut body);
     body
+}
+
+/// Where Esper's challenge sends the visitor back to (the payload's
+/// `return_url`): the one place that decides it, for the payload and for the
+/// enforcement zone, which replays a challenge only to the request it was
+/// made for.
+pub fn return_url<'r>(request: &'r Request, conf: &LocConf) -> Option<&'r [u8]> {
+    evaluate(request, conf.return_url)
 }
 
 /// The request's `:authority` (or absolute-form host) when it has no Host
