@@ -135,7 +135,7 @@ pub fn check_cookie_name(value: &str) -> Result<(), ConfigError> {
     };
     if prefixed(crate::pass::SECURE_PREFIX) || prefixed("__Host-") {
         return Err(ConfigError(format!(
-            "invalid cookie name \"{value}\": the module adds the \"{}\" prefix itself whenever the cookie is Secure",
+            "invalid cookie name \"{value}\": no \"__Secure-\" or \"__Host-\" prefix, the module adds \"{}\" itself whenever the cookie is Secure",
             crate::pass::SECURE_PREFIX
         )));
     }
