@@ -21,6 +21,7 @@ mod origin;
 mod request;
 mod response;
 mod state;
+mod steps;
 mod tls;
 mod variables;
 mod worker;
