@@ -17,6 +17,7 @@ mod handler;
 mod headers;
 mod log;
 mod metrics;
+mod nginx_conf;
 mod origin;
 mod request;
 mod response;

@@ -17,6 +17,7 @@ use ngx::ngx_string;
 
 use super::*;
 use crate::log::{guard, log_error};
+use crate::nginx_conf::ConfExt;
 use crate::Module;
 
 const DEFAULT_RETURN_URL: ngx_str_t = ngx_string!("$scheme://$host$request_uri");
