@@ -11,16 +11,21 @@
 
 mod client;
 mod conf;
+mod connect;
 mod enforcement;
 mod ffi;
+mod h1;
+mod h2;
 mod handler;
 mod headers;
 mod log;
 mod metrics;
 mod origin;
 mod request;
+mod resolve;
 mod response;
 mod state;
+mod stream;
 mod tls;
 mod variables;
 mod worker;
