@@ -9,6 +9,7 @@
 //! `metrics` (shared counters and `esper_metrics`), `headers` (header-list
 //! surgery), `log` (logging and the panic guard), `ffi` (nginx strings).
 
+mod breakers;
 mod client;
 mod conf;
 mod connect;
@@ -24,6 +25,7 @@ mod origin;
 mod request;
 mod resolve;
 mod response;
+mod runtime;
 mod state;
 mod stream;
 mod tls;
