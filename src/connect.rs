@@ -3,6 +3,7 @@
 //! keepalive, then TLS with the profile's ALPN offer.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,20 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
+
+/// New connections this process made to Esper, and their TLS handshakes:
+/// reported when the worker exits (`runtime::report`).
+pub struct Handshakes {
+    pub connections: AtomicU64,
+    pub full: AtomicU64,
+    pub resumed: AtomicU64,
+}
+
+pub static HANDSHAKES: Handshakes = Handshakes {
+    connections: AtomicU64::new(0),
+    full: AtomicU64::new(0),
+    resumed: AtomicU64::new(0),
+};
 
 pub enum Host {
     Name(Arc<Resolver>),
@@ -58,6 +73,7 @@ impl Connector {
     /// A new TCP connection, with TLS for https.
     pub async fn connect(&self) -> Result<Connected, Failure> {
         let tcp = self.tcp().await?;
+        HANDSHAKES.connections.fetch_add(1, Ordering::Relaxed);
         let Some((connector, name)) = &self.tls else {
             return Ok(Connected { io: Unvectored::new(Box::new(tcp)), alpn: None });
         };
@@ -67,6 +83,12 @@ impl Connector {
             .map_err(|e| Failure::Transport(format!("TLS handshake: {e}")))?;
         let (_, session) = tls.get_ref();
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let kind = if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            &HANDSHAKES.resumed
+        } else {
+            &HANDSHAKES.full
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
         Ok(Connected { io: Unvectored::new(Box::new(tls)), alpn })
     }
 

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::client::Answer;
+use crate::connect::HANDSHAKES;
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
@@ -119,4 +120,19 @@ pub async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
         }
     })
     .await
+}
+
+/// What a worker that made `calls` calls says of its connections to Esper
+/// as it exits: once per worker and reload.
+pub fn report(calls: u64) -> String {
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let (connections, full, resumed) =
+        (load(&HANDSHAKES.connections), load(&HANDSHAKES.full), load(&HANDSHAKES.resumed));
+    let per_100k = |n: u64| if calls == 0 { 0 } else { n * 100_000 / calls };
+    format!(
+        "esper: {calls} calls to Esper from this worker over {connections} new connections; \
+         {full} full and {resumed} resumed TLS handshakes ({} and {} per 100,000 calls)",
+        per_100k(full),
+        per_100k(resumed)
+    )
 }

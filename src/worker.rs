@@ -28,7 +28,7 @@ use esper_protocol::Failure;
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_delete_posted_event, ngx_event_t,
     ngx_get_connection, ngx_handle_read_event, ngx_int_t, ngx_post_event, ngx_posted_events,
-    ngx_process, NGX_LOG_ALERT, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_process, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 use tokio::sync::{mpsc, oneshot};
@@ -488,6 +488,7 @@ pub fn stop(cycle: &ngx_cycle_t) {
     // The dispatcher ends when its channel closes, and the thread with it.
     drop(worker.dispatch);
     let _ = worker.thread.join();
+    log_error(NGX_LOG_NOTICE, cycle_log(), &runtime::report(worker.next_id));
     // SAFETY: the notifier connection was opened by `watch` in this process.
     unsafe { ngx_close_connection(worker.notifier) };
 }

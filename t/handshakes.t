@@ -4,7 +4,7 @@
 # completes, joins the pool: the next call uses it (one round trip, within
 # its deadline) and no new connection is made. A connection made after the
 # server closed the old one resumes the TLS session. Over HTTP/1.1 and
-# HTTP/2.
+# HTTP/2. A worker reports its handshakes as it exits (per reload).
 use strict;
 use warnings;
 use lib 't/lib';
@@ -81,6 +81,12 @@ for my $kind ('h1', 'h2') {
     like($lines[0] // '', qr/^\. /, "$kind: the first handshake was a full one");
     like($lines[-1] // '', qr/^r /, "$kind: the second resumed the TLS session");
 }
+
+# A reload: the old worker reports its connections and handshakes.
+kill 'HUP', $t->nginx_pid;
+ok($t->wait_for_log('logs/error.log', qr/esper: \d+ calls to Esper from this worker/, 10), 'the old worker reports as it exits');
+like($t->error_log, qr/\[notice\].*esper: 8 calls to Esper from this worker over 4 new connections; 2 full and 2 resumed TLS handshakes \(25000 and 25000 per 100,000 calls\)/,
+    'eight calls, four connections, two full and two resumed handshakes');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes');
 done_testing;
