@@ -128,7 +128,7 @@ pub fn report(calls: u64) -> String {
     let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     let (connections, full, resumed) =
         (load(&HANDSHAKES.connections), load(&HANDSHAKES.full), load(&HANDSHAKES.resumed));
-    let per_100k = |n: u64| if calls == 0 { 0 } else { n * 100_000 / calls };
+    let per_100k = |n: u64| (n * 100_000).checked_div(calls).unwrap_or(0);
     format!(
         "esper: {calls} calls to Esper from this worker over {connections} new connections; \
          {full} full and {resumed} resumed TLS handshakes ({} and {} per 100,000 calls)",
