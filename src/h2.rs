@@ -35,7 +35,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 pub type Sender = http2::SendRequest<Body>;
 
-/// Why a connection being opened is not there for its calls.
+/// Why a connection being opened is not there for its calls (HTTP/2 or
+/// HTTP/1.1).
 #[derive(Clone)]
 pub struct NotOpened {
     pub failure: Failure,
@@ -52,6 +53,8 @@ enum State {
 
 pub struct Conn {
     state: watch::Sender<State>,
+    /// Takes no new calls (Esper is closing it); kept until its streams end.
+    retired: AtomicBool,
     /// Streams taken by calls.
     streams: AtomicUsize,
     /// When the last call on it ended.
@@ -67,10 +70,16 @@ impl Conn {
         }
     }
 
-    fn limit(&self) -> usize {
+    /// Whether a new call may take a stream on it.
+    fn usable(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && !self.closed()
+    }
+
+    /// The server's stream limit, once its SETTINGS arrived.
+    fn known_limit(&self) -> Option<usize> {
         match &*self.state.borrow() {
-            State::Ready(_, limit) => limit.load(Ordering::Relaxed),
-            State::Connecting | State::Failed(_) => ASSUMED_STREAM_LIMIT,
+            State::Ready(_, limit) => Some(limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
+            State::Connecting | State::Failed(_) => None,
         }
     }
 
@@ -87,6 +96,11 @@ impl Conn {
 pub struct Stream(Arc<Conn>);
 
 impl Stream {
+    /// No more calls on this stream's connection.
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Relaxed);
+    }
+
     /// The connection's sender, once it is open.
     pub async fn sender(&self) -> Result<Sender, NotOpened> {
         let mut state = self.0.state.subscribe();
@@ -122,7 +136,15 @@ impl Pool {
     pub fn reserve(&self) -> Option<Stream> {
         let mut conns = lock(&self.conns);
         conns.retain(|c| !c.closed());
-        let conn = conns.iter().find(|c| c.streams.load(Ordering::Relaxed) < c.limit())?;
+        // A connection whose server has not said its limit yet is taken to
+        // have the one another connection to the same server has, else
+        // ASSUMED_STREAM_LIMIT.
+        let assumed = conns.iter().find_map(|c| c.known_limit()).unwrap_or(ASSUMED_STREAM_LIMIT);
+        let free = |c: &&Arc<Conn>| {
+            let limit = c.known_limit().unwrap_or(assumed);
+            c.usable() && c.streams.load(Ordering::Relaxed) < limit
+        };
+        let conn = conns.iter().find(free)?;
         conn.streams.fetch_add(1, Ordering::Relaxed);
         Some(Stream(conn.clone()))
     }
@@ -132,6 +154,7 @@ impl Pool {
     pub fn add(self: &Arc<Self>) -> (Arc<Conn>, Stream) {
         let conn = Arc::new(Conn {
             state: watch::channel(State::Connecting).0,
+            retired: AtomicBool::new(false),
             streams: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
         });
@@ -149,7 +172,10 @@ impl Pool {
             tokio::time::sleep(TRIM_EVERY).await;
             let mut conns = lock(&self.conns);
             let now = Instant::now();
-            conns.retain(|c| !c.closed());
+            conns.retain(|c| {
+                let busy = c.streams.load(Ordering::Relaxed) > 0;
+                !c.closed() && (busy || !c.retired.load(Ordering::Relaxed))
+            });
             let mut first = true;
             conns.retain(|c| {
                 let keep = first

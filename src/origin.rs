@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::conf::{ClientProfile, Http2};
 use crate::connect::{Connected, Connector, Host};
+use crate::h2::NotOpened;
 use crate::resolve::Resolver;
 use crate::{h1, h2};
 
@@ -159,7 +160,10 @@ impl Origin {
         let _counted = self.h1.in_progress();
         let mut sender = match self.h1.take().await {
             Some(sender) => sender,
-            None => self.open_http1().await?,
+            None => match self.open_http1().await {
+                Ok(sender) => sender,
+                Err(not) => return not.into(),
+            },
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
@@ -184,12 +188,18 @@ impl Origin {
         };
         let mut sender = match stream.sender().await {
             Ok(sender) => sender,
-            Err(not) if not.unsent => return Err(not.failure),
-            Err(not) => return Ok(Err(not.failure)),
+            Err(not) => return not.into(),
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
-            Err(error) => return unsent_or_failed(error, never_processed),
+            Err(error) => {
+                // A connection that took no request, or that Esper is
+                // closing (GOAWAY), takes no more calls; its streams finish.
+                if error.message().is_some() || went_away(error.error()) {
+                    stream.retire();
+                }
+                return unsent_or_failed(error, never_processed);
+            }
         };
         // The stream is held until the answer is read.
         let answer = read(response).await;
@@ -199,10 +209,10 @@ impl Origin {
 
     /// A new HTTP/1.1 connection, opened by a task of its own: should the
     /// call give up first, the connection goes to the pool.
-    async fn open_http1(&self) -> Result<h1::Sender, Failure> {
+    async fn open_http1(&self) -> Result<h1::Sender, NotOpened> {
         let (tx, rx) = oneshot::channel();
         tokio::spawn(self.opener().open_http1(tx));
-        rx.await.unwrap_or_else(|_| Err(Failure::Transport("connection not opened".to_owned())))
+        rx.await.unwrap_or_else(|_| Err(failed(Failure::Transport("not opened".to_owned()))))
     }
 
     fn opener(&self) -> Opener {
@@ -244,17 +254,20 @@ impl Opener {
     /// Opens a connection for an HTTP/1.1 call. Should the server choose
     /// HTTP/2 by ALPN, the connection goes to the HTTP/2 pool and the call
     /// is sent there, having sent nothing here.
-    async fn open_http1(self, tx: oneshot::Sender<Result<h1::Sender, Failure>>) {
+    async fn open_http1(self, tx: oneshot::Sender<Result<h1::Sender, NotOpened>>) {
         let opened = match self.connector.connect().await {
             Ok(connected) if self.speaks_http2(&connected) => {
                 let (conn, stream) = self.h2.add();
                 conn.opened(h2::handshake(connected.io).await.map_err(failed));
                 drop(stream);
-                let _ = tx.send(Err(Failure::Transport("the server chose HTTP/2".to_owned())));
+                let _ = tx.send(Err(NotOpened {
+                    failure: Failure::Transport("the server chose HTTP/2".to_owned()),
+                    unsent: true,
+                }));
                 return;
             }
-            Ok(connected) => h1::handshake(connected.io).await,
-            Err(failure) => Err(failure),
+            Ok(connected) => h1::handshake(connected.io).await.map_err(failed),
+            Err(failure) => Err(failed(failure)),
         };
         if let Err(Ok(sender)) = tx.send(opened) {
             self.h1.put(sender);
@@ -273,7 +286,7 @@ impl Opener {
                 if let Ok(sender) = h1::handshake(connected.io).await {
                     self.h1.put(sender);
                 }
-                Err(h2::NotOpened {
+                Err(NotOpened {
                     failure: Failure::Transport("the server chose HTTP/1.1".to_owned()),
                     unsent: true,
                 })
@@ -284,8 +297,18 @@ impl Opener {
     }
 }
 
-fn failed(failure: Failure) -> h2::NotOpened {
-    h2::NotOpened { failure, unsent: false }
+fn failed(failure: Failure) -> NotOpened {
+    NotOpened { failure, unsent: false }
+}
+
+impl From<NotOpened> for Attempt {
+    fn from(not: NotOpened) -> Attempt {
+        if not.unsent {
+            Err(not.failure)
+        } else {
+            Ok(Err(not.failure))
+        }
+    }
 }
 
 /// A failed send: `Err` (it may be sent again) when the request was never
@@ -305,20 +328,33 @@ fn unsent_or_failed(
     }
 }
 
-/// Whether an HTTP/2 error proves that Esper did not process the stream:
-/// refused (REFUSED_STREAM), or above the last stream id of Esper's GOAWAY
-/// (RFC 9113, section 8.7). A stream reset for another reason, or a
-/// connection that failed, may have been processed.
-fn never_processed(error: &hyper::Error) -> bool {
+/// The HTTP/2 error under a hyper error, if any.
+fn h2_error(error: &hyper::Error) -> Option<&::h2::Error> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<::h2::Error>() {
-            let refused = h2.is_reset() && h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
-            return h2.is_remote() && (refused || h2.is_go_away());
+            return Some(h2);
         }
         source = cause.source();
     }
-    false
+    None
+}
+
+/// Whether Esper's GOAWAY ended the stream: it was above the last stream id
+/// Esper said it would process, or opened after the GOAWAY.
+fn went_away(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|h2| h2.is_go_away() && h2.is_remote())
+}
+
+/// Whether an HTTP/2 error proves that Esper did not process the stream:
+/// refused (REFUSED_STREAM), or left out by its GOAWAY (RFC 9113, section
+/// 8.7). A stream reset for another reason, or a connection that failed,
+/// may have been processed.
+fn never_processed(error: &hyper::Error) -> bool {
+    let refused = |h2: &::h2::Error| {
+        h2.is_remote() && h2.is_reset() && h2.reason() == Some(::h2::Reason::REFUSED_STREAM)
+    };
+    went_away(error) || h2_error(error).is_some_and(refused)
 }
 
 async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {

@@ -35,9 +35,9 @@ impl Unvectored {
     }
 
     /// Watches the stream's HTTP/2 frames from now on; the limit the server
-    /// sets is stored in the returned value.
+    /// sets is stored in the returned value (0 until then).
     pub fn watch_stream_limit(&mut self) -> Arc<AtomicUsize> {
-        let limit = Arc::new(AtomicUsize::new(ASSUMED_STREAM_LIMIT));
+        let limit = Arc::new(AtomicUsize::new(0));
         self.frames = Some(Frames { limit: limit.clone(), ..Frames::default() });
         limit
     }
