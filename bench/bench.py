@@ -586,7 +586,7 @@ def production(seconds, runs, clients=R_CONNECTIONS):
         for url in urls.values():
             wrk(url, clients, 2, threads=2)  # warm up pools and connections
         # The warm-up ends with its own burst of connections: the module
-        # closes such a surplus after 5 s idle (src/origin.rs), so that the
+        # closes such a surplus after 5 s idle (src/h1.rs, src/h2.rs), so that the
         # connections counted are those the measured load keeps open.
         time.sleep(6)
         for i in range(runs):

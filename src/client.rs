@@ -74,8 +74,8 @@ impl CallKind {
 pub async fn exchange(origin: &Origin, target: &Target, call: Call) -> Answer {
     let kind = call.kind();
     let (uri, body) = match call {
-        Call::Decide(body) => (&origin.decision_uri, body),
-        Call::Verify(body) => (&origin.verify_uri, body),
+        Call::Decide(body) => (&origin.decision, body),
+        Call::Verify(body) => (&origin.verify, body),
     };
     let response = match origin.post(uri, &target.api_key, body).await {
         Ok(response) => response,

@@ -40,6 +40,9 @@ const MODE_MONITOR: ngx_uint_t = 1;
 const JSON_AUTO: ngx_uint_t = 0;
 const JSON_ON: ngx_uint_t = 1;
 const JSON_OFF: ngx_uint_t = 2;
+const HTTP2_AUTO: ngx_uint_t = 0;
+const HTTP2_ON: ngx_uint_t = 1;
+const HTTP2_OFF: ngx_uint_t = 2;
 
 /// `esper_mode`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,11 +108,23 @@ impl MainConf {
     }
 }
 
+/// `esper_http2`: which HTTP version the client speaks to Esper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Http2 {
+    /// Over https, h2 and http/1.1 offered by ALPN and the server's choice
+    /// used; over http, HTTP/1.1.
+    Auto,
+    /// HTTP/2 only: h2 by ALPN over https, prior knowledge over http.
+    On,
+    /// HTTP/1.1 only.
+    Off,
+}
+
 /// How a location's HTTP client talks to Esper: `esper_http2`,
 /// `esper_ssl_verify` and `esper_ssl_trusted_certificate`.
 #[derive(Clone)]
 pub struct ClientProfile {
-    pub http2: bool,
+    pub http2: Http2,
     pub verify: bool,
     pub ca_file: Option<String>,
     /// The bundle as read at configuration time, so workers never touch the file.
@@ -179,8 +194,8 @@ pub struct LocConf {
     ssl_trusted_certificate: Option<(String, Arc<Vec<u8>>)>,
     /// `esper_ssl_verify`
     ssl_verify: ngx_flag_t,
-    /// `esper_http2`
-    http2: ngx_flag_t,
+    /// `esper_http2`, as set (an index into HTTP2_MODES).
+    http2: ngx_uint_t,
     /// `esper_max_pending`
     pub max_pending: ngx_int_t,
     /// `esper_circuit_breaker`: `Some(None)` is `off`.
@@ -231,7 +246,7 @@ impl LocConf {
             send_cookies: UNSET_FLAG,
             ssl_trusted_certificate: None,
             ssl_verify: UNSET_FLAG,
-            http2: UNSET_FLAG,
+            http2: UNSET_UINT,
             max_pending: UNSET_INT,
             breaker: None,
             pass_cookie: None,

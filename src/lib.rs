@@ -9,10 +9,14 @@
 //! `metrics` (shared counters and `esper_metrics`), `headers` (header-list
 //! surgery), `log` (logging and the panic guard), `ffi` (nginx strings).
 
+mod breakers;
 mod client;
 mod conf;
+mod connect;
 mod enforcement;
 mod ffi;
+mod h1;
+mod h2;
 mod handler;
 mod headers;
 mod log;
@@ -20,9 +24,12 @@ mod metrics;
 mod nginx_conf;
 mod origin;
 mod request;
+mod resolve;
 mod response;
+mod runtime;
 mod state;
 mod steps;
+mod stream;
 mod tls;
 mod variables;
 mod worker;

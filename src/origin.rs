@@ -1,21 +1,12 @@
-//! Connections to one Esper origin (scheme, host and port) for one client
-//! profile: a pool of HTTP/1.1 connections, or one multiplexed HTTP/2
-//! connection, over TCP or TLS.
-//!
-//! A pooled HTTP/1.1 connection serves one call at a time and a new one is
-//! opened only when none is idle, so a worker never holds more connections to
-//! Esper than it had calls in flight at once. The most recently used idle
-//! connection is taken first, so the ones a smaller load no longer needs stay
-//! unused and are closed after a few seconds; only when no call is in
-//! progress is one kept longer, for the next call. Everything here runs on the
-//! worker's runtime thread.
+//! Calls to one Esper origin (scheme, host and port) for one client profile:
+//! which HTTP version carries them (`esper_http2`), when one is sent again,
+//! and how an answer is read. The connections are in `h1` and `h2`, new
+//! ones are made by `connect`. Everything here runs on the worker's runtime
+//! thread.
 
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
@@ -23,35 +14,24 @@ use esper_protocol::Failure;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::TrySendError;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{HeaderMap, Method, Request, Response, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use crate::conf::ClientProfile;
+use crate::conf::{ClientProfile, Http2};
+use crate::connect::{Connected, Connector, Host};
+use crate::h2::NotOpened;
+use crate::resolve::Resolver;
+use crate::{h1, h2};
 
-/// When no call is in progress, the most recently used idle HTTP/1.1
-/// connection is closed after this long unused (a quiet site keeps one
-/// connection for its next call) ...
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// ... and every other idle one after this long: a burst's surplus.
-const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the idle connections are looked at while there are some.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// An HTTP/2 connection is pinged after this long without a frame from
-/// Esper, and closed when the ping is not answered in time: one a middlebox
-/// dropped without a word is found out, rather than each call waiting for
-/// its deadline on it.
-const HTTP2_PING_AFTER: Duration = Duration::from_secs(10);
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const USER_AGENT_VALUE: &str = concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION"));
+const ALPN_H2: &[u8] = b"h2";
 
-type Body = Full<Bytes>;
+pub type Body = Full<Bytes>;
 
 /// What a call reads of Esper's HTTP answer.
 pub struct RawResponse {
@@ -60,117 +40,40 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+/// The request target of one of the two calls in each HTTP version:
+/// origin-form for HTTP/1.1, absolute for HTTP/2.
+pub struct Targets {
+    h1: Uri,
+    h2: Uri,
+}
+
+/// The HTTP version that `esper_http2 auto` found the server to choose.
+const CHOSEN_UNKNOWN: u8 = 0;
+const CHOSEN_H1: u8 = 1;
+const CHOSEN_H2: u8 = 2;
+
 pub struct Origin {
-    host: Host,
-    port: u16,
     /// `Host` of HTTP/1.1 requests (HTTP/2 takes `:authority` from the URI).
     authority: HeaderValue,
-    /// The request targets of the two calls: origin-form for HTTP/1.1,
-    /// absolute for HTTP/2.
-    pub decision_uri: Uri,
-    pub verify_uri: Uri,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-    connections: Connections,
-}
-
-enum Host {
-    Name(String),
-    Ip(IpAddr),
-}
-
-enum Connections {
-    Http1 { idle: Arc<Pool> },
-    Http2 { shared: Mutex<Option<http2::SendRequest<Body>>>, connecting: tokio::sync::Mutex<()> },
-}
-
-/// The idle HTTP/1.1 connections, least recently used first.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<Vec<Idle>>,
-    /// Whether a task closes the connections idle too long.
-    trimming: AtomicBool,
-    /// Calls in progress.
-    calls: AtomicUsize,
-}
-
-/// Counts a call in progress on its pool while it lives.
-struct InProgress<'a>(&'a AtomicUsize);
-
-impl<'a> InProgress<'a> {
-    fn new(calls: &'a AtomicUsize) -> InProgress<'a> {
-        calls.fetch_add(1, Ordering::Relaxed);
-        InProgress(calls)
-    }
-}
-
-impl Drop for InProgress<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-struct Idle {
-    sender: http1::SendRequest<Body>,
-    since: Instant,
+    pub decision: Targets,
+    pub verify: Targets,
+    http2: Http2,
+    connector: Arc<Connector>,
+    /// Over https with `esper_http2 auto`: the server's last ALPN choice.
+    chosen: Arc<AtomicU8>,
+    h1: Arc<h1::Pool>,
+    h2: Arc<h2::Pool>,
 }
 
 /// The data behind `mutex`, also after a panic elsewhere left it poisoned
 /// (the data stays consistent: every change is one push, pop or drain).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Pool {
-    /// The most recently used idle connection, once it is ready for a
-    /// request (its connection task may not have finished the last answer
-    /// yet); one that Esper closed is dropped and the next one tried.
-    async fn take(&self) -> Option<http1::SendRequest<Body>> {
-        loop {
-            let mut sender = lock(&self.idle).pop()?.sender;
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
-        }
-    }
-
-    fn put(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
-        let since = Instant::now();
-        lock(&self.idle).push(Idle { sender, since });
-        if !self.trimming.swap(true, Ordering::Relaxed) {
-            tokio::spawn(self.clone().trim());
-        }
-    }
-
-    /// Closes idle connections as they time out, until there are none.
-    async fn trim(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(TRIM_EVERY).await;
-            let mut idle = lock(&self.idle);
-            let now = Instant::now();
-            let keep_last = self.calls.load(Ordering::Relaxed) == 0;
-            let count = idle.len();
-            let expired = idle
-                .iter()
-                .enumerate()
-                .take_while(|(i, c)| {
-                    let timeout = if keep_last && i + 1 == count {
-                        IDLE_TIMEOUT
-                    } else {
-                        SURPLUS_IDLE_TIMEOUT
-                    };
-                    now.duration_since(c.since) >= timeout
-                })
-                .count();
-            idle.drain(..expired);
-            idle.retain(|c| !c.sender.is_closed());
-            if idle.is_empty() {
-                // The runtime has one thread: no `put` runs in between.
-                self.trimming.store(false, Ordering::Relaxed);
-                return;
-            }
-        }
-    }
-}
+/// How one attempt of a call ended: `Err` when it proves Esper never
+/// received the call, so that it may be sent once more.
+type Attempt = Result<Result<RawResponse, Failure>, Failure>;
 
 impl Origin {
     /// The origin of `decision_url` and `verify_url` (one `esper_api_url`).
@@ -180,215 +83,278 @@ impl Origin {
         profile: &ClientProfile,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Origin, String> {
+        let port = decision_url.port_or_known_default().ok_or("no port")?;
         let ip = |ip: IpAddr| (Host::Ip(ip), ServerName::IpAddress(ip.into()));
         let (host, server_name) = match decision_url.host() {
             Some(url::Host::Domain(name)) => (
-                Host::Name(name.to_owned()),
+                Host::Name(Resolver::new(name.to_owned(), port)),
                 ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?,
             ),
             Some(url::Host::Ipv4(v4)) => ip(v4.into()),
             Some(url::Host::Ipv6(v6)) => ip(v6.into()),
             None => return Err(format!("no host in \"{decision_url}\"")),
         };
-        let port = decision_url.port_or_known_default().ok_or("no port")?;
         let authority = &decision_url[url::Position::BeforeHost..url::Position::AfterPort];
-        let uri = |url: &url::Url| {
-            let target = if profile.http2 {
-                format!("{}://{authority}{}", url.scheme(), &url[url::Position::BeforePath..])
-            } else {
-                url[url::Position::BeforePath..].to_owned()
-            };
-            Uri::try_from(target).map_err(|e| e.to_string())
+        let targets = |url: &url::Url| -> Result<Targets, String> {
+            let path = &url[url::Position::BeforePath..];
+            let absolute = format!("{}://{authority}{path}", url.scheme());
+            Ok(Targets {
+                h1: Uri::try_from(path).map_err(|e| e.to_string())?,
+                h2: Uri::try_from(absolute).map_err(|e| e.to_string())?,
+            })
+        };
+        let tls = tls.map(|config| (TlsConnector::from(config), server_name));
+        let chosen = match (profile.http2, tls.is_some()) {
+            (Http2::Auto, true) => CHOSEN_UNKNOWN,
+            (Http2::On, _) => CHOSEN_H2,
+            (Http2::Auto, false) | (Http2::Off, _) => CHOSEN_H1,
         };
         Ok(Origin {
-            host,
-            port,
             authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
-            decision_uri: uri(decision_url)?,
-            verify_uri: uri(verify_url)?,
-            tls: tls.map(|config| (TlsConnector::from(config), server_name)),
-            connections: if profile.http2 {
-                Connections::Http2 {
-                    shared: Mutex::new(None),
-                    connecting: tokio::sync::Mutex::new(()),
-                }
-            } else {
-                Connections::Http1 { idle: Arc::default() }
-            },
+            decision: targets(decision_url)?,
+            verify: targets(verify_url)?,
+            http2: profile.http2,
+            connector: Arc::new(Connector::new(host, port, tls)),
+            chosen: Arc::new(AtomicU8::new(chosen)),
+            h1: Arc::default(),
+            h2: Arc::default(),
         })
     }
 
-    /// POSTs `body` to `uri` and reads the answer, up to [`MAX_ANSWER_BYTES`].
-    ///
-    /// A connection that was open before the call may have been closed by
-    /// Esper while idle: when it fails before any answer, the call is sent
-    /// once more on a new connection (its `idempotency_key` is the same).
+    /// POSTs `body` to `targets` and reads the answer, up to
+    /// [`MAX_ANSWER_BYTES`]. A call is sent once more only when its first
+    /// attempt proves that Esper never received it (see `Attempt`).
     pub async fn post(
         &self,
-        uri: &Uri,
+        targets: &Targets,
         api_key: &HeaderValue,
         body: Vec<u8>,
     ) -> Result<RawResponse, Failure> {
         let body = Bytes::from(body);
-        let request = || {
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = Method::POST;
-            *request.uri_mut() = uri.clone();
-            let headers = request.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            headers.insert(API_KEY_HEADER, api_key.clone());
-            headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-            if let Connections::Http1 { .. } = self.connections {
-                headers.insert(HOST, self.authority.clone());
-            }
-            request
+        match self.attempt(targets, api_key, &body).await {
+            Ok(answer) => answer,
+            Err(_unsent) => self.attempt(targets, api_key, &body).await.unwrap_or_else(Err),
+        }
+    }
+
+    async fn attempt(&self, targets: &Targets, api_key: &HeaderValue, body: &Bytes) -> Attempt {
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(API_KEY_HEADER, api_key.clone());
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        // Until `auto` knows the server's choice, calls go the HTTP/2 way:
+        // a burst then opens connections by the stream limit, not one each.
+        if self.chosen.load(Ordering::Relaxed) == CHOSEN_H1 {
+            request.headers_mut().insert(HOST, self.authority.clone());
+            *request.uri_mut() = targets.h1.clone();
+            self.attempt_http1(request).await
+        } else {
+            *request.uri_mut() = targets.h2.clone();
+            self.attempt_http2(request).await
+        }
+    }
+
+    async fn attempt_http1(&self, request: Request<Body>) -> Attempt {
+        let _counted = self.h1.in_progress();
+        let mut sender = match self.h1.take().await {
+            Some(sender) => sender,
+            None => match self.open_http1().await {
+                Ok(sender) => sender,
+                Err(not) => return not.into(),
+            },
         };
-        match &self.connections {
-            Connections::Http1 { idle } => {
-                let _counted = InProgress::new(&idle.calls);
-                if let Some(sender) = idle.take().await {
-                    if let Ok(answer) = exchange_http1(idle, sender, request()).await {
-                        return answer;
-                    }
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(error) => return unsent_or_failed(error, |_| false),
+        };
+        let answer = read(response).await;
+        // Read to its end, the answer leaves the connection ready for the next call.
+        if answer.is_ok() {
+            self.h1.put(sender);
+        }
+        Ok(answer)
+    }
+
+    async fn attempt_http2(&self, request: Request<Body>) -> Attempt {
+        let stream = match self.h2.reserve() {
+            Some(stream) => stream,
+            None => {
+                let (conn, stream) = self.h2.add();
+                tokio::spawn(self.opener().open_http2(conn));
+                stream
+            }
+        };
+        let mut sender = match stream.sender().await {
+            Ok(sender) => sender,
+            Err(not) => return not.into(),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                // A connection that took no request, or that Esper is
+                // closing (GOAWAY), takes no more calls; its streams finish.
+                if error.message().is_some() || went_away(error.error()) {
+                    stream.retire();
                 }
-                let sender = self.connect_http1().await?;
-                exchange_http1(idle, sender, request()).await.unwrap_or_else(|e| Err(transport(e)))
+                return unsent_or_failed(error, never_processed);
             }
-            Connections::Http2 { shared, connecting } => {
-                let (mut sender, reused) = self.http2_sender(shared, connecting).await?;
-                // As for HTTP/1.1: a connection that was open already and
-                // fails before any answer (closed, or going away) is given
-                // up, and the call is sent once more on a new one.
-                let response = match sender.send_request(request()).await {
-                    Err(_) if reused => {
-                        // Calls already on it keep their own handle. Should
-                        // another call have replaced it meanwhile, that
-                        // costs one more new connection, only after errors.
-                        *lock(shared) = None;
-                        let (mut sender, _) = self.http2_sender(shared, connecting).await?;
-                        sender.send_request(request()).await
-                    }
-                    sent => sent,
-                };
-                read(response.map_err(transport)?).await
-            }
-        }
-    }
-
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, Failure> {
-        let io = self.connect().await?;
-        let (sender, connection) = http1::handshake(io).await.map_err(transport)?;
-        tokio::spawn(connection);
-        Ok(sender)
-    }
-
-    /// The shared HTTP/2 connection, opened by the first call that needs it
-    /// (the others wait for it) and again once it has closed; true when it
-    /// was open already.
-    async fn http2_sender(
-        &self,
-        shared: &Mutex<Option<http2::SendRequest<Body>>>,
-        connecting: &tokio::sync::Mutex<()>,
-    ) -> Result<(http2::SendRequest<Body>, bool), Failure> {
-        let open = || lock(shared).as_ref().filter(|s| !s.is_closed()).cloned();
-        if let Some(sender) = open() {
-            return Ok((sender, true));
-        }
-        let _one_at_a_time = connecting.lock().await;
-        if let Some(sender) = open() {
-            return Ok((sender, true));
-        }
-        let io = self.connect().await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(HTTP2_PING_AFTER)
-            .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            // Esper's answer is read up to MAX_ANSWER_BYTES: no more is
-            // let in per stream before it is read.
-            .initial_stream_window_size(MAX_ANSWER_BYTES as u32)
-            .handshake(io)
-            .await
-            .map_err(transport)?;
-        tokio::spawn(connection);
-        *lock(shared) = Some(sender.clone());
-        Ok((sender, false))
-    }
-
-    /// A new TCP connection, with TLS for https.
-    async fn connect(&self) -> Result<TokioIo<Unvectored>, Failure> {
-        let tcp = match &self.host {
-            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
-            Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
-        }
-        .and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp))
-        .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
-        let stream: Box<dyn Stream> = match &self.tls {
-            None => Box::new(tcp),
-            Some((connector, name)) => Box::new(
-                connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| Failure::Transport(format!("TLS handshake: {e}")))?,
-            ),
         };
-        Ok(TokioIo::new(Unvectored(stream)))
+        // The stream is held until the answer is read.
+        let answer = read(response).await;
+        drop(stream);
+        Ok(answer)
+    }
+
+    /// A new HTTP/1.1 connection, opened by a task of its own: should the
+    /// call give up first, the connection goes to the pool.
+    async fn open_http1(&self) -> Result<h1::Sender, NotOpened> {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(self.opener().open_http1(tx));
+        rx.await.unwrap_or_else(|_| Err(failed(Failure::Transport("not opened".to_owned()))))
+    }
+
+    fn opener(&self) -> Opener {
+        Opener {
+            http2: self.http2,
+            connector: self.connector.clone(),
+            chosen: self.chosen.clone(),
+            h1: self.h1.clone(),
+            h2: self.h2.clone(),
+        }
     }
 }
 
-/// A TCP or TLS stream.
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+/// What a task that opens a connection needs of its origin.
+struct Opener {
+    http2: Http2,
+    connector: Arc<Connector>,
+    chosen: Arc<AtomicU8>,
+    h1: Arc<h1::Pool>,
+    h2: Arc<h2::Pool>,
+}
 
-/// A stream that does not offer vectored writes. Without them, the HTTP/2
-/// codec copies a body of up to 1 KiB into its write buffer instead of
-/// flushing it on its own, so the requests of a batch leave in one write
-/// rather than one write each (and HTTP/1.1 writes head and body together
-/// either way).
-struct Unvectored(Box<dyn Stream>);
+impl Opener {
+    /// Whether a new connection speaks HTTP/2: the server's ALPN choice
+    /// over https; with `esper_http2 on` over http, prior knowledge. The
+    /// choice is remembered for the next calls.
+    fn speaks_http2(&self, connected: &Connected) -> bool {
+        let h2 = match (self.http2, &connected.alpn) {
+            (Http2::Off, _) => false,
+            (Http2::On, _) => true,
+            (Http2::Auto, alpn) => alpn.as_deref() == Some(ALPN_H2),
+        };
+        if self.http2 == Http2::Auto && self.connector.tls.is_some() {
+            self.chosen.store(if h2 { CHOSEN_H2 } else { CHOSEN_H1 }, Ordering::Relaxed);
+        }
+        h2
+    }
 
-impl AsyncRead for Unvectored {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    /// Opens a connection for an HTTP/1.1 call. Should the server choose
+    /// HTTP/2 by ALPN, the connection goes to the HTTP/2 pool and the call
+    /// is sent there, having sent nothing here.
+    async fn open_http1(self, tx: oneshot::Sender<Result<h1::Sender, NotOpened>>) {
+        let opened = match self.connector.connect().await {
+            Ok(connected) if self.speaks_http2(&connected) => {
+                let (conn, stream) = self.h2.add();
+                conn.opened(h2::handshake(connected.io).await.map_err(failed));
+                drop(stream);
+                let _ = tx.send(Err(NotOpened {
+                    failure: Failure::Transport("the server chose HTTP/2".to_owned()),
+                    unsent: true,
+                }));
+                return;
+            }
+            Ok(connected) => h1::handshake(connected.io).await.map_err(failed),
+            Err(failure) => Err(failed(failure)),
+        };
+        if let Err(Ok(sender)) = tx.send(opened) {
+            self.h1.put(sender);
+        }
+    }
+
+    /// Opens `conn` for the HTTP/2 calls waiting on it. Should the server
+    /// choose HTTP/1.1 by ALPN (`auto`), the connection goes to the HTTP/1.1
+    /// pool and those calls are sent there, having sent nothing here.
+    async fn open_http2(self, conn: Arc<h2::Conn>) {
+        let opened = match self.connector.connect().await {
+            Ok(connected) if self.speaks_http2(&connected) => {
+                h2::handshake(connected.io).await.map_err(failed)
+            }
+            Ok(connected) => {
+                if let Ok(sender) = h1::handshake(connected.io).await {
+                    self.h1.put(sender);
+                }
+                Err(NotOpened {
+                    failure: Failure::Transport("the server chose HTTP/1.1".to_owned()),
+                    unsent: true,
+                })
+            }
+            Err(failure) => Err(failed(failure)),
+        };
+        conn.opened(opened);
     }
 }
 
-impl AsyncWrite for Unvectored {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
+fn failed(failure: Failure) -> NotOpened {
+    NotOpened { failure, unsent: false }
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+impl From<NotOpened> for Attempt {
+    fn from(not: NotOpened) -> Attempt {
+        if not.unsent {
+            Err(not.failure)
+        } else {
+            Ok(Err(not.failure))
+        }
     }
 }
 
-/// One call on an HTTP/1.1 connection, which goes back to the pool once its
-/// answer is read; `Err` when the connection failed before any answer.
-async fn exchange_http1(
-    idle: &Arc<Pool>,
-    mut sender: http1::SendRequest<Body>,
-    request: Request<Body>,
-) -> Result<Result<RawResponse, Failure>, hyper::Error> {
-    let response = sender.try_send_request(request).await.map_err(|e| e.into_error())?;
-    let answer = read(response).await;
-    // Read to its end, the answer leaves the connection ready for the next call.
-    if answer.is_ok() && !sender.is_closed() {
-        idle.put(sender);
+/// A failed send: `Err` (it may be sent again) when the request was never
+/// written, or `unsent` says Esper never processed it.
+fn unsent_or_failed(
+    mut error: TrySendError<Request<Body>>,
+    unsent: impl Fn(&hyper::Error) -> bool,
+) -> Attempt {
+    let never_written = error.take_message().is_some();
+    let error = error.into_error();
+    let again = never_written || unsent(&error);
+    let failure = transport(error);
+    if again {
+        Err(failure)
+    } else {
+        Ok(Err(failure))
     }
-    Ok(answer)
+}
+
+/// The HTTP/2 error under a hyper error, if any.
+fn h2_error(error: &hyper::Error) -> Option<&::h2::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<::h2::Error>() {
+            return Some(h2);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Whether Esper's GOAWAY ended the stream: it was above the last stream id
+/// Esper said it would process, or opened after the GOAWAY.
+fn went_away(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|h2| h2.is_go_away() && h2.is_remote())
+}
+
+/// Whether an HTTP/2 error proves that Esper did not process the stream:
+/// refused (REFUSED_STREAM), or left out by its GOAWAY (RFC 9113, section
+/// 8.7). A stream reset for another reason, or a connection that failed,
+/// may have been processed.
+fn never_processed(error: &hyper::Error) -> bool {
+    let refused = |h2: &::h2::Error| {
+        h2.is_remote() && h2.is_reset() && h2.reason() == Some(::h2::Reason::REFUSED_STREAM)
+    };
+    went_away(error) || h2_error(error).is_some_and(refused)
 }
 
 async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
@@ -416,7 +382,7 @@ async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
 }
 
 /// The reason of a transport error, down to its root cause.
-fn transport(error: hyper::Error) -> Failure {
+pub fn transport(error: hyper::Error) -> Failure {
     let mut reason = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {

@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::conf::ClientProfile;
+use crate::conf::{ClientProfile, Http2};
 
 /// The certificates of a PEM bundle; an error when a block is malformed
 /// (checked at `nginx -t`, read again by each worker).
@@ -36,7 +36,12 @@ pub fn client_config(profile: &ClientProfile) -> Result<Arc<ClientConfig>, Strin
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth()
     };
-    config.alpn_protocols = vec![if profile.http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    // `auto` offers both and takes the server's choice (h2 first: preferred).
+    config.alpn_protocols = match profile.http2 {
+        Http2::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Http2::On => vec![b"h2".to_vec()],
+        Http2::Off => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 

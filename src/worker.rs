@@ -16,74 +16,38 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use esper_protocol::breaker::{Admit, Breaker, Transition};
+use esper_protocol::breaker::{Admit, Breaker};
 use esper_protocol::enforcement::RetryGate;
 use esper_protocol::Failure;
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_t, ngx_cycle_t, ngx_delete_posted_event, ngx_event_t,
     ngx_get_connection, ngx_handle_read_event, ngx_int_t, ngx_post_event, ngx_posted_events,
-    ngx_process, NGX_LOG_ALERT, NGX_LOG_WARN, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_process, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::breakers::log_transition;
 use crate::client::{exchange, Answer, Call};
 use crate::conf::{MainConf, Target};
 use crate::ffi::now_ms;
 use crate::log::{guard, log_error};
 use crate::metrics;
 use crate::origin::Origin;
+use crate::runtime::{self, catching, Completions, Job};
 use crate::Module;
 
-/// Identifies a pending call between the nginx thread and the runtime.
-pub type CallId = u64;
+pub use crate::runtime::CallId;
 
 /// Receives, on the nginx thread, the answer of a call that is still wanted;
 /// dropped unused when the call is forgotten or expires.
 pub type Waiter = Box<dyn FnOnce(Answer)>;
-
-/// Outcomes waiting for the nginx thread, and the eventfd that wakes it.
-struct Completions {
-    queue: Mutex<Vec<(CallId, Answer)>>,
-    eventfd: File,
-}
-
-impl Completions {
-    fn push(&self, id: CallId, answer: Answer) {
-        let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.push((id, answer));
-            queue.len() == 1
-        };
-        // One wake-up per batch: the nginx thread reads the eventfd before it
-        // takes the queue, so a push onto a non-empty queue is always seen.
-        if was_empty {
-            // An eventfd write adds to its counter; it cannot be short.
-            let _ = (&self.eventfd).write(&1u64.to_ne_bytes());
-        }
-    }
-
-    /// Resets the eventfd's counter (it is non-blocking: stops when zero).
-    fn drain(&self) {
-        let mut counter = [0u8; 8];
-        while (&self.eventfd).read(&mut counter).is_ok_and(|n| n == 8) {}
-    }
-
-    fn take(&self) -> Vec<(CallId, Answer)> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *queue)
-    }
-}
-
-/// A call's whole life on the runtime thread.
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Worker {
     /// Runs the runtime (single-threaded: the calls of a batch run in order,
@@ -217,11 +181,6 @@ pub fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
 }
 
 fn build() -> Result<Worker, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
     // SAFETY: eventfd returns a new descriptor, which nothing else owns, or -1.
     let eventfd = unsafe {
         let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
@@ -231,22 +190,8 @@ fn build() -> Result<Worker, String> {
         File::from(OwnedFd::from_raw_fd(fd))
     };
     let watched = eventfd.try_clone().map_err(|e| format!("dup: {e}"))?;
-
-    let (dispatch, mut batches) = mpsc::unbounded_channel::<Vec<Job>>();
-    let thread = std::thread::Builder::new()
-        .name("esper".to_owned())
-        .spawn(move || {
-            runtime.block_on(async move {
-                while let Some(batch) = batches.recv().await {
-                    for job in batch {
-                        tokio::spawn(job);
-                    }
-                }
-            });
-            // Calls still running are cancelled.
-            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-        })
-        .map_err(|e| format!("thread: {e}"))?;
+    let (dispatch, batches) = mpsc::unbounded_channel::<Vec<Job>>();
+    let thread = runtime::start(batches)?;
     // Last: nothing after it can fail and leave the connection behind. (On
     // failure the thread ends as `dispatch` is dropped.)
     let notifier = watch(OwnedFd::from(watched))?;
@@ -412,8 +357,14 @@ pub fn call(
         let (cancel, mut cancelled) = oneshot::channel::<()>();
         // No timer here: the request's nginx timer bounds every call, and
         // cancels it (`expire`) at the deadline.
+        let kind = call.kind();
         worker.batch.push(Box::pin(async move {
-            let mut answer = pin!(exchange(&origin, &task_target, call));
+            let exchange = catching(exchange(&origin, &task_target, call));
+            let mut answer = pin!(async {
+                exchange.await.unwrap_or_else(|panic| {
+                    kind.failed(Failure::Transport(format!("internal error: {panic}")))
+                })
+            });
             let answer = std::future::poll_fn(|cx| {
                 if Pin::new(&mut cancelled).poll(cx).is_ready() {
                     return Poll::Ready(None);
@@ -515,29 +466,6 @@ fn end(id: CallId, how: End) -> Option<Waiter> {
     })
 }
 
-/// One warning per change of a breaker's state, and the shared gauge.
-fn log_transition(target: &Target, transition: Option<Transition>) {
-    let Some(transition) = transition else { return };
-    match transition {
-        Transition::Opened => metrics::breakers_changed(1, 0),
-        Transition::Closed => metrics::breakers_changed(0, 1),
-        Transition::HalfOpened | Transition::Reopened => {}
-    }
-    let url = &target.decision_url;
-    let message = match (transition, &target.breaker) {
-        (Transition::Opened, Some(s)) => format!(
-            "esper circuit breaker open for {url}: {} failures within {} ms; failure action without asking Esper for {} ms",
-            s.failures, s.window_ms, s.cooldown_ms
-        ),
-        (Transition::HalfOpened, _) => format!("esper circuit breaker half-open for {url}: one request probes Esper"),
-        (Transition::Closed, _) => format!("esper circuit breaker closed for {url}: Esper answered the probe"),
-        (Transition::Reopened, _) | (Transition::Opened, None) => {
-            format!("esper circuit breaker open again for {url}: the probe failed")
-        }
-    };
-    log_error(NGX_LOG_WARN, cycle_log(), &message);
-}
-
 /// Shuts the runtime down and closes the notifier (`exit_process`).
 pub fn stop(cycle: &ngx_cycle_t) {
     let Runtime::Running(mut worker) =
@@ -560,6 +488,7 @@ pub fn stop(cycle: &ngx_cycle_t) {
     // The dispatcher ends when its channel closes, and the thread with it.
     drop(worker.dispatch);
     let _ = worker.thread.join();
+    log_error(NGX_LOG_NOTICE, cycle_log(), &runtime::report(worker.next_id));
     // SAFETY: the notifier connection was opened by `watch` in this process.
     unsafe { ngx_close_connection(worker.notifier) };
 }

@@ -37,7 +37,8 @@ use plan::{Outcome, Payload, Plan, RateLimit};
 
 const USAGE: &str = "\
 usage: esper-mock [--listen IP:PORT] [--api-key KEY] [--default-action allow|challenge|block]
-                  [--no-record] [--threads N] [--rate-limit N [--retry-after SECS]] [--help]
+                  [--no-record] [--threads N] [--rate-limit N [--retry-after SECS]]
+                  [--max-streams N] [--head-bytes N] [--help]
 
   --listen IP:PORT      where to listen (default 127.0.0.1:0); prints \"listening on ADDR\"
   --api-key KEY         answer 401 to API calls without x-esper-api-key: KEY
@@ -47,6 +48,9 @@ usage: esper-mock [--listen IP:PORT] [--api-key KEY] [--default-action allow|cha
   --rate-limit N        like Esper's per-key limit: after N runtime calls since start or the
                         last POST /__mock/reset, every runtime call is answered 429
   --retry-after SECS    those 429s carry Retry-After: SECS (default: no Retry-After)
+  --max-streams N       HTTP/2: allow N concurrent streams per connection (SETTINGS_MAX_
+                        CONCURRENT_STREAMS; default 16384); streams beyond are refused
+  --head-bytes N        every runtime answer carries an x-mock-padding header of N bytes
 
 Runtime calls (POST /api/v1/runtime/mitigation) follow mock_* parameters in the payload's
 request.query_params:
@@ -112,6 +116,8 @@ struct Options {
     record: bool,
     threads: usize,
     rate_limit: Option<RateLimit>,
+    max_streams: u32,
+    head_bytes: usize,
 }
 
 /// What the command line asks for.
@@ -128,6 +134,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         record: true,
         threads: 1,
         rate_limit: None,
+        max_streams: MAX_STREAMS,
+        head_bytes: 0,
     };
     let mut rate_limit = None;
     let mut retry_after = None;
@@ -159,6 +167,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--retry-after" => {
                 retry_after =
                     Some(value()?.parse().map_err(|_| "--retry-after needs a number of seconds")?)
+            }
+            "--max-streams" => {
+                opts.max_streams =
+                    value()?.parse().map_err(|_| "--max-streams needs a number of streams")?
+            }
+            "--head-bytes" => {
+                opts.head_bytes =
+                    value()?.parse().map_err(|_| "--head-bytes needs a number of bytes")?
             }
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
@@ -227,6 +243,8 @@ async fn run(opts: Options) -> io::Result<()> {
         default_action: opts.default_action,
         record: opts.record,
         rate_limit: opts.rate_limit,
+        max_streams: opts.max_streams,
+        head_bytes: opts.head_bytes,
         runtime_calls: AtomicU64::new(0),
         verify_calls: AtomicU64::new(0),
         rate_limited: AtomicU64::new(0),
@@ -260,6 +278,7 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
         // Small request/response exchanges: don't let Nagle delay them.
         let _ = stream.set_nodelay(true);
         let mut closing = mock.closing.subscribe();
+        let max_streams = mock.max_streams;
         let mock = Arc::clone(&mock);
         mock.connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -268,8 +287,8 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
             // HTTP/1.1, or HTTP/2 with prior knowledge (`esper_http2 on`).
             // Errors here are clients going away or a deliberate `mock_close`.
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            // Let a benchmark hold thousands of decisions on one connection.
-            builder.http2().max_concurrent_streams(MAX_STREAMS);
+            // By default, let a benchmark hold thousands of decisions on one connection.
+            builder.http2().max_concurrent_streams(max_streams);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
@@ -291,6 +310,10 @@ struct Mock {
     default_action: &'static str,
     record: bool,
     rate_limit: Option<RateLimit>,
+    /// HTTP/2 streams allowed per connection.
+    max_streams: u32,
+    /// Bytes of padding header on every runtime answer.
+    head_bytes: usize,
     runtime_calls: AtomicU64,
     verify_calls: AtomicU64,
     /// Runtime calls answered 429.
@@ -444,6 +467,10 @@ impl Mock {
                 }
                 if let Some(after) = answer.retry_after {
                     response.headers_mut().insert(RETRY_AFTER, after);
+                }
+                if self.head_bytes > 0 {
+                    let padding = HeaderValue::from_str(&"p".repeat(self.head_bytes))?;
+                    response.headers_mut().insert("x-mock-padding", padding);
                 }
                 if answer.status == StatusCode::TOO_MANY_REQUESTS {
                     self.rate_limited.fetch_add(1, Ordering::Relaxed);

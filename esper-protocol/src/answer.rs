@@ -30,6 +30,10 @@ pub mod contract {
     pub const MAX_DECISION_ID_BYTES: usize = 128;
     /// Largest answer body read; a decision is a few hundred bytes.
     pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+    /// Largest answer head (status line and headers, or HTTP/2's decoded
+    /// header list) read; a larger one fails its call. Ours: Esper's
+    /// answers carry a few short headers.
+    pub const MAX_HEAD_BYTES: usize = 16 * 1024;
     /// Proof verification answer (docs/esper-contract.md, "Managed challenge",
     /// INFERRED): `valid` must be `true`.
     pub const VERIFY_VALID_FIELD: &str = "valid";

@@ -83,7 +83,7 @@ fn inherit_settings(prev: &LocConf, conf: &mut LocConf) {
     inherit(&mut conf.challenge_status, prev.challenge_status, UNSET_UINT, 302);
     inherit(&mut conf.send_cookies, prev.send_cookies, UNSET_FLAG, 0);
     inherit(&mut conf.ssl_verify, prev.ssl_verify, UNSET_FLAG, 1);
-    inherit(&mut conf.http2, prev.http2, UNSET_FLAG, 0);
+    inherit(&mut conf.http2, prev.http2, UNSET_UINT, HTTP2_AUTO);
     inherit(&mut conf.max_pending, prev.max_pending, UNSET_INT, DEFAULT_MAX_PENDING);
     inherit(&mut conf.pass_ttl, prev.pass_ttl, UNSET_TIME, DEFAULT_PASS_TTL_SECS);
     inherit(&mut conf.forward_decision_id, prev.forward_decision_id, UNSET_FLAG, 0);
@@ -160,7 +160,11 @@ fn target(conf: &LocConf, main: &mut MainConf, key: &str) -> Result<Target, Stri
     let mut api_key = hyper::header::HeaderValue::from_str(key).map_err(|e| e.to_string())?;
     api_key.set_sensitive(true);
     let profile = ClientProfile {
-        http2: conf.http2 == 1,
+        http2: match conf.http2 {
+            HTTP2_ON => Http2::On,
+            HTTP2_OFF => Http2::Off,
+            _ => Http2::Auto,
+        },
         verify: conf.ssl_verify == 1,
         ca_file: conf.ssl_trusted_certificate.as_ref().map(|(path, _)| path.clone()),
         ca_pem: conf.ssl_trusted_certificate.as_ref().map(|(_, pem)| pem.clone()),

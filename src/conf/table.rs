@@ -51,6 +51,13 @@ static mut JSON_RESPONSES: [ngx_conf_enum_t; 4] = [
     ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
 ];
 
+static mut HTTP2_MODES: [ngx_conf_enum_t; 4] = [
+    ngx_conf_enum_t { name: ngx_string!("auto"), value: HTTP2_AUTO },
+    ngx_conf_enum_t { name: ngx_string!("on"), value: HTTP2_ON },
+    ngx_conf_enum_t { name: ngx_string!("off"), value: HTTP2_OFF },
+    ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
+];
+
 static mut MODES: [ngx_conf_enum_t; 3] = [
     ngx_conf_enum_t { name: ngx_string!("enforce"), value: MODE_ENFORCE },
     ngx_conf_enum_t { name: ngx_string!("monitor"), value: MODE_MONITOR },
@@ -166,10 +173,10 @@ pub static mut COMMANDS: [ngx_command_t; 28] = [
     ),
     command(
         ngx_string!("esper_http2"),
-        NGX_CONF_FLAG,
-        ngx_conf_set_flag_slot,
+        NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
         offset_of!(LocConf, http2),
-        null_mut(),
+        addr_of!(HTTP2_MODES) as *mut c_void,
     ),
     command(
         ngx_string!("esper_forward_decision_id"),

@@ -1,0 +1,215 @@
+//! The HTTP/2 connections to one Esper origin.
+//!
+//! A call takes a stream on the oldest connection that has one free under
+//! the server's limit (SETTINGS_MAX_CONCURRENT_STREAMS, read off the
+//! connection by `stream::Unvectored`); when every connection is at its
+//! limit, it opens another. Connections beyond the first are closed once
+//! they have had no call for [`SURPLUS_IDLE_TIMEOUT`], so a worker holds at
+//! most ceil(calls in flight / limit) + 1 of them, plus those a burst left
+//! for a few seconds. A connection is opened by a task of its own: one
+//! whose handshake ends after the call that opened it gave up still joins
+//! the pool for the next calls.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use esper_protocol::answer::contract::{MAX_ANSWER_BYTES, MAX_HEAD_BYTES};
+use esper_protocol::Failure;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::origin::{lock, transport, Body};
+use crate::stream::{Unvectored, ASSUMED_STREAM_LIMIT};
+
+/// An HTTP/2 connection is pinged after this long without a frame from
+/// Esper, and closed when the ping is not answered in time: one a middlebox
+/// dropped without a word is found out, rather than each call waiting for
+/// its deadline on it.
+const PING_AFTER: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection beyond the first is closed after this long without a call.
+const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+pub type Sender = http2::SendRequest<Body>;
+
+/// Why a connection being opened is not there for its calls (HTTP/2 or
+/// HTTP/1.1).
+#[derive(Clone)]
+pub struct NotOpened {
+    pub failure: Failure,
+    /// True when nothing was sent: the call may go elsewhere.
+    pub unsent: bool,
+}
+
+#[derive(Clone)]
+enum State {
+    Connecting,
+    Ready(Sender, Arc<AtomicUsize>),
+    Failed(NotOpened),
+}
+
+pub struct Conn {
+    state: watch::Sender<State>,
+    /// Takes no new calls (Esper is closing it); kept until its streams end.
+    retired: AtomicBool,
+    /// Streams taken by calls.
+    streams: AtomicUsize,
+    /// When the last call on it ended.
+    idle_since: Mutex<Instant>,
+}
+
+impl Conn {
+    fn closed(&self) -> bool {
+        match &*self.state.borrow() {
+            State::Connecting => false,
+            State::Ready(sender, _) => sender.is_closed(),
+            State::Failed(_) => true,
+        }
+    }
+
+    /// Whether a new call may take a stream on it.
+    fn usable(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && !self.closed()
+    }
+
+    /// The server's stream limit, once its SETTINGS arrived.
+    fn known_limit(&self) -> Option<usize> {
+        match &*self.state.borrow() {
+            State::Ready(_, limit) => Some(limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
+            State::Connecting | State::Failed(_) => None,
+        }
+    }
+
+    /// Tells the calls waiting for this connection how its opening ended.
+    pub fn opened(&self, opened: Result<(Sender, Arc<AtomicUsize>), NotOpened>) {
+        self.state.send_replace(match opened {
+            Ok((sender, limit)) => State::Ready(sender, limit),
+            Err(not) => State::Failed(not),
+        });
+    }
+}
+
+/// A stream taken on a connection, given back when dropped.
+pub struct Stream(Arc<Conn>);
+
+impl Stream {
+    /// No more calls on this stream's connection.
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection's sender, once it is open.
+    pub async fn sender(&self) -> Result<Sender, NotOpened> {
+        let mut state = self.0.state.subscribe();
+        let state = state.wait_for(|s| !matches!(s, State::Connecting)).await;
+        match state.as_deref() {
+            Ok(State::Ready(sender, _)) => Ok(sender.clone()),
+            Ok(State::Failed(not)) => Err(not.clone()),
+            Ok(State::Connecting) | Err(_) => Err(NotOpened {
+                failure: Failure::Transport("connection not opened".to_owned()),
+                unsent: true,
+            }),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *lock(&self.0.idle_since) = Instant::now();
+        }
+    }
+}
+
+/// The connections, oldest first.
+#[derive(Default)]
+pub struct Pool {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    trimming: AtomicBool,
+}
+
+impl Pool {
+    /// A stream on the oldest connection with one free, open or opening.
+    pub fn reserve(&self) -> Option<Stream> {
+        let mut conns = lock(&self.conns);
+        conns.retain(|c| !c.closed());
+        // A connection whose server has not said its limit yet is taken to
+        // have the one another connection to the same server has, else
+        // ASSUMED_STREAM_LIMIT.
+        let assumed = conns.iter().find_map(|c| c.known_limit()).unwrap_or(ASSUMED_STREAM_LIMIT);
+        let free = |c: &&Arc<Conn>| {
+            let limit = c.known_limit().unwrap_or(assumed);
+            c.usable() && c.streams.load(Ordering::Relaxed) < limit
+        };
+        let conn = conns.iter().find(free)?;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        Some(Stream(conn.clone()))
+    }
+
+    /// A new connection, for its opener to open (`Conn::opened`), with a
+    /// stream taken on it.
+    pub fn add(self: &Arc<Self>) -> (Arc<Conn>, Stream) {
+        let conn = Arc::new(Conn {
+            state: watch::channel(State::Connecting).0,
+            retired: AtomicBool::new(false),
+            streams: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        lock(&self.conns).push(conn.clone());
+        if !self.trimming.swap(true, Ordering::Relaxed) {
+            tokio::spawn(self.clone().trim());
+        }
+        (conn.clone(), Stream(conn))
+    }
+
+    /// Closes the connections beyond the first that have been idle long
+    /// enough, until only one is left.
+    async fn trim(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let mut conns = lock(&self.conns);
+            let now = Instant::now();
+            conns.retain(|c| {
+                let busy = c.streams.load(Ordering::Relaxed) > 0;
+                !c.closed() && (busy || !c.retired.load(Ordering::Relaxed))
+            });
+            let mut first = true;
+            conns.retain(|c| {
+                let keep = first
+                    || c.streams.load(Ordering::Relaxed) > 0
+                    || now.duration_since(*lock(&c.idle_since)) < SURPLUS_IDLE_TIMEOUT;
+                first = false;
+                keep
+            });
+            if conns.len() <= 1 {
+                // The runtime has one thread: no `add` runs in between.
+                self.trimming.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// HTTP/2 on a new connection: its sender, and the server's stream limit as
+/// it becomes known.
+pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>), Failure> {
+    let limit = io.watch_stream_limit();
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_AFTER)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        // Esper's answer is read up to MAX_ANSWER_BYTES: no more is let in
+        // per stream before it is read.
+        .initial_stream_window_size(MAX_ANSWER_BYTES as u32)
+        .initial_max_send_streams(ASSUMED_STREAM_LIMIT)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(transport)?;
+    tokio::spawn(connection);
+    Ok((sender, limit))
+}

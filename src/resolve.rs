@@ -1,0 +1,105 @@
+//! The addresses of Esper's host name: the system's resolver (getaddrinfo,
+//! so `/etc/hosts`, `nsswitch.conf` and `resolv.conf` apply exactly as for
+//! nginx itself), behind a cache with a bounded lifetime.
+//!
+//! One lookup at a time per origin runs on tokio's blocking pool, in a task
+//! of its own: calls that need the addresses meanwhile wait for it, and a
+//! call that gives up does not start another. The addresses are looked up
+//! again once they are [`LIFETIME`] old, so a changed address is followed
+//! without a reload; when that lookup fails, the old addresses are used
+//! until the next one, [`RETRY_FAILED`] later.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use esper_protocol::Failure;
+use tokio::sync::watch;
+
+/// How long looked-up addresses are used before they are looked up again
+/// (getaddrinfo gives no TTL).
+const LIFETIME: Duration = Duration::from_secs(30);
+/// How soon a failed lookup is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(2);
+
+pub struct Resolver {
+    name: String,
+    port: u16,
+    state: Mutex<State>,
+    /// Bumped each time a lookup ends.
+    looked_up: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    addresses: Option<Arc<[SocketAddr]>>,
+    /// When the addresses (or the last failure) stop being current.
+    until: Option<Instant>,
+    failure: Option<String>,
+    looking_up: bool,
+}
+
+impl Resolver {
+    pub fn new(name: String, port: u16) -> Arc<Resolver> {
+        Arc::new(Resolver { name, port, state: Mutex::default(), looked_up: watch::channel(0).0 })
+    }
+
+    /// The current addresses of the name, in the resolver's order.
+    pub async fn addresses(self: &Arc<Self>) -> Result<Arc<[SocketAddr]>, Failure> {
+        let mut changed = self.looked_up.subscribe();
+        {
+            let mut state = crate::origin::lock(&self.state);
+            let current = state.until.is_some_and(|until| Instant::now() < until);
+            if current {
+                if let Some(addresses) = &state.addresses {
+                    return Ok(addresses.clone());
+                }
+                if let Some(failure) = &state.failure {
+                    return Err(resolve_failure(&self.name, failure));
+                }
+            }
+            if !state.looking_up {
+                state.looking_up = true;
+                tokio::spawn(self.clone().look_up());
+            }
+        }
+        // The lookup task always bumps the counter once it ends.
+        let _ = changed.changed().await;
+        let state = crate::origin::lock(&self.state);
+        match (&state.addresses, &state.failure) {
+            (Some(addresses), _) => Ok(addresses.clone()),
+            (None, Some(failure)) => Err(resolve_failure(&self.name, failure)),
+            (None, None) => Err(resolve_failure(&self.name, "no address")),
+        }
+    }
+
+    async fn look_up(self: Arc<Self>) {
+        let found = tokio::net::lookup_host((self.name.as_str(), self.port))
+            .await
+            .map(|found| found.collect::<Vec<_>>());
+        {
+            let mut state = crate::origin::lock(&self.state);
+            state.looking_up = false;
+            match found {
+                Ok(found) if !found.is_empty() => {
+                    state.addresses = Some(found.into());
+                    state.failure = None;
+                    state.until = Some(Instant::now() + LIFETIME);
+                }
+                Ok(_) => {
+                    state.failure = Some("no address".to_owned());
+                    state.until = Some(Instant::now() + RETRY_FAILED);
+                }
+                Err(e) => {
+                    state.failure = Some(e.to_string());
+                    state.until = Some(Instant::now() + RETRY_FAILED);
+                }
+            }
+        }
+        self.looked_up.send_modify(|n| *n += 1);
+    }
+}
+
+fn resolve_failure(name: &str, reason: &str) -> Failure {
+    Failure::Transport(format!("resolve {name}: {reason}"))
+}
