@@ -110,6 +110,11 @@ impl Zone {
         self.with_table(|t| t.remember(key, decision, expires, now)).unwrap_or(Stored::No)
     }
 
+    /// Whether the entity's proof may be verified (`Table::admit_proof`).
+    pub fn admit_proof(&self, key: &EntityKey) -> bool {
+        self.with_table(|t| t.admit_proof(key, crate::ffi::now_ms())).unwrap_or(true)
+    }
+
     /// A verified proof: the entity's challenge goes (a block stays).
     pub fn forget_challenge(&self, key: &EntityKey) {
         self.with_table(|t| t.forget_challenge(key));

@@ -4,13 +4,19 @@
 //! 2. first visit: remove client copies of Esper's request headers, then
 //!    `judge`: the operator's `esper_bypass` lets it continue unasked (the
 //!    proof still taken out); a visitor back from a challenge has the proof
-//!    taken out and verified (3); a valid pass cookie continues (unless the
-//!    enforcement zone remembers a block); a decision the zone remembers is
+//!    taken out and verified (3) unless the enforcement zone refuses it (a
+//!    block, or the entry's proofs spent); then `judge_without_proof`: a
+//!    block the zone remembers is held and answered; a valid pass cookie
+//!    continues; a challenge the zone remembers for this very return URL is
 //!    applied without a call; else the runtime decision is asked for (4);
 //! 3. proof verified: pass cookie and a redirect to the clean URL; not
-//!    verified: the runtime decision (4);
+//!    verified: judged as the same request without a proof (2);
 //! 4. woken by the answer or by the deadline timer: apply it (continue,
 //!    challenge or block, remembered in the zone), or the failure action.
+//!
+//! After an internal redirect a request is never judged again, but a block
+//! or challenge that `esper_mode monitor` let through is applied by an
+//! enforcing location it reaches.
 //!
 //! `Stage` says where the request is: idle, waiting for one call, or with an
 //! answer to apply. While a call is pending, the request waits and the worker
@@ -22,10 +28,9 @@ use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use esper_protocol::enforcement::{entry_lifetime, EntityKey};
+use esper_protocol::enforcement::{entry_lifetime, EntityKey, ReturnScope};
 use esper_protocol::entity_table::{Remembered, Stored};
 use esper_protocol::metrics::EsperResult;
-use esper_protocol::pass::set_cookie;
 use esper_protocol::query::same_site_path;
 use esper_protocol::throttle::LogThrottle;
 use esper_protocol::{verify_body, Decision, Failure, ProofCheck, Verdict};
@@ -40,7 +45,7 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, R
 use ngx::ngx_string;
 
 use crate::client::{Answer, Call};
-use crate::conf::{FailureAction, LocConf, Mode};
+use crate::conf::{FailureAction, LocConf, Mode, PassSettings};
 use crate::headers::{add_header_in, add_pooled_header_in, remove_headers_in};
 use crate::log::{debug, guard, log_error};
 use crate::request::ChallengeProof;
@@ -168,7 +173,29 @@ fn access(request: &mut Request) -> Step {
         Stage::Idle if state.shown().result == Some(EsperResult::Bypassed) => {
             judge(request, conf, state)
         }
+        Stage::Idle if conf.target.is_some() && conf.policy.mode == Mode::Enforce => {
+            match state.unenforced.take() {
+                Some(verdict) => enforce_monitored(request, conf, state, verdict),
+                None => DECLINED,
+            }
+        }
         Stage::Idle => DECLINED,
+    }
+}
+
+/// A decision that a monitoring location let through, in an enforcing
+/// location the request was redirected to: applied here, without a call.
+fn enforce_monitored(
+    request: &mut Request,
+    conf: &LocConf,
+    state: &mut RequestState,
+    verdict: Verdict,
+) -> Step {
+    debug!(request, "esper: {} decided in monitor mode, enforced here", verdict.action().as_str());
+    state.rejudged(EsperResult::Decided);
+    match Denial::of(&verdict) {
+        Some(denial) => response::deny(request, conf, denial, state.shown().decision_id.as_deref()),
+        None => DECLINED,
     }
 }
 
@@ -210,21 +237,49 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Ste
         state.entity = Some(EntityKey::new(ip, ua));
     }
 
-    // A visitor back from a challenge: verify the proof first. The proof is
-    // taken out of the request whatever happens next.
-    match request::take_challenge_proof(request) {
+    // A visitor back from a challenge: verify the proof first, unless the
+    // zone refuses it. The proof is taken out of the request whatever
+    // happens next.
+    let token = match request::take_challenge_proof(request) {
         None => return SERVER_ERROR,
-        Some(ChallengeProof::Taken { token: Some(token) }) => {
+        Some(ChallengeProof::Taken { token }) => token,
+        Some(ChallengeProof::Absent) => None,
+    };
+    if let Some(token) = token {
+        if state.admit_proof(conf) {
             debug!(request, "esper: challenge proof taken out of the request, verifying it");
             let (ip, ua) = request::entity(request);
             let body = verify_body(&token, ip, ua);
             return start(request, conf, state, Call::Verify(body));
         }
-        Some(ChallengeProof::Taken { token: None } | ChallengeProof::Absent) => {}
+        log_error(
+            NGX_LOG_INFO,
+            request.log(),
+            "esper challenge proof not verified: the enforcement zone remembers a block, or this entity's proofs are spent",
+        );
     }
+    judge_without_proof(request, conf, state, pass)
+}
 
-    // A pass skips a remembered challenge, never a remembered block.
+/// Judges a request as if it carried no proof: a block the zone remembers
+/// (which nothing lifts), a pass cookie, a challenge the zone remembers for
+/// this request's return URL, else Esper's runtime decision.
+fn judge_without_proof(
+    request: &mut Request,
+    conf: &LocConf,
+    state: &mut RequestState,
+    pass: &PassSettings,
+) -> Step {
     let remembered = state.zone_lookup(conf);
+    if let Some(block) = remembered.as_ref().filter(|d| d.verdict == Verdict::Block) {
+        // A bot that Esper blocked waits a little for each answer, so a
+        // flood on keepalive connections cannot take the worker's time
+        // from other clients.
+        debug!(request, "esper: block remembered by the enforcement zone, held {BLOCK_HOLD_MS} ms");
+        state.hold(block.clone(), BLOCK_HOLD_MS);
+        request.as_mut().read_event_handler = Some(ngx_http_test_reading);
+        return DONE;
+    }
     let has_pass = request::has_valid_pass(request, pass);
     debug!(
         request,
@@ -232,28 +287,20 @@ fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) -> Ste
         if has_pass { "accepted" } else { "absent or refused" }
     );
     if has_pass {
-        if let Some(block) = remembered.filter(|d| d.verdict == Verdict::Block) {
-            return enforce(request, conf, state, block);
-        }
         state.judged(EsperResult::Pass);
         return proceed(request, conf, state);
     }
-    if let Some(decision) = remembered {
-        if decision.verdict == Verdict::Block {
-            // A bot that Esper blocked waits a little for each answer, so a
-            // flood on keepalive connections cannot take the worker's time
-            // from other clients.
-            debug!(
-                request,
-                "esper: block remembered by the enforcement zone, held {BLOCK_HOLD_MS} ms"
-            );
-            state.hold(decision, BLOCK_HOLD_MS);
-            request.as_mut().read_event_handler = Some(ngx_http_test_reading);
-            return DONE;
-        }
-        return enforce(request, conf, state, decision);
+    // A challenge sends the visitor back to the return URL Esper keeps on
+    // its challenge session: replayed only to a request with that URL.
+    if let Some(challenge) = remembered.filter(|c| c.scope == return_scope(request, conf)) {
+        return enforce(request, conf, state, challenge);
     }
     start_decision(request, conf, state)
+}
+
+/// Which request a challenge made now would be for.
+fn return_scope(request: &Request, conf: &LocConf) -> ReturnScope {
+    ReturnScope::of(request::return_url(request, conf).unwrap_or_default())
 }
 
 /// Applies a decision remembered in the enforcement zone, without a call.
@@ -330,22 +377,25 @@ fn resumed(
         }
         Answer::Proof(not_verified) => {
             debug!(request, "esper: challenge proof not verified");
-            // Never a pass: the runtime decision runs as for any request.
+            // Judged as the same request without a proof.
             match not_verified {
                 Err(failure) => {
                     metrics::count_error(&failure);
                     log_failure(
                         log,
-                        format_args!("esper challenge proof verification failed: {failure}; asking for a runtime decision"),
+                        format_args!("esper challenge proof verification failed: {failure}; judged as without a proof"),
                     );
                 }
                 Ok(_) => log_error(
                     NGX_LOG_INFO,
                     log,
-                    "esper challenge proof refused; asking for a runtime decision",
+                    "esper challenge proof refused; judged as without a proof",
                 ),
             }
-            start_decision(request, conf, state)
+            let Some(pass) = conf.pass.as_ref() else {
+                return SERVER_ERROR;
+            };
+            judge_without_proof(request, conf, state, pass)
         }
         Answer::Decision(Ok(decision)) => apply(request, conf, state, decision),
         Answer::Decision(Err(failure)) => {
@@ -366,7 +416,7 @@ fn resumed(
             if continues {
                 proceed(request, conf, state)
             } else {
-                Step::Phase(conf.block_status as ngx_int_t)
+                response::block(request, conf.block_status)
             }
         }
     }
@@ -409,13 +459,21 @@ fn apply(
         if monitor { " (monitor mode: not enforced)" } else { "" }
     );
     if let (Some(zone), Some(key)) = (&conf.zone, &state.entity) {
-        let remembered = Remembered {
-            verdict: decision.verdict.clone(),
-            decision_id: decision.decision_id.clone(),
-        };
+        // A lifetime that is zero or already over holds for this request only.
         let lifetime = entry_lifetime(decision.lifetime, zone.ttl);
-        if zone.remember(key, &remembered, lifetime) == (Stored::Yes { evicted: true }) {
-            EVICTION_LOG.with(|t| zone.evicted(&mut t.borrow_mut()));
+        if let (Some(lifetime), Some(_)) = (lifetime, Denial::of(&decision.verdict)) {
+            let scope = match decision.verdict {
+                Verdict::Challenge { .. } => return_scope(request, conf),
+                Verdict::Block | Verdict::Allow => ReturnScope::default(),
+            };
+            let remembered = Remembered {
+                verdict: decision.verdict.clone(),
+                decision_id: decision.decision_id.clone(),
+                scope,
+            };
+            if zone.remember(key, &remembered, lifetime) == (Stored::Yes { evicted: true }) {
+                EVICTION_LOG.with(|t| zone.evicted(&mut t.borrow_mut()));
+            }
         }
     }
     state.decided(decision.verdict.action(), decision.decision_id);
@@ -428,7 +486,10 @@ fn apply(
         // Esper has no objection; other access checks (and `satisfy`) still
         // apply. Monitor mode never enforces.
         None => proceed(request, conf, state),
-        Some(_) if monitor => proceed(request, conf, state),
+        Some(_) if monitor => {
+            state.unenforced = Some(decision.verdict.clone());
+            proceed(request, conf, state)
+        }
         Some(denial) => response::deny(request, conf, denial, state.shown().decision_id.as_deref()),
     }
 }
@@ -463,9 +524,9 @@ fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Durat
         return SERVER_ERROR;
     };
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
-    let (ip, ua) = request::entity(request);
-    let value = pass.key.issue(SystemTime::now() + max_age, ip, ua);
-    let cookie = set_cookie(&pass.cookie, &value, max_age, request::is_https(request));
+    let now = SystemTime::now();
+    let value = pass.key.issue(now, now + max_age, &request::pass_scope(request, pass));
+    let cookie = pass.cookie.set_cookie(&value, max_age, request::is_https(request));
     // A relative path that stays on this site, whatever `absolute_redirect`
     // makes of it: never `//host/...`.
     let back = same_site_path(request.unparsed_uri().as_bytes());

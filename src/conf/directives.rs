@@ -277,7 +277,10 @@ directive_handler!(set_trusted_certificate, |cf, conf, args| {
 });
 
 directive_handler!(set_pass_cookie, |_cf, conf, args| {
-    set_string(&mut conf.pass_cookie, &args[1], values::check_cookie_name)
+    once(conf.pass_cookie.is_some())?;
+    let words = args[1..].iter().map(text).collect::<Result<Vec<_>, _>>()?;
+    conf.pass_cookie = Some(values::parse_pass_cookie(&words)?);
+    Ok(())
 });
 
 directive_handler!(set_pass_secret_file, |cf, conf, args| {
