@@ -5,31 +5,20 @@
 // embedded form, SameSite=None; Secure; Partitioned, is).
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { context, startSite } from './lib/site.mjs';
+import { context, suite } from './lib/site.mjs';
 import { PAGE, PROOF, landsOn, passCookieHeader, record, solve } from './lib/flows.mjs';
 
 const CHALLENGE = /^https:\/\/esper\.test:\d+\/challenge\?/;
-let site;
-let failed = false;
-before(async () => {
-  site = await startSite('cookies', {
-    locations: `        location /embedded/ { esper on; esper_pass_cookie esper_challenge samesite=none partitioned; }
-        location = /host.html { }`,
-  });
+const locations = `
+        location /embedded/ { esper on; esper_pass_cookie esper_challenge samesite=none partitioned; }
+        location = /host.html { }`;
+const { site, check } = suite('cookies', { locations }, () => {
   site.page('app/page.html', PAGE);
   site.page('embedded/page.html', PAGE);
   site.page('host.html', `<!doctype html><title>embedding site</title><h1>embedding site</h1>
 <iframe id="frame" width="600" height="400"></iframe>
 <script>document.getElementById('frame').src = new URLSearchParams(location.search).get('src');</script>
 `);
-});
-after(async () => {
-  assert.deepEqual(site.seriousErrors(), [], 'no alerts or crashes');
-  await site.stop(!failed);
-});
-const check = (name, body) => test(name, async (t) => {
-  try { await body(t); } catch (e) { failed = true; throw e; }
 });
 
 check('a pass earned over https, then a challenge over http: solved once, no loop', async () => {

@@ -4,22 +4,11 @@
 // keep; back, forward and reload.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { context, startSite } from './lib/site.mjs';
+import { context, suite } from './lib/site.mjs';
 import { PAGE, PROOF, landsOn, passCookieHeader, record, solve } from './lib/flows.mjs';
 
-let site;
-let failed = false;
-before(async () => {
-  site = await startSite('round-trip');
+const { site, check } = suite('round-trip', {}, () => {
   site.page('app/page.html', PAGE);
-});
-after(async () => {
-  assert.deepEqual(site.seriousErrors(), [], 'no alerts or crashes');
-  await site.stop(!failed);
-});
-const check = (name, body) => test(name, async (t) => {
-  try { await body(t); } catch (e) { failed = true; throw e; }
 });
 
 check('allow: the page, no challenge, no cookie', async () => {

@@ -5,14 +5,10 @@
 // challenged URLs get the block page and the redirect, and the page stays.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { context, startSite } from './lib/site.mjs';
+import { context, suite } from './lib/site.mjs';
 import { PAGE, landsOn, solve } from './lib/flows.mjs';
 
-let site;
-let failed = false;
-before(async () => {
-  site = await startSite('scripts');
+const { site, check } = suite('scripts', {}, () => {
   site.page('app/page.html', PAGE);
   site.page('app/data.json', '{"ok":true}\n');
   site.page('app/script.js', '(window.ran = window.ran || []).push(document.currentScript.src);\n');
@@ -26,13 +22,6 @@ before(async () => {
 <script src="/app/script.js?sub=5&mock_action=block"></script>
 <script src="/app/script.js?sub=6&mock_action=challenge"></script>
 `);
-});
-after(async () => {
-  assert.deepEqual(site.seriousErrors(), [], 'no alerts or crashes');
-  await site.stop(!failed);
-});
-const check = (name, body) => test(name, async (t) => {
-  try { await body(t); } catch (e) { failed = true; throw e; }
 });
 
 /** fetch() from the page, as the README's example does. */

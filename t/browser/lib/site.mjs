@@ -13,6 +13,8 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node
 import { createServer, connect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -188,4 +190,30 @@ export function launch() {
 /** A fresh context (its own cookie jar) that trusts the test certificates. */
 export function context(site) {
   return site.browser.newContext({ ignoreHTTPSErrors: true });
+}
+
+/**
+ * One test file's site, started before its tests and stopped after them
+ * (its directory kept when a test failed or nginx logged an alert), and
+ * `check`, its tests. `setup(site)` writes the pages.
+ */
+export function suite(name, options, setup) {
+  const site = {};
+  let started = false;
+  let failed = false;
+  before(async () => {
+    Object.assign(site, await startSite(name, options));
+    started = true;
+    setup(site);
+  });
+  after(async () => {
+    if (!started) return;
+    const errors = site.seriousErrors();
+    await site.stop(!failed && errors.length === 0);
+    assert.deepEqual(errors, [], 'no alerts or crashes');
+  });
+  const check = (title, body) => test(title, async () => {
+    try { await body(); } catch (e) { failed = true; throw e; }
+  });
+  return { site, check };
 }
