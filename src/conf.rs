@@ -6,7 +6,6 @@
 //! that errors read exactly like nginx's.
 
 mod directives;
-mod ext;
 mod merge;
 mod table;
 
@@ -29,9 +28,9 @@ use ngx::ffi::{
     ngx_uint_t, time_t,
 };
 
-pub use self::ext::ConfExt;
 use crate::enforcement::Zone;
 use crate::log::guard;
+use crate::nginx_conf::ConfExt;
 use crate::worker::ConfClients;
 
 const FAILURE_ALLOW: ngx_uint_t = 0;

@@ -18,8 +18,8 @@ use ngx::ffi::{
     NGX_LOG_WARN, NGX_OK,
 };
 
-use crate::conf::ConfExt;
 use crate::log::{guard, log_error};
+use crate::nginx_conf::ConfExt;
 
 /// Smallest zone accepted, as nginx's own zones (eight pages).
 const MIN_ENTRIES: usize = 8;

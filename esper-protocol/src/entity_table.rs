@@ -509,6 +509,14 @@ mod tests {
         assert_eq!(t.remember(&key(1), &allow, 1000, 0), Stored::No);
         let long = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES));
         assert_eq!(t.remember(&key(1), &challenge(&long), 1000, 0), Stored::No);
+        let over = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES - 17));
+        assert_eq!(over.len(), MAX_URL_BYTES + 1);
+        assert_eq!(t.remember(&key(1), &challenge(&over), 1000, 0), Stored::No, "one byte over");
+        let exact = &over[..MAX_URL_BYTES];
+        assert_eq!(t.remember(&key(2), &challenge(exact), 1000, 0), Stored::Yes { evicted: false });
+        let kept = t.get(&key(2), 1).unwrap().verdict;
+        assert_eq!(kept, Verdict::Challenge { redirect_url: exact.to_owned() }, "kept whole");
+        t.forget_challenge(&key(2));
         assert_eq!(t.remember(&key(1), &challenge(""), 1000, 0), Stored::No);
         assert!(t.is_empty());
         let url = "https://c.example/challenge?s=1";
@@ -540,6 +548,14 @@ mod tests {
         t.remember(&key(2), &block("d"), 1000, 0);
         assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: false });
         assert_eq!(t.evictions(), 0);
+        // A tail that expires exactly now is over too; one a millisecond
+        // later is still live, and pushing it out is an eviction.
+        let mut m = Memory::new(1);
+        let mut t = m.table();
+        t.remember(&key(1), &block("d"), 20, 0);
+        assert_eq!(t.remember(&key(2), &block("d"), 21, 20), Stored::Yes { evicted: false });
+        assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: true });
+        assert_eq!(t.evictions(), 1);
     }
 
     #[test]
@@ -660,9 +676,47 @@ mod tests {
         assert_eq!(Layout::fitting(1000, 1), None);
         let l = Layout::fitting(32 * 1024, 8).unwrap();
         assert!(l.capacity >= 20, "{l:?}");
-        assert!(l.slots_offset + l.capacity * size_of::<Slot>() <= 32 * 1024);
-        assert!(l.buckets >= l.capacity && l.buckets.is_power_of_two());
-        assert_eq!(l.slots_offset % align_of::<Slot>(), 0);
         assert_eq!(Layout::fitting(32 * 1024, 10_000), None);
+    }
+
+    /// The regions of a layout for `bytes`: meta, bucket heads and slots,
+    /// each aligned, apart from one another and inside the memory.
+    fn assert_sound(l: &Layout, bytes: usize) {
+        let meta = 0..size_of::<Meta>();
+        let buckets = l.buckets_offset..l.buckets_offset + l.buckets * size_of::<u32>();
+        let slots = l.slots_offset..l.slots_offset + l.capacity * size_of::<Slot>();
+        assert_eq!(l.buckets_offset % align_of::<u32>(), 0, "{bytes}: {l:?}");
+        assert_eq!(l.slots_offset % align_of::<Slot>(), 0, "{bytes}: {l:?}");
+        assert!(meta.end <= buckets.start && buckets.end <= slots.start, "{bytes}: {l:?}");
+        assert!(slots.end <= bytes, "{bytes}: {l:?} ends past the memory");
+        assert!(l.buckets >= l.capacity && l.buckets.is_power_of_two(), "{bytes}: {l:?}");
+    }
+
+    /// Whether a table of `capacity` entries fits in `bytes` at all.
+    fn fits(capacity: usize, bytes: usize) -> bool {
+        let buckets_offset = size_of::<Meta>().next_multiple_of(align_of::<u32>());
+        let slots_offset = (buckets_offset + capacity.next_power_of_two() * size_of::<u32>())
+            .next_multiple_of(align_of::<Slot>());
+        slots_offset + capacity * size_of::<Slot>() <= bytes
+    }
+
+    #[test]
+    fn every_zone_size_up_to_16_mib_gets_the_largest_sound_table() {
+        let page = 4096;
+        let sizes = (8 * page..=16 << 20).step_by(page).chain([10 << 20, (10 << 20) - 1, 16 << 20]);
+        let mut lowered = 0;
+        for bytes in sizes {
+            let l = Layout::fitting(bytes, 8).unwrap_or_else(|| panic!("{bytes}: no table"));
+            assert_sound(&l, bytes);
+            assert!(!fits(l.capacity + 1, bytes), "{bytes}: {} entries would fit", l.capacity + 1);
+            // Where the first estimate did not fit, the capacity was lowered.
+            let estimate = (bytes - size_of::<Meta>().next_multiple_of(4) - align_of::<Slot>())
+                / (size_of::<Slot>() + size_of::<u32>());
+            lowered += usize::from(l.capacity < estimate);
+        }
+        assert!(lowered > 0, "the lowering step ran for some sizes");
+        let ten = Layout::fitting(10 << 20, 8).unwrap();
+        assert_eq!(ten.capacity, (8..20_000).rev().find(|&c| fits(c, 10 << 20)).unwrap());
+        assert_eq!(Layout::fitting(7 * size_of::<Slot>(), 8), None, "fewer than min_entries");
     }
 }

@@ -11,11 +11,11 @@ use esper_protocol::pass::PassKey;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 
-use super::ext::ConfExt;
 use super::*;
 use crate::enforcement::{self, Zone};
 use crate::ffi::borrowed_str;
 use crate::log::guard;
+use crate::nginx_conf::ConfExt;
 
 /// Why a directive was refused; `nginx -t` prints it with the file and line.
 enum SetError {

@@ -17,6 +17,7 @@ use ngx::ngx_string;
 
 use super::*;
 use crate::log::{guard, log_error};
+use crate::nginx_conf::ConfExt;
 use crate::Module;
 
 const DEFAULT_FIELD_VALUE: ngx_str_t = ngx_string!("$host");
