@@ -5,7 +5,7 @@
 CARGO ?= cargo
 NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps deps-build build run test unit integration external check-packages module deb docker-check bench fuzz sanitize clean
+.PHONY: all deps deps-build build run test unit integration external browser check-packages module deb docker-check bench fuzz sanitize clean
 
 all: build
 
@@ -34,6 +34,13 @@ integration:
 # nginx's own build system.
 external:
 	t/tools/check-external-build.sh
+
+# The challenge round trip in headless Chromium (Debian's package), driven by
+# playwright-core (pinned in t/browser/package-lock.json); each file starts
+# its own mock and nginx. Kept out of `make test` (a browser, about a minute).
+browser: build
+	scripts/install-deps.sh --browser
+	cd t/browser && timeout 600 node --test --test-concurrency=1 --test-timeout=120000
 
 # Debian 12 and 13, each in a debootstrapped chroot under target/chroots (the
 # host's nginx is never touched): the module built for the distribution's

@@ -2,7 +2,9 @@
 # Installs what building and testing the module needs on Debian or Ubuntu,
 # only where something is missing. Safe to run again. With --build, only what
 # building needs (the Docker image's builder); with --bench, also what
-# `make bench` needs (wrk, and matplotlib for the chart).
+# `make bench` needs (wrk, and matplotlib for the chart); with --browser, also
+# what `make browser` needs (Debian's Chromium, Node.js and npm, and
+# t/browser's pinned playwright-core from its package-lock.json).
 set -euo pipefail
 
 mode=${1:-test}
@@ -16,7 +18,7 @@ packages=(
 )
 case "$mode" in
     --build) ;;
-    test | --bench)
+    test | --bench | --browser)
         packages+=(
             openssl           # test certificates in t/tls.t
             procps            # pgrep, used by the harness
@@ -26,9 +28,15 @@ case "$mode" in
             python3 python3-pip   # t/http3.t's client (aioquic, installed below)
         )
         ;;
-    *) echo "usage: $0 [--build | --bench]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--build | --bench | --browser]" >&2; exit 2 ;;
 esac
 [ "$mode" = --bench ] && packages+=(wrk)
+if [ "$mode" = --browser ]; then
+    packages+=(chromium)
+    # Node.js 20 or later (playwright-core's minimum); a node installed
+    # otherwise is kept.
+    command -v node >/dev/null || packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -51,6 +59,19 @@ fi
 # version pinned there.
 if [ "$mode" != --build ] && ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet -r "$(dirname "$0")/../t/tools/requirements.txt"
+fi
+
+if [ "$mode" = --browser ]; then
+    if ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+        echo "make browser needs Node.js 20 or later; this is $(node --version)" >&2
+        exit 1
+    fi
+    browser_dir="$(cd "$(dirname "$0")/../t/browser" && pwd)"
+    pinned=$(node -p "require('$browser_dir/package.json').dependencies['playwright-core']")
+    installed=$(node -p "require('$browser_dir/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+    if [ "$installed" != "$pinned" ]; then
+        (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

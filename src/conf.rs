@@ -182,7 +182,7 @@ pub struct LocConf {
     pub block_status: ngx_uint_t,
     /// `esper_challenge_status`
     pub challenge_status: ngx_uint_t,
-    /// `esper_return_url`
+    /// `esper_return_url`; unset, `request::return_url` decides.
     pub return_url: Option<&'static ngx_http_complex_value_t>,
     /// `esper_field`, in order
     pub fields: Option<Vec<Field>>,

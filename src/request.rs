@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use esper_protocol::pass::PassScope;
 use esper_protocol::query::{replace_target, take_proof, target_without_proof, CleanTarget, Proof};
+use esper_protocol::response::wants_json;
+use esper_protocol::return_url::{authority_port, request_url, same_origin_page, Origin};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
     ngx_array_t, ngx_http_complex_value_t, ngx_http_get_indexed_variable, ngx_http_request_t,
@@ -58,9 +60,40 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
 /// Where Esper's challenge sends the visitor back to (the payload's
 /// `return_url`): the one place that decides it, for the payload and for the
 /// enforcement zone, which replays a challenge only to the request it was
-/// made for.
+/// made for. `esper_return_url` when set; else, when the challenge would be
+/// answered in JSON (a script's call), the page that made the call (its
+/// `Referer`, when of the same origin); else the URL the visitor asked for,
+/// port included. `None` only when the request pool is exhausted.
 pub fn return_url<'r>(request: &'r Request, conf: &LocConf) -> Option<&'r [u8]> {
-    evaluate(request, conf.return_url)
+    if conf.return_url.is_some() {
+        return evaluate(request, conf.return_url);
+    }
+    let origin = origin(request);
+    if wants_json(conf.json_response, headers(request)) {
+        // SAFETY: a non-null header entry of a live request lives as long as it.
+        let referer = unsafe { request.as_ref().headers_in.referer.as_ref() };
+        if let Some(page) = referer.and_then(|r| same_origin_page(r.value.as_bytes(), &origin)) {
+            return Some(page);
+        }
+    }
+    let url = pool_str(request, &request_url(&origin, request.as_ref().unparsed_uri.as_bytes()))?;
+    // SAFETY: made in the request pool, which lives as long as the request.
+    Some(unsafe { std::slice::from_raw_parts(url.data, url.len) })
+}
+
+/// The origin the client asked for: `$host` (the server name when the
+/// client named none), the scheme of the client connection and the port the
+/// client named in `Host` or `:authority`.
+fn origin(request: &Request) -> Origin<'_> {
+    let req = request.as_ref();
+    let host = match req.headers_in.server.as_bytes() {
+        [] => NgxHttpCoreModule::server_conf(request).map_or(&[][..], |s| s.server_name.as_bytes()),
+        server => server,
+    };
+    // SAFETY: a non-null header entry of a live request lives as long as it.
+    let host_header = unsafe { req.headers_in.host.as_ref() }.map(|h| h.value.as_bytes());
+    let authority = host_header.or_else(|| authority_without_host_header(request));
+    Origin { https: is_https(request), host, port: authority.and_then(authority_port) }
 }
 
 /// The request's `:authority` (or absolute-form host) when it has no Host

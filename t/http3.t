@@ -207,7 +207,7 @@ for my $version (sort keys %over) {
 }
 my %payload = map { $_ => $over{$_}{payload} } keys %over;
 delete @{$_}{qw(idempotency_key observed_at)} for values %payload;
-is($payload{3}{return_url}, "https://shop.example.com$path", 'HTTP/3: return_url from :authority, without its port');
+is($payload{3}{return_url}, "https://$authority$path", 'HTTP/3: return_url from :authority, with its port');
 is_deeply($payload{3}{fields}, { host => 'shop.example.com', server_name => '', scheme => 'https' },
     'HTTP/3: fields from :authority');
 is_deeply($payload{3}{request}{cookies}, { theme => 'dark', session => 'abc' }, 'HTTP/3: split cookie fields all parsed');

@@ -1,7 +1,8 @@
 # esper_json_response: API and script clients get a challenge or block they
 # can act on, in JSON; browsers keep the redirect and the block page. The
 # choice in `auto` follows Sec-Fetch-Mode / X-Requested-With and a properly
-# parsed Accept, and every response made in `auto` says so in Vary.
+# parsed Accept (without fetch metadata, whether Accept prefers JSON to
+# HTML), and every response made in `auto` says so in Vary.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -50,7 +51,17 @@ my @cases = (
     ['fetch() asking for JSON',    [$cors, ['Accept', 'application/json']], 1],
     ['XMLHttpRequest',             [['X-Requested-With', 'XMLHttpRequest'], ['Accept', 'application/json, text/plain, */*']], 1],
     ['browser navigation',         [['Sec-Fetch-Mode', 'navigate'], ['Accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8']], 0],
-    ['no fetch metadata (curl)',   [['Accept', 'application/json']], 0],
+    # Browsers send no Sec-Fetch-* to plain-http origins: without them,
+    # an Accept that prefers JSON to HTML is a script client.
+    ['no fetch metadata, JSON',    [['Accept', 'application/json']], 1],
+    ['no fetch metadata, axios',   [['Accept', 'application/json, text/plain, */*']], 1],
+    ['no fetch metadata, HTML lower', [['Accept', 'text/html;q=0.5, application/json']], 1],
+    ['no fetch metadata, tie',     [['Accept', 'text/html, application/json']], 0],
+    ['no fetch metadata, wildcard above', [['Accept', 'application/json;q=0.5, */*']], 0],
+    ['no fetch metadata, navigation', [['Accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8']], 0],
+    ['no fetch metadata, q=0',     [['Accept', 'application/json;q=0']], 0],
+    ['no fetch metadata, image',   [['Accept', 'image/avif,image/webp,image/*,*/*;q=0.8']], 0],
+    ['no fetch metadata, none',    [], 0],
     ['q=0',                        [$cors, ['Accept', 'application/json;q=0, text/html']], 0],
     ['q=0.000 with spaces',        [$cors, ['Accept', ' text/html ,application/json ; q = 0.000 ']], 0],
     ['wildcard only',              [$cors, ['Accept', '*/*']], 0],

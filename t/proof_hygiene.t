@@ -90,7 +90,7 @@ $t->mock_reset;
 $r = $t->get('/ru/allow/p?a=1&esper_challenge_proof=BAD', host => "site.example:$port");
 is($r->{status}, 200, 'a refused proof: decided and allowed');
 my $call = $t->last_call;
-is($call->{body}{return_url}, "http://site.example/ru/allow/p?a=1", "Esper's return_url has no proof though \$request_uri was cached");
+is($call->{body}{return_url}, "http://site.example:$port/ru/allow/p?a=1", "Esper's return_url has no proof though \$request_uri was cached");
 like($r->{body}, qr{^uri=/ru/allow/p\?a=1$}m, 'the proxied URI has no proof');
 my ($now) = $r->{body} =~ /^now=(.*)$/m;
 is($now, '/ru/allow/p?a=1|a=1||1|?|a=1|GET /ru/allow/p?a=1 HTTP/1.1',

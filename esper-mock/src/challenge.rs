@@ -8,11 +8,14 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::atomic::Ordering,
     time::{Duration, SystemTime},
 };
 
-use hyper::StatusCode;
+use hyper::{header::HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
+
+use crate::{json_response, respond, Body, Mock};
 
 /// Challenge sessions remembered; beyond, the oldest are forgotten, so that a
 /// benchmark challenging every request runs in bounded memory.
@@ -139,6 +142,77 @@ pub fn verdict(token: &str, issued: Option<&Issued>, redeemer: &Client) -> Verdi
     }
 }
 
+impl Mock {
+    /// `/challenge/solve?return_url=U[&session=S][&ttl=N]`: the visitor
+    /// passed; send them back with a fresh proof token, bound to the client
+    /// the session's challenge was shown to.
+    pub(crate) fn solve(&self, query: &str) -> Response<Body> {
+        let mut return_url = None;
+        let mut ttl = None;
+        let mut session = None;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "return_url" => return_url = Some(value.into_owned()),
+                "ttl" => ttl = value.parse().ok(),
+                "session" => session = value.parse().ok(),
+                _ => {}
+            }
+        }
+        let Some(return_url) = return_url else {
+            return json_response(StatusCode::BAD_REQUEST, r#"{"error":"return_url needed"}"#);
+        };
+        // An unknown or forgotten session issues a proof any client may redeem.
+        let client = session.and_then(|id| self.sessions.lock().unwrap().client(id).cloned());
+        let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
+        self.tokens.lock().unwrap().insert(token.clone(), Issued { ttl, client });
+        let location = return_location(&return_url, &token);
+        let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
+        match HeaderValue::from_str(&location) {
+            Ok(location) => {
+                response.headers_mut().insert(hyper::header::LOCATION, location);
+                response
+            }
+            Err(_) => json_response(StatusCode::BAD_REQUEST, r#"{"error":"bad return_url"}"#),
+        }
+    }
+}
+
+/// The challenge page for `/challenge?QUERY`: a form whose "Solve" button
+/// (id `solve`) sends the same query to `/challenge/solve`, as a person
+/// passing Esper's challenge would.
+pub fn page(query: &str) -> String {
+    let fields: String = form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">\n",
+                html_escape(&name),
+                html_escape(&value)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+         <title>Esper challenge (mock)</title></head>\n<body>\n<h1>Esper challenge (mock)</h1>\n\
+         <form method=\"get\" action=\"/challenge/solve\">\n{fields}\
+         <button type=\"submit\" id=\"solve\">Solve</button>\n</form>\n</body>\n</html>\n"
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// The token a verify request carries (`proof`, or `token`).
 pub fn token_of(body: &Value) -> Option<&str> {
     body.get("proof").or_else(|| body.get("token"))?.as_str()
@@ -237,6 +311,18 @@ mod tests {
         assert_eq!(sessions.client(1), None, "the oldest is forgotten");
         assert_eq!(sessions.client(2), Some(&client("2.2.2.2", "b")));
         assert_eq!(sessions.clients.len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn the_page_sends_its_query_to_solve() {
+        let page = page("return_url=https%3A%2F%2Fa.test%2Fp%3Fx%3D1%26y%3D%22%3C&session=7");
+        assert!(page.contains(r#"<form method="get" action="/challenge/solve">"#));
+        assert!(page.contains(
+            r#"<input type="hidden" name="return_url" value="https://a.test/p?x=1&amp;y=&quot;&lt;">"#
+        ));
+        assert!(page.contains(r#"<input type="hidden" name="session" value="7">"#));
+        assert!(page.contains(r#"<button type="submit" id="solve">Solve</button>"#));
+        assert_eq!(html_escape(r#"<a href='x'>&"#), "&lt;a href=&#39;x&#39;&gt;&amp;");
     }
 
     #[test]

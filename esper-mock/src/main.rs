@@ -38,9 +38,11 @@ use plan::{Outcome, Payload, Plan, RateLimit};
 const USAGE: &str = "\
 usage: esper-mock [--listen IP:PORT] [--api-key KEY] [--default-action allow|challenge|block]
                   [--no-record] [--threads N] [--rate-limit N [--retry-after SECS]]
-                  [--max-streams N] [--head-bytes N] [--help]
+                  [--max-streams N] [--head-bytes N] [--challenge-origin URL] [--help]
 
   --listen IP:PORT      where to listen (default 127.0.0.1:0); prints \"listening on ADDR\"
+  --challenge-origin URL  the challenge page's origin in redirect_url (default http://ADDR),
+                        e.g. https://esper.test:8443 for a TLS proxy in front of the mock
   --api-key KEY         answer 401 to API calls without x-esper-api-key: KEY
   --default-action A    the runtime action when mock_action is not given (default allow)
   --no-record           keep no copy of calls for /__mock/requests (benchmarks)
@@ -73,9 +75,10 @@ request.query_params:
   mock_close=1           close the connection without an answer
 
 Challenge: a challenge sent to the mock's /challenge page opens a session there that
-remembers the payload's request.client_ip and request.user_agent; GET /challenge/solve with
-the same query (return_url, session, and optionally ttl=SECS for the proof's ttl_seconds)
-sends the visitor back to return_url with esper_challenge_proof=proof-<n>.
+remembers the payload's request.client_ip and request.user_agent. The page is a form with a
+\"Solve\" button (id solve) that a browser follows: GET /challenge/solve with the same query
+(return_url, session, and optionally ttl=SECS for the proof's ttl_seconds) sends the visitor
+back to return_url with esper_challenge_proof=proof-<n>.
 
 Proof verification (POST /api/v1/challenge/proof/verify) answers by token (proof or token):
   proof-<n> from /challenge/solve   valid, but {\"valid\": false} when the body's client_ip
@@ -118,6 +121,7 @@ struct Options {
     rate_limit: Option<RateLimit>,
     max_streams: u32,
     head_bytes: usize,
+    challenge_origin: Option<String>,
 }
 
 /// What the command line asks for.
@@ -136,6 +140,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         rate_limit: None,
         max_streams: MAX_STREAMS,
         head_bytes: 0,
+        challenge_origin: None,
     };
     let mut rate_limit = None;
     let mut retry_after = None;
@@ -176,6 +181,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                 opts.head_bytes =
                     value()?.parse().map_err(|_| "--head-bytes needs a number of bytes")?
             }
+            "--challenge-origin" => opts.challenge_origin = Some(value()?),
             "--help" | "-h" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -238,7 +244,7 @@ async fn run(opts: Options) -> io::Result<()> {
     io::stdout().flush()?;
 
     let mock = Arc::new(Mock {
-        listen,
+        challenge_origin: opts.challenge_origin.unwrap_or_else(|| format!("http://{listen}")),
         api_key: opts.api_key,
         default_action: opts.default_action,
         record: opts.record,
@@ -305,7 +311,9 @@ async fn serve(listener: TcpListener, mock: Arc<Mock>) {
 }
 
 struct Mock {
-    listen: SocketAddr,
+    /// Where the challenge page is reached: `--challenge-origin`, or the
+    /// mock's own address.
+    challenge_origin: String,
     api_key: Option<String>,
     default_action: &'static str,
     record: bool,
@@ -377,8 +385,8 @@ impl Mock {
             }
             (&Method::GET, "/challenge") => respond(
                 StatusCode::OK,
-                HeaderValue::from_static("text/html"),
-                "<html>esper challenge</html>",
+                HeaderValue::from_static("text/html; charset=utf-8"),
+                challenge::page(req.uri().query().unwrap_or("")),
             ),
             _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
         };
@@ -438,7 +446,8 @@ impl Mock {
             None => {
                 let payload = Payload::parse(&body);
                 let session = self.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
-                let plan = plan::plan(&payload, seq, session, self.listen, self.default_action);
+                let plan =
+                    plan::plan(&payload, seq, session, &self.challenge_origin, self.default_action);
                 if matches!(&plan.outcome, Outcome::Answer(a) if a.opens_session) {
                     self.sessions.lock().unwrap().open(session, payload.client());
                 }
@@ -482,39 +491,6 @@ impl Mock {
 }
 
 impl Mock {
-    /// `/challenge/solve?return_url=U[&session=S][&ttl=N]`: the visitor
-    /// passed; send them back with a fresh proof token, bound to the client
-    /// the session's challenge was shown to.
-    fn solve(&self, query: &str) -> Response<Body> {
-        let mut return_url = None;
-        let mut ttl = None;
-        let mut session = None;
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            match name.as_ref() {
-                "return_url" => return_url = Some(value.into_owned()),
-                "ttl" => ttl = value.parse().ok(),
-                "session" => session = value.parse().ok(),
-                _ => {}
-            }
-        }
-        let Some(return_url) = return_url else {
-            return json_response(StatusCode::BAD_REQUEST, r#"{"error":"return_url needed"}"#);
-        };
-        // An unknown or forgotten session issues a proof any client may redeem.
-        let client = session.and_then(|id| self.sessions.lock().unwrap().client(id).cloned());
-        let token = format!("proof-{}", self.issued.fetch_add(1, Ordering::Relaxed) + 1);
-        self.tokens.lock().unwrap().insert(token.clone(), Issued { ttl, client });
-        let location = challenge::return_location(&return_url, &token);
-        let mut response = respond(StatusCode::FOUND, HeaderValue::from_static("text/html"), "");
-        match HeaderValue::from_str(&location) {
-            Ok(location) => {
-                response.headers_mut().insert(hyper::header::LOCATION, location);
-                response
-            }
-            Err(_) => json_response(StatusCode::BAD_REQUEST, r#"{"error":"bad return_url"}"#),
-        }
-    }
-
     async fn verify_call(
         &self,
         req: Request<Incoming>,

@@ -3,7 +3,6 @@
 
 use std::{
     borrow::Cow,
-    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
@@ -155,12 +154,12 @@ impl RateLimit {
 
 /// `seq` is the 1-based number of this runtime call; `session` the id of the
 /// challenge session the answer opens if it sends the visitor to the mock's
-/// challenge page; `listen` is the address the mock is bound to.
+/// challenge page; `challenge_origin` is where that page is reached.
 pub fn plan(
     payload: &Payload,
     seq: u64,
     session: u64,
-    listen: SocketAddr,
+    challenge_origin: &str,
     default_action: &str,
 ) -> Plan {
     let delay = payload.number("mock_delay_ms").map(Duration::from_millis);
@@ -169,7 +168,7 @@ pub fn plan(
     } else if payload.flag("mock_close") {
         Outcome::Close
     } else {
-        Outcome::Answer(answer(payload, seq, session, listen, default_action))
+        Outcome::Answer(answer(payload, seq, session, challenge_origin, default_action))
     };
     Plan { delay, outcome }
 }
@@ -180,7 +179,7 @@ fn answer(
     payload: &Payload,
     seq: u64,
     session: u64,
-    listen: SocketAddr,
+    challenge_origin: &str,
     default_action: &str,
 ) -> Answer {
     let status = payload
@@ -209,7 +208,7 @@ fn answer(
                 Some(url) => Some(url),
                 None if action == "challenge" => {
                     opens_session = true;
-                    Some(Cow::Owned(challenge_url(payload, session, listen)))
+                    Some(Cow::Owned(challenge_url(payload, session, challenge_origin)))
                 }
                 None => None,
             };
@@ -240,12 +239,12 @@ fn answer(
 
 /// The mock's own `/challenge` page, carrying the payload's `return_url` and
 /// the challenge session along.
-fn challenge_url(payload: &Payload, session: u64, listen: SocketAddr) -> String {
+fn challenge_url(payload: &Payload, session: u64, challenge_origin: &str) -> String {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("return_url", payload.return_url.as_deref().unwrap_or(""))
         .append_pair("session", &session.to_string())
         .finish();
-    format!("http://{listen}/challenge?{query}")
+    format!("{challenge_origin}/challenge?{query}")
 }
 
 #[cfg(test)]
@@ -253,12 +252,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn listen() -> SocketAddr {
-        "127.0.0.1:4242".parse().unwrap()
-    }
+    const ORIGIN: &str = "http://127.0.0.1:4242";
 
     fn plan_for(payload: Value) -> Plan {
-        plan(&Payload::parse(payload.to_string().as_bytes()), 7, 70, listen(), "allow")
+        plan(&Payload::parse(payload.to_string().as_bytes()), 7, 70, ORIGIN, "allow")
     }
 
     fn with_params(params: Value) -> Plan {
@@ -295,14 +292,14 @@ mod tests {
 
     #[test]
     fn default_action_applies_without_mock_action() {
-        let a = answer_of(plan(&Payload::default(), 1, 10, listen(), "block"));
+        let a = answer_of(plan(&Payload::default(), 1, 10, ORIGIN, "block"));
         assert_eq!(body_json(&a)["action"], "block");
     }
 
     #[test]
     fn unreadable_payload_gets_the_default_answer() {
         for body in [&b"not json"[..], b"", br#"{"request":"x"}"#] {
-            let a = answer_of(plan(&Payload::parse(body), 3, 30, listen(), "allow"));
+            let a = answer_of(plan(&Payload::parse(body), 3, 30, ORIGIN, "allow"));
             assert_eq!(body_json(&a)["decision_id"], "dec-3");
         }
     }
@@ -343,7 +340,7 @@ mod tests {
             br#"{"request": {"client_ip": 5, "query_params": {"mock_action": "block"}}}"#,
         );
         assert_eq!(odd.client(), Client::default());
-        let a = answer_of(plan(&odd, 1, 1, listen(), "allow"));
+        let a = answer_of(plan(&odd, 1, 1, ORIGIN, "allow"));
         assert_eq!(body_json(&a)["action"], "block", "odd types do not spoil the payload");
     }
 

@@ -12,6 +12,7 @@ pub mod pass;
 pub mod payload;
 pub mod query;
 pub mod response;
+pub mod return_url;
 pub mod throttle;
 
 pub use answer::{

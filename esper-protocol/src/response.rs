@@ -3,8 +3,9 @@
 //! document.
 //!
 //! In `auto`, a request gets JSON when it is not a browser navigation and it
-//! accepts JSON; anything unclear falls back to today's responses, which a
-//! browser can always show.
+//! accepts JSON, or when it carries no fetch metadata and prefers JSON to
+//! HTML; anything unclear falls back to the redirect and the block page,
+//! which a browser can always show.
 
 use serde::Serialize;
 
@@ -43,6 +44,13 @@ pub const VARY_AUTO: &str = "Accept, Sec-Fetch-Mode, X-Requested-With";
 ///   comma-separated list (a proxy folding duplicates) counts element by
 ///   element; empty values count as absent.
 /// - Accepts JSON: see [`accepts_json`], over every `Accept` header.
+/// - Without any `Sec-Fetch-Mode` (browsers send fetch metadata only to
+///   secure origins, so a `fetch()` on a plain-http site has none) and
+///   without `X-Requested-With`: JSON when `Accept` prefers JSON to HTML
+///   (and accepts it): a JSON range's q is above that of a range naming
+///   `text/html`, or, when none names it, not below that of the wildcard
+///   (`text/*`, else `*/*`) that covers it. No browser navigates with such
+///   an `Accept`: browsers never name JSON in it.
 pub fn wants_json<'a>(
     mode: JsonMode,
     headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -69,7 +77,11 @@ pub fn wants_json<'a>(
         }
     }
     let not_navigation = (fetch_mode_given && !navigation) || xhr;
-    not_navigation && accept.accepted()
+    if fetch_mode_given || xhr {
+        not_navigation && accept.accepted()
+    } else {
+        accept.prefers_json()
+    }
 }
 
 /// Whether `Accept` headers (each value given separately) accept JSON:
@@ -124,13 +136,21 @@ fn json_body(action: Action, redirect_url: Option<&str>, decision_id: Option<&st
     serde_json::to_string(&body).expect("serializing strings cannot fail")
 }
 
-/// What the `Accept` headers seen so far say about JSON.
+/// What the `Accept` headers seen so far say about JSON, and about HTML
+/// beside it.
 #[derive(Default)]
 struct AcceptJson {
-    /// Some JSON range has q > 0.
-    offered: bool,
+    /// The highest q of a JSON range, in thousandths (0: none above 0).
+    json: u16,
     /// Some `application/json` range has q = 0.
     refused: bool,
+    /// The highest q of a `text/html` range.
+    html: Option<u16>,
+    /// The highest q of a `text/*` range, then of a `*/*` range: what
+    /// `text/html` gets when no range names it (RFC 9110 §12.5.1, the most
+    /// specific range wins).
+    text_any: Option<u16>,
+    any: Option<u16>,
 }
 
 impl AcceptJson {
@@ -142,14 +162,36 @@ impl AcceptJson {
             if range.is_application_json() && range.weight == 0 {
                 self.refused = true;
             }
-            if range.is_json() && range.weight > 0 {
-                self.offered = true;
+            if range.is_json() {
+                self.json = self.json.max(range.weight);
             }
+            let slot = match (range.type_, range.subtype) {
+                (t, s) if t.eq_ignore_ascii_case(b"text") && s.eq_ignore_ascii_case(b"html") => {
+                    &mut self.html
+                }
+                (t, b"*") if t.eq_ignore_ascii_case(b"text") => &mut self.text_any,
+                (b"*", b"*") => &mut self.any,
+                _ => continue,
+            };
+            *slot = Some(slot.map_or(range.weight, |q| q.max(range.weight)));
         }
     }
 
     fn accepted(&self) -> bool {
-        self.offered && !self.refused
+        self.json > 0 && !self.refused
+    }
+
+    /// Accepted, and JSON is preferred to HTML: the JSON range's q is above
+    /// the q of a range naming `text/html`; when none names it, above or
+    /// equal to the wildcard's that would cover it (`text/*`, else `*/*`),
+    /// since a client that names JSON and reaches HTML only through a
+    /// wildcard (`application/json, text/plain, */*`) asks for JSON.
+    fn prefers_json(&self) -> bool {
+        let html_wins = match self.html {
+            Some(html) => html >= self.json,
+            None => self.text_any.or(self.any).is_some_and(|wildcard| wildcard > self.json),
+        };
+        self.accepted() && !html_wins
     }
 }
 
@@ -290,314 +332,4 @@ fn is_quoted_string(bytes: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{json, Value};
-
-    fn accepts(values: &[&str]) -> bool {
-        accepts_json(values.iter().map(|v| v.as_bytes()))
-    }
-
-    #[test]
-    fn plain_json_types_are_accepted() {
-        assert!(accepts(&["application/json"]));
-        assert!(accepts(&["text/html, application/json"]));
-        assert!(accepts(&["application/problem+json"]));
-        assert!(accepts(&["application/vnd.api+json"]));
-        assert!(accepts(&["text/vnd.x+json"]), "any type with +json");
-    }
-
-    #[test]
-    fn q_zero_in_every_spelling_refuses() {
-        for q in ["0", "0.", "0.0", "0.00", "0.000"] {
-            assert!(!accepts(&[&format!("application/json;q={q}")]), "{q}");
-            assert!(!accepts(&[&format!("application/vnd.api+json;q={q}")]), "{q}");
-        }
-    }
-
-    #[test]
-    fn q_above_zero_accepts() {
-        for q in ["1", "1.", "1.0", "1.000", "0.001", "0.5", "0.999"] {
-            assert!(accepts(&[&format!("application/json;q={q}")]), "{q}");
-        }
-    }
-
-    #[test]
-    fn an_explicit_refusal_of_application_json_wins() {
-        assert!(!accepts(&["application/json;q=0, application/problem+json"]));
-        assert!(!accepts(&["application/problem+json", "application/json;q=0"]));
-        assert!(!accepts(&["application/json", "application/json;q=0"]));
-        assert!(!accepts(&["application/json;v=2;q=0, application/json"]));
-        // Refusing a +json type refuses nothing else.
-        assert!(accepts(&["application/problem+json;q=0, application/json"]));
-    }
-
-    #[test]
-    fn wildcards_do_not_count() {
-        assert!(!accepts(&["*/*"]));
-        assert!(!accepts(&["application/*"]));
-        assert!(!accepts(&["application/*+json"]));
-        assert!(!accepts(&["*/*+json"]));
-        assert!(!accepts(&["*/json"]));
-        assert!(!accepts(&["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"]));
-        // Nor do they refuse.
-        assert!(accepts(&["application/json, */*;q=0"]));
-        assert!(accepts(&["application/*;q=0, application/json"]));
-    }
-
-    #[test]
-    fn parameters_are_read() {
-        assert!(accepts(&["application/json; charset=utf-8"]));
-        assert!(accepts(&["application/json;v=2;q=0.5"]));
-        assert!(accepts(&["application/json;q=0.5;v=2"]));
-        assert!(accepts(&["application/json;;charset=utf-8;"]));
-        assert!(!accepts(&["application/json;charset=utf-8;q=0"]));
-    }
-
-    #[test]
-    fn quoted_values_may_hold_separators() {
-        assert!(accepts(&[r#"application/json;p="a,b;q=0", text/html"#]));
-        assert!(!accepts(&[r#"text/html;p="x, application/json""#]));
-        assert!(!accepts(&[r#"foo/bar;a="application/json""#]));
-        assert!(accepts(&[r#"application/json;p="say \"hi\", \\", text/html"#]));
-        assert!(!accepts(&[r#"application/json;p="unterminated, application/json"#]));
-        assert!(!accepts(&[r#"application/json;p="a"b""#]));
-    }
-
-    #[test]
-    fn case_does_not_matter() {
-        assert!(accepts(&["APPLICATION/JSON"]));
-        assert!(accepts(&["Application/Problem+JSON"]));
-        assert!(!accepts(&["APPLICATION/JSON;Q=0"]));
-        assert!(accepts(&["application/json;Q=0.5"]));
-    }
-
-    #[test]
-    fn spaces_and_tabs_around_separators() {
-        assert!(accepts(&["  application/json  "]));
-        assert!(accepts(&["text/html ,\tapplication/json ; charset = utf-8 ; q = 0.5 "]));
-        assert!(!accepts(&[" application/json ; q = 0 , application/problem+json "]));
-        assert!(accepts(&[" , ,application/json,, "]));
-        // Not inside a type.
-        assert!(!accepts(&["application / json"]));
-    }
-
-    #[test]
-    fn every_accept_header_counts() {
-        assert!(accepts(&["text/html", "application/json"]));
-        assert!(accepts(&["application/json", "text/html"]));
-        assert!(!accepts(&["text/html", "text/plain"]));
-        assert!(!accepts(&[]));
-    }
-
-    #[test]
-    fn lookalikes_are_not_json() {
-        for value in [
-            "application/jsonx",
-            "application/json-seq",
-            "application/x-json",
-            "text/json",
-            "text/json-seq",
-            "application/+json",
-            "application/json+xml",
-            "xapplication/json",
-            "application/xjson",
-        ] {
-            assert!(!accepts(&[value]), "{value}");
-        }
-    }
-
-    #[test]
-    fn malformed_ranges_are_ignored() {
-        for value in [
-            "",
-            " ",
-            ",",
-            "application",
-            "application/",
-            "/json",
-            "application/json/x",
-            "application/json;q",
-            "application/json;=1",
-            "application/json;q=",
-            "application/json;q=2",
-            "application/json;q=1.001",
-            "application/json;q=0.0001",
-            "application/json;q=.5",
-            "application/json;q=-0",
-            "application/json;q=abc",
-            "application/json;q=\"0.5\"",
-            "application/json;q=0.5;q=0.5",
-            "application/json;a=b c",
-            "appli\u{e9}cation/json",
-            "\u{0}\u{ff}garbage;;;==\"",
-        ] {
-            assert!(!accepts(&[value]), "{value:?}");
-        }
-        // A malformed refusal refuses nothing.
-        assert!(accepts(&["application/json;q=zero, application/json"]));
-        assert!(accepts(&["application/json;q=0;q=0, application/json"]));
-        assert!(!accepts_json([&b"application/json\xff"[..]]));
-        assert!(accepts_json([&b"\xff\xfe, application/json"[..]]));
-    }
-
-    #[test]
-    fn qvalues() {
-        assert_eq!(parse_qvalue(b"0"), Some(0));
-        assert_eq!(parse_qvalue(b"0.001"), Some(1));
-        assert_eq!(parse_qvalue(b"0.5"), Some(500));
-        assert_eq!(parse_qvalue(b"0.25"), Some(250));
-        assert_eq!(parse_qvalue(b"1.00"), Some(1000));
-        for bad in [&b""[..], b".", b"1.5", b"2", b"00", b"01", b"0.1234", b"0.a", b"0,5"] {
-            assert_eq!(parse_qvalue(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    type Headers = [(&'static str, &'static str)];
-
-    fn wants(mode: JsonMode, headers: &Headers) -> bool {
-        wants_json(mode, headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
-    }
-
-    const FETCH_JSON: &Headers = &[("Sec-Fetch-Mode", "cors"), ("Accept", "application/json")];
-    const NAVIGATION: &Headers =
-        &[("Sec-Fetch-Mode", "navigate"), ("Accept", "text/html,*/*;q=0.8")];
-
-    #[test]
-    fn modes() {
-        for headers in [FETCH_JSON, NAVIGATION, &[]] {
-            assert!(wants(JsonMode::On, headers));
-            assert!(!wants(JsonMode::Off, headers));
-        }
-        assert!(wants(JsonMode::Auto, FETCH_JSON));
-        assert!(!wants(JsonMode::Auto, NAVIGATION));
-        assert!(!wants(JsonMode::Auto, &[]));
-        assert_eq!(JsonMode::default(), JsonMode::Auto);
-    }
-
-    #[test]
-    fn auto_needs_both_a_non_navigation_and_json() {
-        let json = ("Accept", "application/json");
-        let html = ("Accept", "text/html");
-        let cors = ("Sec-Fetch-Mode", "cors");
-        let xhr = ("X-Requested-With", "XMLHttpRequest");
-        assert!(wants(JsonMode::Auto, &[cors, json]));
-        assert!(wants(JsonMode::Auto, &[xhr, json]));
-        assert!(!wants(JsonMode::Auto, &[cors, html]));
-        assert!(!wants(JsonMode::Auto, &[xhr, html]));
-        assert!(!wants(JsonMode::Auto, &[cors]));
-        // curl and other tools send no fetch metadata: not told apart from
-        // an old browser navigating.
-        assert!(!wants(JsonMode::Auto, &[json]));
-        // Either sign is enough, as the issue defines it.
-        assert!(wants(JsonMode::Auto, &[("Sec-Fetch-Mode", "navigate"), xhr, json]));
-    }
-
-    #[test]
-    fn fetch_modes() {
-        for (fetch_mode, navigation) in [
-            ("navigate", true),
-            ("NAVIGATE", true),
-            (" Navigate\t", true),
-            ("cors", false),
-            ("no-cors", false),
-            ("same-origin", false),
-            ("websocket", false),
-            ("CORS", false),
-            ("cors, navigate", true),
-        ] {
-            let headers = [("Sec-Fetch-Mode", fetch_mode), ("Accept", "application/json")];
-            assert_eq!(
-                wants_json(
-                    JsonMode::Auto,
-                    headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-                ),
-                !navigation,
-                "{fetch_mode:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn any_navigate_among_repeated_fetch_modes_is_a_navigation() {
-        let json = ("Accept", "application/json");
-        assert!(!wants(
-            JsonMode::Auto,
-            &[("Sec-Fetch-Mode", "cors"), ("sec-fetch-mode", "navigate"), json]
-        ));
-        assert!(wants(
-            JsonMode::Auto,
-            &[("Sec-Fetch-Mode", "cors"), ("SEC-FETCH-MODE", "no-cors"), json]
-        ));
-        // An empty value is no fetch mode.
-        assert!(!wants(JsonMode::Auto, &[("Sec-Fetch-Mode", " "), json]));
-        assert!(!wants(JsonMode::Auto, &[("Sec-Fetch-Mode", ""), json]));
-    }
-
-    #[test]
-    fn requested_with() {
-        let json = ("Accept", "application/json");
-        for (value, xhr) in [
-            ("XMLHttpRequest", true),
-            ("xmlhttprequest", true),
-            (" XMLHTTPREQUEST ", true),
-            ("com.example.app", false),
-            ("XMLHttpRequest2", false),
-            ("", false),
-        ] {
-            let headers = [("x-requested-with", value), json];
-            assert_eq!(
-                wants_json(
-                    JsonMode::Auto,
-                    headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-                ),
-                xhr,
-                "{value:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn auto_reads_every_accept_header_in_any_case() {
-        let cors = ("Sec-Fetch-Mode", "cors");
-        assert!(wants(
-            JsonMode::Auto,
-            &[cors, ("Accept", "text/html"), ("accept", "application/json")]
-        ));
-        assert!(!wants(
-            JsonMode::Auto,
-            &[cors, ("ACCEPT", "application/json"), ("Accept", "application/json;q=0")]
-        ));
-        assert!(!wants(JsonMode::Auto, &[cors, ("Accept-Language", "application/json")]));
-    }
-
-    fn parsed(body: &str) -> Value {
-        serde_json::from_str(body).expect("valid JSON")
-    }
-
-    #[test]
-    fn bodies_in_field_order() {
-        assert_eq!(
-            challenge_body("https://c.esperr.com/c?t=1&u=2", Some("d-1")),
-            r#"{"action":"challenge","redirect_url":"https://c.esperr.com/c?t=1&u=2","decision_id":"d-1"}"#
-        );
-        assert_eq!(
-            challenge_body("https://c.esperr.com/", None),
-            r#"{"action":"challenge","redirect_url":"https://c.esperr.com/"}"#
-        );
-        assert_eq!(block_body(Some("d-2")), r#"{"action":"block","decision_id":"d-2"}"#);
-        assert_eq!(block_body(None), r#"{"action":"block"}"#);
-    }
-
-    #[test]
-    fn bodies_are_valid_json_whatever_they_carry() {
-        let url = "https://c.esperr.com/\"q\"\\\u{0}\u{1f}\n\u{7f}é\u{2028}😀</script>";
-        let id = "\"}\\,\"action\":\"allow\u{0}\u{e9}";
-        assert_eq!(
-            parsed(&challenge_body(url, Some(id))),
-            json!({"action": "challenge", "redirect_url": url, "decision_id": id})
-        );
-        assert_eq!(parsed(&block_body(Some(id))), json!({"action": "block", "decision_id": id}));
-        assert!(!challenge_body(url, Some(id)).contains('\u{0}'));
-    }
-}
+mod tests;

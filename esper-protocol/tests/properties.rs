@@ -14,6 +14,7 @@ use esper_protocol::payload::{
 };
 use esper_protocol::query::take_proof;
 use esper_protocol::response::{accepts_json, block_body, challenge_body, wants_json, JsonMode};
+use esper_protocol::return_url::{authority_port, request_url, same_origin_page, Origin};
 use esper_protocol::{
     build_payload, parse_answer, parse_verify_answer, verify_body, Failure, PayloadSettings,
     RequestView, Verdict,
@@ -274,6 +275,28 @@ proptest! {
             [(b"Sec-Fetch-Mode", b"cors"), (b"Accept", &a), (b"accept", &b)];
         prop_assert_eq!(wants_json(JsonMode::Auto, headers), accepted);
         prop_assert!(!accepts_json([&a[..], b"application/json;q=0", &b[..]]));
+    }
+
+    #[test]
+    fn without_fetch_metadata_json_is_never_chosen_beside_a_refusal_or_equal_html(a in acceptish(24)) {
+        let alone: [(&[u8], &[u8]); 1] = [(b"Accept", &a)];
+        prop_assert!(!wants_json(JsonMode::Auto, alone) || accepts_json([&a[..]]));
+        let refused: [(&[u8], &[u8]); 2] = [(b"Accept", &a), (b"accept", b"application/json;q=0")];
+        prop_assert!(!wants_json(JsonMode::Auto, refused));
+        let html: [(&[u8], &[u8]); 2] = [(b"Accept", &a), (b"accept", b"text/html")];
+        prop_assert!(!wants_json(JsonMode::Auto, html));
+    }
+
+    #[test]
+    fn a_referer_is_sent_back_whole_or_not_at_all(referer in bytes(80), port in any::<u16>()) {
+        let origin = Origin { https: port % 2 == 0, host: b"app.test", port: Some(port) };
+        if let Some(page) = same_origin_page(&referer, &origin) {
+            prop_assert_eq!(page, &referer[..]);
+            prop_assert!(page.iter().all(|b| (0x21..0x7f).contains(b)));
+        }
+        let _ = authority_port(&referer);
+        let url = request_url(&origin, &referer);
+        prop_assert!(url.ends_with(&referer));
     }
 
     #[test]

@@ -20,7 +20,6 @@ use crate::log::{guard, log_error};
 use crate::nginx_conf::ConfExt;
 use crate::Module;
 
-const DEFAULT_RETURN_URL: ngx_str_t = ngx_string!("$scheme://$host$request_uri");
 const DEFAULT_FIELD_VALUE: ngx_str_t = ngx_string!("$host");
 
 pub extern "C" fn merge_loc_conf(
@@ -128,9 +127,6 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
         if zero {
             return Err(format!("\"{name}\" must be more than 0 for \"esper on\" in {at}"));
         }
-    }
-    if conf.return_url.is_none() {
-        conf.return_url = Some(cf.compile(DEFAULT_RETURN_URL)?);
     }
     if conf.fields.is_none() {
         let host = Field { name: "host".to_owned(), value: cf.compile(DEFAULT_FIELD_VALUE)? };
