@@ -315,6 +315,7 @@ fn resumed(
 ) -> Step {
     // The connection log adds the client and the request to each line.
     let log = request.log();
+    metrics::count_proof(&answer);
     match answer {
         Answer::Proof(Ok(ProofCheck::Verified { lifetime })) => {
             debug!(request, "esper: challenge proof verified");
@@ -465,6 +466,7 @@ fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Durat
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
     let (ip, ua) = request::entity(request);
     let value = pass.key.issue(SystemTime::now() + max_age, ip, ua);
+    metrics::count_pass_issued();
     let cookie = set_cookie(&pass.cookie, &value, max_age, request::is_https(request));
     // A relative path that stays on this site, whatever `absolute_redirect`
     // makes of it: never `//host/...`.
