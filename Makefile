@@ -22,7 +22,9 @@ build: deps
 run: build
 	scripts/run-demo.sh
 
+# Ends by checking that no process the run started is left.
 test: build licenses unit integration external
+	t/tools/no-leftovers.sh
 
 # Every crate linked into the module is under a license allowed in
 # scripts/licenses.pl (which also writes the package's copyright file).
