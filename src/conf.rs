@@ -6,7 +6,6 @@
 //! that errors read exactly like nginx's.
 
 mod directives;
-mod ext;
 mod merge;
 mod table;
 
@@ -22,16 +21,16 @@ use std::time::Duration;
 
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::ApiUrl;
-use esper_protocol::pass::PassKey;
+use esper_protocol::pass::{PassCookie, PassKey, Project};
 use esper_protocol::response::JsonMode;
 use ngx::ffi::{
     ngx_array_t, ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
     ngx_uint_t, time_t,
 };
 
-pub use self::ext::ConfExt;
 use crate::enforcement::Zone;
 use crate::log::guard;
+use crate::nginx_conf::ConfExt;
 use crate::worker::ConfClients;
 
 const FAILURE_ALLOW: ngx_uint_t = 0;
@@ -131,9 +130,13 @@ pub struct Target {
 
 /// The pass cookie of a location.
 pub struct PassSettings {
-    pub cookie: String,
+    pub cookie: PassCookie,
+    /// The names a pass may come under (`PassCookie::names`).
+    pub names: [String; 2],
     pub ttl: Duration,
     pub key: Arc<PassKey>,
+    /// The Esper project the location asks: a pass holds only under it.
+    pub project: Project,
 }
 
 /// One `esper_field NAME VALUE`.
@@ -187,7 +190,7 @@ pub struct LocConf {
     /// `esper_circuit_breaker`: `Some(None)` is `off`.
     breaker: Option<Option<BreakerSettings>>,
     /// `esper_pass_cookie`
-    pass_cookie: Option<String>,
+    pass_cookie: Option<PassCookie>,
     /// `esper_pass_ttl`, in seconds
     pass_ttl: time_t,
     /// `esper_pass_secret_file`

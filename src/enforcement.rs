@@ -18,8 +18,8 @@ use ngx::ffi::{
     NGX_LOG_WARN, NGX_OK,
 };
 
-use crate::conf::ConfExt;
 use crate::log::{guard, log_error};
+use crate::nginx_conf::ConfExt;
 
 /// Smallest zone accepted, as nginx's own zones (eight pages).
 const MIN_ENTRIES: usize = 8;
@@ -108,6 +108,11 @@ impl Zone {
         let now = crate::ffi::now_ms();
         let expires = now + lifetime.as_millis() as u64;
         self.with_table(|t| t.remember(key, decision, expires, now)).unwrap_or(Stored::No)
+    }
+
+    /// Whether the entity's proof may be verified (`Table::admit_proof`).
+    pub fn admit_proof(&self, key: &EntityKey) -> bool {
+        self.with_table(|t| t.admit_proof(key, crate::ffi::now_ms())).unwrap_or(true)
     }
 
     /// A verified proof: the entity's challenge goes (a block stays).

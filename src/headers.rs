@@ -9,6 +9,11 @@ use ngx::http::Request;
 
 use crate::ffi::borrowed_str;
 
+/// Request headers that only Esper and this module may set.
+pub const HYBRID_KEY_HEADER: &str = "X-Esper-Hybrid-Key";
+pub const DECISION_ID_HEADER: &str = "X-Esper-Decision-ID";
+pub const ESPER_REQUEST_HEADERS: [&str; 2] = [HYBRID_KEY_HEADER, DECISION_ID_HEADER];
+
 /// Which of a request's header lists.
 #[derive(Clone, Copy)]
 enum List {

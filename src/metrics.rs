@@ -24,9 +24,9 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::client::Answer;
-use crate::conf::ConfExt;
 use crate::enforcement::Zone;
 use crate::log::guard;
+use crate::nginx_conf::ConfExt;
 use crate::{response, Module};
 
 /// The counters as they lie in shared memory.

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use esper_protocol::pass::PassScope;
 use esper_protocol::query::{replace_target, take_proof, target_without_proof, CleanTarget, Proof};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
@@ -12,7 +13,7 @@ use ngx::ffi::{
     ngx_http_test_predicates, ngx_http_variable_t, ngx_int_t, ngx_list_t, ngx_str_t,
     ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_OK,
 };
-use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{LocConf, MainConf, PassSettings};
 use crate::ffi::borrowed_str;
@@ -85,15 +86,32 @@ pub fn entity(request: &Request) -> (&[u8], &[u8]) {
     (ip, ua)
 }
 
-/// True when the request carries a pass cookie that this location issued for
-/// this client and that has not expired; only the first few well-formed
-/// candidates are checked, however many the request carries.
+/// True when the request carries a pass cookie issued for this client, this
+/// site and this location's Esper project, which has neither expired nor
+/// outlived this location's `esper_pass_ttl`; only the first few
+/// well-formed candidates are checked, however many the request carries.
 pub fn has_valid_pass(request: &Request, pass: &PassSettings) -> bool {
-    let (ip, ua) = entity(request);
     let cookie_headers = headers(request)
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
         .map(|(_, value)| value);
-    pass.key.verify_cookies(cookie_headers, &pass.cookie, SystemTime::now(), ip, ua)
+    let names = pass.names.each_ref().map(String::as_str);
+    let scope = pass_scope(request, pass);
+    pass.key.verify_cookies(cookie_headers, &names, SystemTime::now(), pass.ttl, &scope)
+}
+
+/// Whom and where a pass is for: this client, the `server` block's name and
+/// the request's host (as `$host`), the location's Esper project.
+pub fn pass_scope<'r>(request: &'r Request, pass: &'r PassSettings) -> PassScope<'r> {
+    let (client_ip, user_agent) = entity(request);
+    let server =
+        NgxHttpCoreModule::server_conf(request).map_or(&[][..], |s| s.server_name.as_bytes());
+    PassScope {
+        client_ip,
+        user_agent,
+        server,
+        host: request.as_ref().headers_in.server.as_bytes(),
+        project: &pass.project,
+    }
 }
 
 /// Takes `esper_challenge_proof` out of the request, so that neither the

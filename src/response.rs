@@ -11,7 +11,7 @@ use esper_protocol::response::{
 };
 use esper_protocol::Verdict;
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_int_t, NGX_ERROR,
+    ngx_alloc_chain_link, ngx_create_temp_buf, ngx_int_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_CLOSE,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 use ngx::http::Request;
@@ -61,6 +61,10 @@ pub fn deny(
     denial: Denial,
     decision_id: Option<&str>,
 ) -> Step {
+    // 444 closes the connection without an answer, in every form.
+    if matches!(denial, Denial::Block) && conf.block_status == NGX_HTTP_CLOSE as ngx_uint_t {
+        return block(request, conf.block_status);
+    }
     let auto = conf.json_response == JsonMode::Auto;
     let json = wants_json(conf.json_response, request::headers(request));
     if auto && add_header_out(request, "Vary", VARY_AUTO.as_bytes()).is_none() {
@@ -74,8 +78,19 @@ pub fn deny(
             Step::Phase(redirect(request, conf, url.as_bytes(), None))
         }
         (Denial::Block, true) => send_json(request, conf.block_status, &block_body(decision_id)),
-        (Denial::Block, false) => Step::Phase(conf.block_status as ngx_int_t),
+        (Denial::Block, false) => block(request, conf.block_status),
     }
+}
+
+/// Answers with a block status (through `error_page`), never cached by a
+/// shared cache; 444 closes the connection without an answer, as nginx's
+/// own `return 444`.
+pub fn block(request: &mut Request, status: ngx_uint_t) -> Step {
+    let closes = status == NGX_HTTP_CLOSE as ngx_uint_t;
+    if !closes && add_header_out(request, "Cache-Control", b"no-store").is_none() {
+        return Step::Phase(ERROR);
+    }
+    Step::Phase(status as ngx_int_t)
 }
 
 /// Answers with `esper_challenge_status` to `location`, never cached.

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use esper_protocol::enforcement::EntityKey;
 use esper_protocol::entity_table::Remembered;
 use esper_protocol::metrics::EsperResult;
-use esper_protocol::{Action, Failure};
+use esper_protocol::{Action, Failure, Verdict};
 use ngx::ffi::{
     ngx_event_t, ngx_http_block_reading, ngx_http_core_run_phases, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_msec_t, ngx_pool_cleanup_add,
@@ -85,6 +85,9 @@ pub struct RequestState {
     /// The entity's key in the location's enforcement zone; `None` where no
     /// zone applies (none set, or monitor mode, which never enforces).
     pub entity: Option<EntityKey>,
+    /// A block or challenge decided where `esper_mode monitor` let the
+    /// request go on: an enforcing location it is redirected to applies it.
+    pub unenforced: Option<Verdict>,
 }
 
 impl RequestState {
@@ -117,6 +120,16 @@ impl RequestState {
     pub fn zone_lookup(&self, conf: &LocConf) -> Option<Remembered> {
         conf.zone.as_ref()?.lookup(self.entity.as_ref()?)
     }
+
+    /// Whether the entity's proof may be verified: the location's
+    /// enforcement zone bounds proofs per entry and refuses them under a
+    /// block.
+    pub fn admit_proof(&self, conf: &LocConf) -> bool {
+        match (&conf.zone, &self.entity) {
+            (Some(zone), Some(key)) => zone.admit_proof(key),
+            _ => true,
+        }
+    }
 }
 
 impl RequestState {
@@ -124,6 +137,12 @@ impl RequestState {
     pub fn judged(&mut self, result: EsperResult) {
         self.show(|shown| shown.result = Some(result));
         metrics::count_result(result);
+    }
+
+    /// Changes what `$esper_result` shows of a request judged before, which
+    /// the metrics have already counted.
+    pub fn rejudged(&mut self, result: EsperResult) {
+        self.show(|shown| shown.result = Some(result));
     }
 
     /// The client went away while the call was pending: drop the call and
@@ -262,6 +281,7 @@ pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
                 latency: None,
                 shown: NonNull::dangling(),
                 entity: None,
+                unenforced: None,
             },
             shown: Shown::default(),
         }));

@@ -56,10 +56,12 @@ sub calls { $t->mock_count }
 # The README's exceptions: none of these asks Esper, whatever it would say.
 my @bypassed = (
     ['the office network',  '/page?mock_action=block', [['X-Real-IP', '192.0.2.44']]],
-    ['the uptime monitor',  '/page?mock_action=block', [['User-Agent', 'UptimeRobot/2.0']]],
-    ['a webhook by regex',  '/webhooks/stripe/evt?mock_action=block', []],
+    ['the uptime monitor, by its address', '/page?mock_action=block', [['X-Real-IP', '198.51.100.7']]],
+    ['a webhook by regex',  '/webhooks/stripe?mock_action=block', []],
+    ['the other webhook',   '/webhooks/adyen?mock_action=block', []],
     ['a static file',       '/assets/app.css?mock_action=block', []],
-    ['a static file, upper case', '/logo.PNG?mock_action=block', []],
+    ['a static file deeper', '/assets/img/logo-2.png?mock_action=block', []],
+    ['a static file, upper case suffix', '/assets/logo.PNG?mock_action=block', []],
 );
 for my $case (@bypassed) {
     my ($what, $uri, $headers) = @$case;
@@ -68,15 +70,32 @@ for my $case (@bypassed) {
     is($r->{status}, 200, "$what: continues");
     is(calls(), $before, "$what: Esper not asked");
 }
+# ... and what a client can send to look like one of them: judged.
 my @judged = (
-    ['another network',    '/page?mock_action=block', [['X-Real-IP', '198.51.100.1']]],
+    ['another network',    '/page?mock_action=block', [['X-Real-IP', '203.0.113.1']]],
+    ['the monitor\'s user agent from anywhere', '/page?mock_action=block', [['User-Agent', 'UptimeRobot/2.0 evil']]],
+    ['the monitor\'s user agent, exactly', '/page?mock_action=block', [['User-Agent', 'UptimeRobot/2.0']]],
     ['another agent',      '/page?mock_action=block', [['User-Agent', 'curl/8']]],
-    ['another webhook',    '/webhooks/other/evt?mock_action=block', []],
+    ['another webhook',    '/webhooks/other?mock_action=block', []],
+    ['below a webhook',    '/webhooks/stripe/x?mock_action=block', []],
+    ['a webhook with a path parameter', '/webhooks/stripe;x?mock_action=block', []],
+    ['a webhook path leading out', '/webhooks/stripe/../../api/login?mock_action=block', []],
     ['a page',             '/shop/item.html?mock_action=block', []],
+    ['a suffix after a path parameter', '/api/login;.css?mock_action=block', []],
+    ['a suffix as a file of its own', '/api/login/.css?mock_action=block', []],
+    ['a suffix after an encoded ?', '/api/login%3F.png?mock_action=block', []],
+    ['a static suffix outside /assets/', '/logo.png?mock_action=block', []],
+    ['a path parameter after the suffix', '/assets/app.css;x?mock_action=block', []],
+    ['an encoded ? under /assets/', '/assets/app%3F.css?mock_action=block', []],
+    ['/assets/ leading out', '/assets/../api/login.css?mock_action=block', []],
+    ['/assets/ leading out, encoded', '/assets/%2e%2e/api/login.css?mock_action=block', []],
+    ['a suffix with more after it', '/assets/app.css.php?mock_action=block', []],
 );
 for my $case (@judged) {
     my ($what, $uri, $headers) = @$case;
+    my $before = calls();
     is($t->get($uri, headers => $headers)->{status}, 403, "$what: asked, blocked");
+    is(calls(), $before + 1, "$what: Esper asked");
 }
 
 # Still removed for a bypassed request: forged Esper headers, and the proof

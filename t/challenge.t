@@ -85,7 +85,7 @@ is($r->{status}, 302, 'verified proof redirects');
 like($r->{headers}{location}, qr{^http://localhost(:\d+)?/shop/item\?x=1&mock_action=challenge$}, 'to the same URL without the proof');
 is($r->{headers}{'cache-control'}, 'no-store', 'not cacheable');
 my $set_cookie = $r->{headers}{'set-cookie'} // '';
-like($set_cookie, qr/^esper_challenge=v1\.\d+\.[A-Za-z0-9_-]+; Path=\/; Max-Age=900; HttpOnly; SameSite=Lax$/, 'pass cookie with its attributes');
+like($set_cookie, qr/^esper_challenge=v2\.\d+\.\d+\.[A-Za-z0-9_-]+; Path=\/; Max-Age=900; HttpOnly; SameSite=Lax$/, 'pass cookie with its attributes');
 my $pass = cookie_of($r);
 my ($runtime_after, $verified) = counts();
 is($runtime_after, $runtime_before, 'no runtime call for a verified proof');
@@ -104,13 +104,14 @@ is((counts())[0], $runtime_before, 'follow-ups made no runtime call');
 ok($t->wait_for_log('logs/esper.log', qr{^/shop/item\?x=1&mock_action=block\|200\|pass\|}m), '$esper_result is pass');
 
 # Cookies that must not pass: each one gets the normal decision (block here).
-my ($v, $expiry, $tag) = split /\./, ($pass =~ /=(.*)/)[0];
+my ($v, $issued, $expiry, $tag) = split /\./, ($pass =~ /=(.*)/)[0];
 my %refused = (
-    forged      => "esper_challenge=v1.9999999999.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-    extended    => "esper_challenge=$v." . ($expiry + 3600) . ".$tag",
-    tampered    => "esper_challenge=$v.$expiry." . reverse($tag),
+    forged      => "esper_challenge=v2.$issued.9999999999.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    extended    => "esper_challenge=$v.$issued." . ($expiry + 3600) . ".$tag",
+    renewed     => "esper_challenge=$v." . ($issued + 5) . ".$expiry.$tag",
+    tampered    => "esper_challenge=$v.$issued.$expiry." . reverse($tag),
     garbage     => "esper_challenge=%%%",
-    other_name  => "esper_challengex=$v.$expiry.$tag",
+    other_name  => "esper_challengex=$v.$issued.$expiry.$tag",
 );
 for my $case (sort keys %refused) {
     $r = $t->get('/shop/item?mock_action=block', headers => [['Cookie', $refused{$case}]]);
@@ -143,7 +144,7 @@ is($t->get('/short/x?mock_action=block', headers => [['Cookie', $short]])->{stat
 
 # Secure on https.
 my $https = `curl -sk -o /dev/null -D - 'https://127.0.0.1:$tls/p?esper_challenge_proof=valid-tls'`;
-like($https, qr/^Set-Cookie: esper_challenge=[^\r\n]*; SameSite=Lax; Secure\r?$/mi, 'Secure on https');
+like($https, qr/^Set-Cookie: __Secure-esper_challenge=[^\r\n]*; SameSite=Lax; Secure\r?$/mi, 'Secure on https, under the __Secure- prefix');
 
 # Where the proof sits in the query string.
 my @positions = (
@@ -172,7 +173,7 @@ for my $case (['fail-1', 'unexpected status 500'], ['junk-1', 'invalid answer bo
     ok(!defined $r->{headers}{'set-cookie'}, "$token: no pass cookie");
     is((counts())[0], $before + 1, "$token: one runtime call");
     cmp_ok(time - $started, '<', 0.45, "$token: within the verify deadline plus the decision");
-    like($t->error_log, qr/esper challenge proof verification failed: \Q$reason\E.*; asking for a runtime decision/, "$token: logged");
+    like($t->error_log, qr/esper challenge proof verification failed: \Q$reason\E.*; judged as without a proof/, "$token: logged");
 }
 unlike($t->last_call->{body}{return_url}, qr/esper_challenge_proof/, 'the proof is not in return_url sent to Esper');
 ok(!exists $t->last_call->{body}{request}{query_params}{esper_challenge_proof}, 'nor in query_params');

@@ -1,7 +1,8 @@
 # The enforcement zone beside challenges, proofs, pass cookies and monitor
-# mode: a remembered challenge replays Esper's URL; a verified proof clears
-# it; a pass cookie skips a remembered challenge but never a block; monitor
-# mode never stores or enforces.
+# mode: a remembered challenge replays Esper's URL to the same request; a
+# verified proof clears it; a pass cookie skips a remembered challenge but
+# never a block, and no proof is verified under a block; monitor mode never
+# stores or enforces.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -34,12 +35,13 @@ sub ua { (headers => [['User-Agent', $_[0]], @{$_[1] || []}]) }
 sub cookie_of { ($_[0]{headers}{'set-cookie'} // '') =~ /^([^;]+)/ ? $1 : undef }
 sub last_log { (grep { /^\Q$_[0]\E\|/ } split /\n/, $t->read_file('logs/zone.log'))[-1] // '' }
 
-# A remembered challenge replays Esper's redirect_url without a call.
+# A remembered challenge replays Esper's redirect_url without a call, to a
+# request with the same return URL.
 my $r = $t->get('/p?mock_action=challenge&mock_decision_id=c-1', ua('c1'));
 is($r->{status}, 302, 'challenged');
 my $url = $r->{headers}{location};
 my $before = calls();
-$r = $t->get('/p?mock_action=allow', ua('c1'));
+$r = $t->get('/p?mock_action=challenge&mock_decision_id=c-1', ua('c1'));
 is($r->{status}, 302, 'challenged again from the zone');
 is($r->{headers}{location}, $url, 'to the same challenge URL');
 is($r->{headers}{'cache-control'}, 'no-store', 'not cacheable');
@@ -58,6 +60,7 @@ is(calls(), $before + 1, 'the challenge entry is gone');
 my $pass = cookie_of($t->get('/none/p?esper_challenge_proof=valid-2', ua('c2')));
 ok($pass, 'a pass cookie for c2');
 is($t->get('/p?mock_action=challenge', ua('c2'))->{status}, 302, 'c2 challenged without its cookie: remembered');
+is($t->get('/p?mock_action=challenge', ua('c2'))->{status}, 302, 'and replayed from the zone');
 $before = calls();
 $r = $t->get('/p?mock_action=block', ua('c2', [['Cookie', $pass]]));
 is($r->{status}, 200, 'with its pass cookie c2 passes the remembered challenge');
@@ -75,13 +78,14 @@ print $s "GET /p?mock_action=allow&gone=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: b1\
 close $s;    # a client that goes away while held
 is($t->get('/p?mock_action=allow', ua('c9'))->{status}, 200, 'others are served meanwhile');
 $before = calls();
+my $verified = $t->mock_call('GET', '/__mock/count')->{verify};
 is($t->get('/p?mock_action=allow', ua('b1', [['Cookie', $pass]]))->{status}, 403, 'a pass cookie does not skip a block');
 like(last_log('b1'), qr/^b1\|403\|enforced\|block\|b-1$/, 'enforced from the zone');
 $r = $t->get('/p?esper_challenge_proof=valid-4', ua('b1'));
 is($r->{status}, 403, 'a verified proof does not clear a block');
 ok(!defined $r->{headers}{'set-cookie'}, 'and issues no pass cookie');
 is(calls(), $before, 'no runtime call for any of these');
-is($t->last_call->{path}, '/api/v1/challenge/proof/verify', 'the proof was still verified first');
+is($t->mock_call('GET', '/__mock/count')->{verify}, $verified, 'nor a verify call: no proof lifts a block');
 
 # Monitor mode never stores or enforces.
 $before = calls();

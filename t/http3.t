@@ -308,7 +308,7 @@ my ($runtime) = counts();
 ($r) = h3({ path => $back_path });
 is($r->{status}, 302, 'proof verified');
 like($r->{headers}{location}, qr{^https://localhost(:$tls)?/shop/item\?x=1&mock_action=challenge$}, 'back to the URL without the proof');
-like($r->{headers}{'set-cookie'} // '', qr/^esper_challenge=v1\.\d+\.[A-Za-z0-9_-]+; Path=\/; Max-Age=900; HttpOnly; SameSite=Lax; Secure$/,
+like($r->{headers}{'set-cookie'} // '', qr/^__Secure-esper_challenge=v2\.\d+\.\d+\.[A-Za-z0-9_-]+; Path=\/; Max-Age=900; HttpOnly; SameSite=Lax; Secure$/,
     'pass cookie, Secure over QUIC');
 my ($pass) = ($r->{headers}{'set-cookie'} // '') =~ /^([^;]+)/;
 is_deeply([counts()], [$runtime, 1], 'one verify call, no runtime call');

@@ -53,16 +53,17 @@ for my $case (['control bytes', "\x01"], ['invalid UTF-8', "\xff"], ['mixed', "\
 
 # 2. Pass cookies: only the first few well-formed candidates are checked.
 my $pass = ($t->get('/none/p?esper_challenge_proof=valid-1')->{headers}{'set-cookie'} // '') =~ /^([^;]+)/ ? $1 : '';
-like($pass, qr/^esper_challenge=v1\./, 'a pass cookie');
-my $future = time + 600;
-my @decoys = map { "esper_challenge=v1.$future." . ('A' x 43) } 1 .. 4;
+like($pass, qr/^esper_challenge=v2\./, 'a pass cookie');
+my $now = time;
+my $future = $now + 600;
+my @decoys = map { "esper_challenge=v2.$now.$future." . ('A' x 43) } 1 .. 4;
 is($t->get('/p?mock_action=block', headers => [['Cookie', join('; ', $pass, @decoys)]])->{status}, 200, 'valid first: passes');
 is($t->get('/p?mock_action=block', headers => [['Cookie', join('; ', @decoys, $pass)]])->{status}, 403,
     'after four well-formed decoys the valid one is not looked at');
-my @many = map { "esper_challenge=v1.$future." . ('B' x 43) } 1 .. 500;
+my @many = map { "esper_challenge=v2.$now.$future." . ('B' x 43) } 1 .. 500;
 my $r = $t->get('/p?mock_action=allow', headers => [['Cookie', join('; ', @many)]]);
 is($r->{status}, 200, '500 candidates: decided normally');
-my @junk = (map({ "esper_challenge=v1.$future.short" } 1 .. 10), map({ "esper_challenge=v1.1.$_" . ('C' x 42) } 1 .. 9));
+my @junk = (map({ "esper_challenge=v2.$now.$future.short" } 1 .. 10), map({ "esper_challenge=v2.1.2.$_" . ('C' x 42) } 1 .. 9));
 is($t->get('/p?mock_action=block', headers => [['Cookie', join('; ', @junk, $pass)]])->{status}, 200,
     'malformed and expired values are not candidates');
 
@@ -80,7 +81,7 @@ is($verify->{body}{user_agent}, 'agent-two', 'and the redeeming user agent');
 is($r->{status}, 302, 'another client redeeming the proof');
 unlike($r->{headers}{'set-cookie'} // '', qr/esper_challenge=/, 'gets no pass: Esper refused the proof');
 $r = $t->get($back_path, headers => [['User-Agent', 'agent-one']]);
-like($r->{headers}{'set-cookie'} // '', qr/^esper_challenge=v1\./, 'the challenged client redeems it');
+like($r->{headers}{'set-cookie'} // '', qr/^esper_challenge=v2\./, 'the challenged client redeems it');
 
 is(scalar $t->serious_errors, 0, 'no alerts or crashes') or diag join "\n", $t->serious_errors;
 done_testing;

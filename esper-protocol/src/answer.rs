@@ -61,15 +61,19 @@ pub mod contract {
     pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
     /// The lifetime an answer gives, from `now`: the sooner of `expires_at`
-    /// (RFC 3339) and `ttl_seconds` (a non-negative integer). `None` when the
-    /// answer gives neither in a readable form; zero when it has passed.
+    /// (RFC 3339) and `ttl_seconds` (an integer). `None` when the answer
+    /// gives neither in a readable form; zero when it has passed (a negative
+    /// `ttl_seconds` too): good for this request only.
     pub fn lifetime(answer: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
         let until_expiry = answer
             .get(EXPIRES_AT_FIELD)
             .and_then(Value::as_str)
             .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
             .map(|at| at.duration_since(now).unwrap_or_default());
-        let ttl = answer.get(TTL_FIELD).and_then(Value::as_u64).map(Duration::from_secs);
+        let ttl = answer
+            .get(TTL_FIELD)
+            .and_then(Value::as_i64)
+            .map(|secs| Duration::from_secs(secs.max(0) as u64));
         match (until_expiry, ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -122,8 +126,8 @@ impl Verdict {
 pub struct Decision {
     pub verdict: Verdict,
     pub decision_id: Option<String>,
-    /// How long Esper says the decision holds, when it says so and the time
-    /// is still ahead.
+    /// How long Esper says the decision holds, when it says so; zero: for
+    /// this request only (a lifetime already over).
     pub lifetime: Option<Duration>,
 }
 
@@ -278,8 +282,8 @@ pub fn parse_answer(
         })
         .filter(|id| is_header_safe(id) && id.len() <= contract::MAX_DECISION_ID_BYTES);
 
-    // Tolerant: an unreadable or past lifetime is no lifetime.
-    let lifetime = contract::lifetime(&raw.rest, now).filter(|l| !l.is_zero());
+    // Tolerant: an unreadable lifetime is no lifetime; a past one is zero.
+    let lifetime = contract::lifetime(&raw.rest, now);
 
     Ok(Decision { verdict, decision_id, lifetime })
 }
@@ -566,12 +570,17 @@ mod tests {
             Some(Duration::from_secs(10)),
             "the sooner wins"
         );
-        for unusable in [
+        for over in [
             r#","ttl_seconds":0"#,
             r#","ttl_seconds":-5"#,
+            r#","expires_at":"2026-03-26T11:59:59Z""#,
+            r#","expires_at":"2026-03-26T12:01:00Z","ttl_seconds":0"#,
+        ] {
+            assert_eq!(lifetime(over), Some(Duration::ZERO), "{over}: this request only");
+        }
+        for unusable in [
             r#","ttl_seconds":"30""#,
             r#","ttl_seconds":1.5"#,
-            r#","expires_at":"2026-03-26T11:59:59Z""#,
             r#","expires_at":"tomorrow""#,
             r#","expires_at":12"#,
         ] {

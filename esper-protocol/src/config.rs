@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::pass::{PassCookie, SameSite};
+
 /// Path of the runtime decision endpoint below `esper_api_url`.
 pub const DECISION_PATH: &str = "/api/v1/runtime/mitigation";
 
@@ -128,7 +130,45 @@ pub fn check_cookie_name(value: &str) -> Result<(), ConfigError> {
     if value.len() > 128 || !crate::response::is_token(value.as_bytes()) {
         return Err(ConfigError(format!("invalid cookie name \"{value}\"")));
     }
+    let prefixed = |prefix: &str| {
+        value.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    if prefixed(crate::pass::SECURE_PREFIX) || prefixed("__Host-") {
+        return Err(ConfigError(format!(
+            "invalid cookie name \"{value}\": no \"__Secure-\" or \"__Host-\" prefix, the module adds \"{}\" itself whenever the cookie is Secure",
+            crate::pass::SECURE_PREFIX
+        )));
+    }
     Ok(())
+}
+
+/// `esper_pass_cookie NAME [secure] [samesite=lax|strict|none] [partitioned]`,
+/// its arguments after the directive's name.
+pub fn parse_pass_cookie(args: &[&str]) -> Result<PassCookie, ConfigError> {
+    let (name, flags) = args.split_first().ok_or_else(|| ConfigError("no cookie name".into()))?;
+    check_cookie_name(name)?;
+    let mut cookie = PassCookie::new((*name).to_owned());
+    let mut seen = Vec::new();
+    for flag in flags {
+        let word = flag.split('=').next().unwrap_or_default();
+        if seen.contains(&word) {
+            return Err(ConfigError(format!("duplicate parameter \"{flag}\"")));
+        }
+        seen.push(word);
+        match *flag {
+            "secure" => cookie.force_secure = true,
+            "partitioned" => cookie.partitioned = true,
+            "samesite=lax" => cookie.same_site = SameSite::Lax,
+            "samesite=strict" => cookie.same_site = SameSite::Strict,
+            "samesite=none" => cookie.same_site = SameSite::None,
+            other => {
+                return Err(ConfigError(format!(
+                    "invalid parameter \"{other}\", it must be \"secure\", \"samesite=lax\", \"samesite=strict\", \"samesite=none\" or \"partitioned\""
+                )))
+            }
+        }
+    }
+    Ok(cookie)
 }
 
 /// The API key goes into a header as it is.
@@ -142,6 +182,32 @@ pub fn check_api_key(value: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_cookie_parameters() {
+        let plain = parse_pass_cookie(&["pass"]).unwrap();
+        assert_eq!(plain, PassCookie::new("pass".to_owned()));
+        let all = parse_pass_cookie(&["pass", "secure", "samesite=none", "partitioned"]).unwrap();
+        assert!(all.force_secure && all.partitioned);
+        assert_eq!(all.same_site, SameSite::None);
+        assert_eq!(
+            parse_pass_cookie(&["p", "samesite=strict"]).unwrap().same_site,
+            SameSite::Strict
+        );
+        assert_eq!(parse_pass_cookie(&["p", "samesite=lax"]).unwrap().same_site, SameSite::Lax);
+        for bad in [
+            &["p", "Secure"][..],
+            &["p", "samesite=None"],
+            &["p", "samesite"],
+            &["p", "httponly"],
+            &["p", "secure", "secure"],
+            &["p", "samesite=lax", "samesite=none"],
+            &["a=b"],
+            &["__Secure-p"],
+        ] {
+            assert!(parse_pass_cookie(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn errors_never_repeat_a_key_put_in_the_url() {
@@ -219,6 +285,10 @@ mod tests {
         assert!(check_cookie_name("a=b").is_err());
         assert!(check_cookie_name("a;b").is_err());
         assert!(check_cookie_name("").is_err());
+        for prefixed in ["__Secure-x", "__secure-x", "__Host-x", "__HOST-x"] {
+            assert!(check_cookie_name(prefixed).is_err(), "{prefixed}");
+        }
+        assert!(check_cookie_name("__Securex").is_ok());
         assert!(check_api_key("sk_live_123").is_ok());
         assert!(check_api_key("a\nb").is_err());
         assert!(!check_api_key("bad key").unwrap_err().to_string().contains("bad key"));

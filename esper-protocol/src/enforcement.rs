@@ -41,9 +41,39 @@ impl EntityKey {
 }
 
 /// How long a remembered decision lives: Esper's lifetime when it gives one,
-/// never longer than the configured `ttl`.
-pub fn entry_lifetime(decision_lifetime: Option<Duration>, ttl: Duration) -> Duration {
-    decision_lifetime.map_or(ttl, |lifetime| lifetime.min(ttl))
+/// never longer than the configured `ttl`. `None`: not remembered at all, as
+/// a decision whose lifetime is zero or already over holds for its own
+/// request only.
+pub fn entry_lifetime(decision_lifetime: Option<Duration>, ttl: Duration) -> Option<Duration> {
+    let lifetime = decision_lifetime.map_or(ttl, |lifetime| lifetime.min(ttl));
+    (!lifetime.is_zero()).then_some(lifetime)
+}
+
+/// Which request a remembered challenge was made for: a digest of the
+/// `return_url` its decision call sent, which Esper keeps on the challenge
+/// session. A challenge is replayed only to a request with the same return
+/// URL, so that no visitor is ever sent back to another request's host or
+/// path after solving it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnScope([u8; ReturnScope::LEN]);
+
+impl ReturnScope {
+    pub const LEN: usize = 8;
+
+    pub fn of(return_url: &[u8]) -> ReturnScope {
+        let mut scope = [0; ReturnScope::LEN];
+        scope.copy_from_slice(&Sha256::digest(return_url)[..ReturnScope::LEN]);
+        ReturnScope(scope)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; ReturnScope::LEN] {
+        &self.0
+    }
+
+    /// A scope as stored in a table.
+    pub fn from_bytes(bytes: [u8; ReturnScope::LEN]) -> ReturnScope {
+        ReturnScope(bytes)
+    }
 }
 
 /// After a 429, entities with nothing remembered get the failure action
@@ -101,9 +131,31 @@ mod tests {
     #[test]
     fn entries_live_as_long_as_esper_says_up_to_the_ttl() {
         let ttl = Duration::from_secs(300);
-        assert_eq!(entry_lifetime(None, ttl), ttl);
-        assert_eq!(entry_lifetime(Some(Duration::from_secs(30)), ttl), Duration::from_secs(30));
-        assert_eq!(entry_lifetime(Some(Duration::from_secs(3600)), ttl), ttl);
+        assert_eq!(entry_lifetime(None, ttl), Some(ttl));
+        assert_eq!(
+            entry_lifetime(Some(Duration::from_secs(30)), ttl),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(entry_lifetime(Some(Duration::from_secs(3600)), ttl), Some(ttl));
+    }
+
+    #[test]
+    fn a_lifetime_that_is_over_is_never_remembered() {
+        let ttl = Duration::from_secs(300);
+        assert_eq!(entry_lifetime(Some(Duration::ZERO), ttl), None);
+        assert_eq!(
+            entry_lifetime(Some(Duration::from_millis(999)), ttl),
+            Some(Duration::from_millis(999))
+        );
+    }
+
+    #[test]
+    fn return_scopes_tell_requests_apart() {
+        let account = ReturnScope::of(b"https://shop.example/account");
+        assert_eq!(account, ReturnScope::of(b"https://shop.example/account"));
+        assert_ne!(account, ReturnScope::of(b"http://evil.example/login"));
+        assert_ne!(account, ReturnScope::of(b"https://shop.example/account?x=1"));
+        assert_eq!(ReturnScope::from_bytes(*account.as_bytes()), account);
     }
 
     #[test]

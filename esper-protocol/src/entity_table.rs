@@ -16,16 +16,20 @@ use crate::{Action, Verdict};
 const NIL: u32 = u32::MAX;
 /// Marks memory laid out by this version of the table; anything else (a new
 /// zone, a zone of another layout kept across a reload) is laid out anew.
-const MAGIC: u64 = 0x6573_7065_7274_6232; // "espertb2"
+const MAGIC: u64 = 0x6573_7065_7274_6233; // "espertb3"
 /// The longest decision id kept; a longer one is cut.
 pub const MAX_ID_BYTES: usize = crate::answer::contract::MAX_DECISION_ID_BYTES;
 /// The longest challenge URL kept: a challenge whose URL is longer is not
 /// remembered, and the entity's next request asks Esper again.
 pub const MAX_URL_BYTES: usize = 1024;
+/// Most challenge proofs an entity may have verified while it has an entry:
+/// a visitor solves a challenge once or twice, a bot replaying junk proofs
+/// gets no more calls out of it.
+pub const MAX_PROOFS_PER_ENTRY: u8 = 3;
 
 /// The entity a decision applies to: a digest of what the decision payload
 /// sends as `request.client_ip` and `request.user_agent`.
-pub use crate::enforcement::EntityKey;
+pub use crate::enforcement::{EntityKey, ReturnScope};
 
 /// The table's own bookkeeping, at the start of the memory.
 #[repr(C)]
@@ -55,6 +59,11 @@ pub struct Slot {
     action: u8,
     id_len: u8,
     url_len: u16,
+    /// Proofs verified (or being verified) for the entity since the entry
+    /// was stored.
+    proofs: u8,
+    /// A challenge's [`ReturnScope`].
+    scope: [u8; ReturnScope::LEN],
     id: [u8; MAX_ID_BYTES],
     url: [u8; MAX_URL_BYTES],
 }
@@ -64,6 +73,9 @@ pub struct Slot {
 pub struct Remembered {
     pub verdict: Verdict,
     pub decision_id: Option<String>,
+    /// The request a challenge was made for; a block applies to every
+    /// request of the entity.
+    pub scope: ReturnScope,
 }
 
 /// Where the parts of a table lie in a block of memory: `meta` at offset 0,
@@ -193,6 +205,7 @@ impl<'a> Table<'a> {
         Some(Remembered {
             verdict,
             decision_id: (slot.id_len > 0).then(|| text(&slot.id[..slot.id_len as usize])),
+            scope: ReturnScope::from_bytes(slot.scope),
         })
     }
 
@@ -255,8 +268,30 @@ impl<'a> Table<'a> {
         slot.id[..id.len()].copy_from_slice(id);
         slot.url_len = url.len() as u16;
         slot.url[..url.len()].copy_from_slice(url);
+        slot.scope = *decision.scope.as_bytes();
+        slot.proofs = 0;
         self.push_lru_head(at);
         Stored::Yes { evicted }
+    }
+
+    /// Whether a proof the entity brings may be verified: always without a
+    /// live entry; never under a block, which no proof lifts; under a
+    /// challenge, for the first [`MAX_PROOFS_PER_ENTRY`] proofs.
+    pub fn admit_proof(&mut self, key: &EntityKey, now_ms: u64) -> bool {
+        let Some(at) = self.find(key) else {
+            return true;
+        };
+        let slot = &mut self.slots[at as usize];
+        if slot.expires_ms <= now_ms {
+            return true;
+        }
+        match stored_action(slot.action) {
+            Some(Action::Challenge) if slot.proofs < MAX_PROOFS_PER_ENTRY => {
+                slot.proofs += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets the entity's challenge (a verified proof); a block stays.
@@ -390,6 +425,8 @@ mod tests {
                 action: 0,
                 id_len: 0,
                 url_len: 0,
+                proofs: 0,
+                scope: [0; ReturnScope::LEN],
                 id: [0; MAX_ID_BYTES],
                 url: [0; MAX_URL_BYTES],
             };
@@ -418,13 +455,18 @@ mod tests {
     }
 
     fn block(id: &str) -> Remembered {
-        Remembered { verdict: Verdict::Block, decision_id: Some(id.to_owned()) }
+        Remembered {
+            verdict: Verdict::Block,
+            decision_id: Some(id.to_owned()),
+            scope: ReturnScope::default(),
+        }
     }
 
     fn challenge(url: &str) -> Remembered {
         Remembered {
             verdict: Verdict::Challenge { redirect_url: url.to_owned() },
             decision_id: None,
+            scope: ReturnScope::of(b"https://shop.example/account"),
         }
     }
 
@@ -459,10 +501,22 @@ mod tests {
     fn allow_and_long_urls_are_not_stored() {
         let mut m = Memory::new(4);
         let mut t = m.table();
-        let allow = Remembered { verdict: Verdict::Allow, decision_id: None };
+        let allow = Remembered {
+            verdict: Verdict::Allow,
+            decision_id: None,
+            scope: ReturnScope::default(),
+        };
         assert_eq!(t.remember(&key(1), &allow, 1000, 0), Stored::No);
         let long = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES));
         assert_eq!(t.remember(&key(1), &challenge(&long), 1000, 0), Stored::No);
+        let over = format!("https://c.example/{}", "x".repeat(MAX_URL_BYTES - 17));
+        assert_eq!(over.len(), MAX_URL_BYTES + 1);
+        assert_eq!(t.remember(&key(1), &challenge(&over), 1000, 0), Stored::No, "one byte over");
+        let exact = &over[..MAX_URL_BYTES];
+        assert_eq!(t.remember(&key(2), &challenge(exact), 1000, 0), Stored::Yes { evicted: false });
+        let kept = t.get(&key(2), 1).unwrap().verdict;
+        assert_eq!(kept, Verdict::Challenge { redirect_url: exact.to_owned() }, "kept whole");
+        t.forget_challenge(&key(2));
         assert_eq!(t.remember(&key(1), &challenge(""), 1000, 0), Stored::No);
         assert!(t.is_empty());
         let url = "https://c.example/challenge?s=1";
@@ -494,6 +548,14 @@ mod tests {
         t.remember(&key(2), &block("d"), 1000, 0);
         assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: false });
         assert_eq!(t.evictions(), 0);
+        // A tail that expires exactly now is over too; one a millisecond
+        // later is still live, and pushing it out is an eviction.
+        let mut m = Memory::new(1);
+        let mut t = m.table();
+        t.remember(&key(1), &block("d"), 20, 0);
+        assert_eq!(t.remember(&key(2), &block("d"), 21, 20), Stored::Yes { evicted: false });
+        assert_eq!(t.remember(&key(3), &block("d"), 1000, 20), Stored::Yes { evicted: true });
+        assert_eq!(t.evictions(), 1);
     }
 
     #[test]
@@ -517,6 +579,34 @@ mod tests {
         assert!(!t.forget_challenge(&key(3)));
         assert_eq!(t.get(&key(1), 1), None);
         assert!(t.get(&key(2), 1).is_some());
+    }
+
+    #[test]
+    fn proofs_are_bounded_per_entry_and_never_lift_a_block() {
+        let mut m = Memory::new(4);
+        let mut t = m.table();
+        assert!(t.admit_proof(&key(1), 0), "no entry: verified as any proof");
+        t.remember(&key(1), &challenge("https://c.example/a"), 1000, 0);
+        t.remember(&key(2), &block("d"), 1000, 0);
+        for n in 0..MAX_PROOFS_PER_ENTRY {
+            assert!(t.admit_proof(&key(1), 1), "proof {n} under a challenge");
+        }
+        assert!(!t.admit_proof(&key(1), 1), "the budget is spent");
+        assert!(!t.admit_proof(&key(2), 1), "never under a block");
+        assert!(t.admit_proof(&key(2), 1000), "an expired block is no entry");
+        // A new decision for the entity starts a new budget.
+        t.remember(&key(1), &challenge("https://c.example/b"), 2000, 1);
+        assert!(t.admit_proof(&key(1), 2));
+    }
+
+    #[test]
+    fn a_challenge_keeps_the_request_it_was_made_for() {
+        let mut m = Memory::new(4);
+        let mut t = m.table();
+        let stored = challenge("https://c.example/a");
+        t.remember(&key(1), &stored, 1000, 0);
+        assert_eq!(t.get(&key(1), 1).map(|r| r.scope), Some(stored.scope));
+        assert_ne!(stored.scope, ReturnScope::default());
     }
 
     #[test]
@@ -586,9 +676,47 @@ mod tests {
         assert_eq!(Layout::fitting(1000, 1), None);
         let l = Layout::fitting(32 * 1024, 8).unwrap();
         assert!(l.capacity >= 20, "{l:?}");
-        assert!(l.slots_offset + l.capacity * size_of::<Slot>() <= 32 * 1024);
-        assert!(l.buckets >= l.capacity && l.buckets.is_power_of_two());
-        assert_eq!(l.slots_offset % align_of::<Slot>(), 0);
         assert_eq!(Layout::fitting(32 * 1024, 10_000), None);
+    }
+
+    /// The regions of a layout for `bytes`: meta, bucket heads and slots,
+    /// each aligned, apart from one another and inside the memory.
+    fn assert_sound(l: &Layout, bytes: usize) {
+        let meta = 0..size_of::<Meta>();
+        let buckets = l.buckets_offset..l.buckets_offset + l.buckets * size_of::<u32>();
+        let slots = l.slots_offset..l.slots_offset + l.capacity * size_of::<Slot>();
+        assert_eq!(l.buckets_offset % align_of::<u32>(), 0, "{bytes}: {l:?}");
+        assert_eq!(l.slots_offset % align_of::<Slot>(), 0, "{bytes}: {l:?}");
+        assert!(meta.end <= buckets.start && buckets.end <= slots.start, "{bytes}: {l:?}");
+        assert!(slots.end <= bytes, "{bytes}: {l:?} ends past the memory");
+        assert!(l.buckets >= l.capacity && l.buckets.is_power_of_two(), "{bytes}: {l:?}");
+    }
+
+    /// Whether a table of `capacity` entries fits in `bytes` at all.
+    fn fits(capacity: usize, bytes: usize) -> bool {
+        let buckets_offset = size_of::<Meta>().next_multiple_of(align_of::<u32>());
+        let slots_offset = (buckets_offset + capacity.next_power_of_two() * size_of::<u32>())
+            .next_multiple_of(align_of::<Slot>());
+        slots_offset + capacity * size_of::<Slot>() <= bytes
+    }
+
+    #[test]
+    fn every_zone_size_up_to_16_mib_gets_the_largest_sound_table() {
+        let page = 4096;
+        let sizes = (8 * page..=16 << 20).step_by(page).chain([10 << 20, (10 << 20) - 1, 16 << 20]);
+        let mut lowered = 0;
+        for bytes in sizes {
+            let l = Layout::fitting(bytes, 8).unwrap_or_else(|| panic!("{bytes}: no table"));
+            assert_sound(&l, bytes);
+            assert!(!fits(l.capacity + 1, bytes), "{bytes}: {} entries would fit", l.capacity + 1);
+            // Where the first estimate did not fit, the capacity was lowered.
+            let estimate = (bytes - size_of::<Meta>().next_multiple_of(4) - align_of::<Slot>())
+                / (size_of::<Slot>() + size_of::<u32>());
+            lowered += usize::from(l.capacity < estimate);
+        }
+        assert!(lowered > 0, "the lowering step ran for some sizes");
+        let ten = Layout::fitting(10 << 20, 8).unwrap();
+        assert_eq!(ten.capacity, (8..20_000).rev().find(|&c| fits(c, 10 << 20)).unwrap());
+        assert_eq!(Layout::fitting(7 * size_of::<Slot>(), 8), None, "fewer than min_entries");
     }
 }

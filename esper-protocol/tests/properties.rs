@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use esper_protocol::answer::contract::MAX_RETRY_AFTER;
-use esper_protocol::pass::{cookie_values, PassKey};
+use esper_protocol::pass::{PassKey, PassScope, Project};
 use esper_protocol::payload::{
     MAX_ENTRIES, MAX_FIELDS_BYTES, MAX_MAP_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES,
     MAX_VALUE_BYTES,
@@ -253,10 +253,18 @@ proptest! {
     #[test]
     fn cookies_never_panic_and_never_verify_by_chance(header in queryish(256), value in bytes(80)) {
         let key = PassKey::new(vec![9; 32]).unwrap();
-        for v in cookie_values(&header, "esper_challenge") {
-            prop_assert!(!key.verify(v, SystemTime::now(), b"1.2.3.4", b"ua"));
-        }
-        prop_assert!(!key.verify(&value, SystemTime::now(), b"1.2.3.4", b"ua"));
+        let project = Project::new("https://api.esperr.com", b"k");
+        let scope = PassScope {
+            client_ip: b"1.2.3.4",
+            user_agent: b"ua",
+            server: b"s",
+            host: b"h",
+            project: &project,
+        };
+        let day = std::time::Duration::from_secs(86_400);
+        let names = ["__Secure-esper_challenge", "esper_challenge"];
+        prop_assert!(!key.verify_cookies([&header[..]], &names, SystemTime::now(), day, &scope));
+        prop_assert!(!key.verify(&value, SystemTime::now(), day, &scope));
     }
 
     #[test]

@@ -11,11 +11,11 @@ use esper_protocol::pass::PassKey;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 
-use super::ext::ConfExt;
 use super::*;
 use crate::enforcement::{self, Zone};
 use crate::ffi::borrowed_str;
 use crate::log::guard;
+use crate::nginx_conf::ConfExt;
 
 /// Why a directive was refused; `nginx -t` prints it with the file and line.
 enum SetError {
@@ -309,7 +309,10 @@ directive_handler!(set_trusted_certificate, |cf, conf, args| {
 });
 
 directive_handler!(set_pass_cookie, |_cf, conf, args| {
-    set_string(&mut conf.pass_cookie, &args[1], values::check_cookie_name)
+    once(conf.pass_cookie.is_some())?;
+    let words = args[1..].iter().map(text).collect::<Result<Vec<_>, _>>()?;
+    conf.pass_cookie = Some(values::parse_pass_cookie(&words)?);
+    Ok(())
 });
 
 directive_handler!(set_pass_secret_file, |cf, conf, args| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esper_protocol::breaker::BreakerSettings;
-use esper_protocol::pass::{PassKey, MIN_KEY_BYTES};
+use esper_protocol::pass::{PassCookie, PassKey, Project, MIN_KEY_BYTES};
 use esper_protocol::response::JsonMode;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{ngx_conf_t, ngx_str_t, NGX_LOG_EMERG};
@@ -17,6 +17,7 @@ use ngx::ngx_string;
 
 use super::*;
 use crate::log::{guard, log_error};
+use crate::nginx_conf::ConfExt;
 use crate::Module;
 
 const DEFAULT_RETURN_URL: ngx_str_t = ngx_string!("$scheme://$host$request_uri");
@@ -144,8 +145,10 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
     }
     conf.source.get_or_insert_with(|| DEFAULT_SOURCE.to_owned());
     let main = Module::main_conf_mut(cf).ok_or("no main configuration")?;
-    conf.target = Some(Arc::new(target(conf, main, &key)?));
-    conf.pass = Some(pass_settings(conf, main)?);
+    let target = target(conf, main, &key)?;
+    let project = Project::new(target.decision_url.as_str(), key.as_bytes());
+    conf.target = Some(Arc::new(target));
+    conf.pass = Some(pass_settings(conf, main, project)?);
     if let Some(Some((name, at))) = &conf.enforcement {
         let zone = main.zones.iter().find(|z| z.name == *name);
         let zone =
@@ -199,7 +202,11 @@ fn index_of<T>(
 
 /// The pass cookie: its name, lifetime and signing key (the secret file's,
 /// or one random key per configuration).
-fn pass_settings(conf: &LocConf, main: &mut MainConf) -> Result<PassSettings, String> {
+fn pass_settings(
+    conf: &LocConf,
+    main: &mut MainConf,
+    project: Project,
+) -> Result<PassSettings, String> {
     let key = match (&conf.pass_secret, &main.random_pass_key) {
         (Some(key), _) | (None, Some(key)) => key.clone(),
         (None, None) => {
@@ -211,9 +218,13 @@ fn pass_settings(conf: &LocConf, main: &mut MainConf) -> Result<PassSettings, St
             key
         }
     };
+    let cookie =
+        conf.pass_cookie.clone().unwrap_or_else(|| PassCookie::new(DEFAULT_PASS_COOKIE.to_owned()));
     Ok(PassSettings {
-        cookie: conf.pass_cookie.clone().unwrap_or_else(|| DEFAULT_PASS_COOKIE.to_owned()),
+        names: cookie.names(),
+        cookie,
         ttl: Duration::from_secs(conf.pass_ttl.max(0) as u64),
         key,
+        project,
     })
 }

@@ -10,8 +10,9 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
     ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot, ngx_conf_t,
     ngx_http_set_predicate_slot, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_CONF_TAKE3,
+    NGX_CONF_TAKE4, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
 };
 use ngx::ngx_string;
 
@@ -120,7 +121,13 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
         offset_of!(LocConf, ssl_verify),
         null_mut(),
     ),
-    command(ngx_string!("esper_pass_cookie"), NGX_CONF_TAKE1, set_pass_cookie, 0, null_mut()),
+    command(
+        ngx_string!("esper_pass_cookie"),
+        NGX_CONF_TAKE1 | NGX_CONF_TAKE2 | NGX_CONF_TAKE3 | NGX_CONF_TAKE4,
+        set_pass_cookie,
+        0,
+        null_mut(),
+    ),
     command(
         ngx_string!("esper_pass_ttl"),
         NGX_CONF_TAKE1,
