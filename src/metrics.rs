@@ -15,7 +15,7 @@ use esper_protocol::metrics::{
     self as names, action_index, enforced_index, error_index, latency_bucket, EsperResult,
     Snapshot, ZoneSnapshot, ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
 };
-use esper_protocol::{Action, Failure};
+use esper_protocol::{Action, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
     NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
@@ -23,7 +23,6 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
-use crate::client::Answer;
 use crate::enforcement::Zone;
 use crate::log::guard;
 use crate::nginx_conf::ConfExt;
@@ -97,12 +96,9 @@ pub fn count_rate_limited() {
     add(|c| &c.rate_limited, 1);
 }
 
-/// A challenge proof's verification came back (or failed); a decision's
-/// answer is not counted here.
-pub fn count_proof(answer: &Answer) {
-    if let Answer::Proof(check) = answer {
-        add(|c| &c.proofs[proof_outcome_index(check)], 1);
-    }
+/// A challenge proof's verification came back (or failed).
+pub fn count_proof(check: &Result<ProofCheck, Failure>) {
+    add(|c| &c.proofs[proof_outcome_index(check)], 1);
 }
 
 /// A pass cookie was issued.

@@ -69,7 +69,9 @@ pub fn resumed(
 ) -> Step {
     // The connection log adds the client and the request to each line.
     let log = request.log();
-    metrics::count_proof(&answer);
+    if let Answer::Proof(check) = &answer {
+        metrics::count_proof(check);
+    }
     match answer {
         Answer::Proof(Ok(ProofCheck::Verified { lifetime })) => {
             debug!(request, "esper: challenge proof verified");
