@@ -1,14 +1,17 @@
 # nginx with ngx_http_esper_module, on the official nginx image:
 #
 #   docker build -t nginx-esper .
-#   docker run -e ESPER_API_KEY=... -e ESPER_UPSTREAM=http://app:3000 -p 8080:80 nginx-esper
+#   docker run -v /path/to/esper_api_key:/run/secrets/esper_api_key:ro \
+#       -e ESPER_API_KEY_FILE=/run/secrets/esper_api_key \
+#       -e ESPER_UPSTREAM=http://app:3000 -p 8080:80 nginx-esper
 #
 # The unprivileged variant (runs as uid 101, listens on 8080):
 #   docker build --build-arg NGINX_IMAGE=nginxinc/nginx-unprivileged -t nginx-esper:unprivileged .
 #
 # The site comes from nginx-conf/docker/templates/default.conf.template, filled
-# in at start from ESPER_* environment variables (README, "Docker"); no key or
-# other secret is in any layer.
+# in at start from ESPER_* environment variables (docs/docker.md); no key or
+# other secret is in any layer, and nginx reads the key and the pass secret
+# from files.
 
 ARG NGINX_VERSION=1.28.3
 ARG NGINX_IMAGE=nginx

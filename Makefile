@@ -5,7 +5,7 @@
 CARGO ?= cargo
 NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps deps-build build run test unit integration external browser check-packages module deb docker-check bench fuzz sanitize clean
+.PHONY: all deps deps-build build run test unit integration external licenses browser check-packages module deb docker-check bench fuzz sanitize clean
 
 all: build
 
@@ -22,7 +22,14 @@ build: deps
 run: build
 	scripts/run-demo.sh
 
-test: build unit integration external
+# Ends by checking that no process the run started is left.
+test: build licenses unit integration external
+	t/tools/no-leftovers.sh
+
+# Every crate linked into the module is under a license allowed in
+# scripts/licenses.pl (which also writes the package's copyright file).
+licenses:
+	scripts/licenses.pl check >/dev/null
 
 unit:
 	$(CARGO) test --release --workspace

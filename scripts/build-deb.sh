@@ -9,7 +9,8 @@
 # and Depends: on the nginx-abi-* virtual package that this nginx's package
 # provides, so that apt refuses an nginx upgrade the module was not built
 # for. The module is built first (scripts/build-for-nginx.sh, as `make
-# module`). Needs dpkg-dev. The package is written to DEB_OUT_DIR (default
+# module`). Needs dpkg-dev, cargo, perl, and git for the copyright years.
+# The package is written to DEB_OUT_DIR (default
 # target/deb/); DEBFULLNAME and DEBEMAIL name its maintainer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,14 +32,14 @@ version=$("$nginx" -v 2>&1 | sed -n 's|^nginx version: [^/]*/\([0-9.]*\).*|\1|p'
 # Debian's nginx (nginx-core on Debian 12, nginx on Debian 13) provides
 # nginx-abi-<upstream>-<abi revision>, which every module package depends on.
 binary=$(readlink -f "$nginx")
-owner=$(dpkg-query -S "$binary" 2>/dev/null | sed -n 's/^\([^:,]*\): .*/\1/p' | head -1) || true
-[ -n "$owner" ] || owner=$(dpkg-query -S "$nginx" 2>/dev/null | sed -n 's/^\([^:,]*\): .*/\1/p' | head -1) || true
+owner=$(dpkg-query -S "$binary" 2>/dev/null | sed -n 's/^\([^:,]*\): .*/\1/p' | sed -n 1p) || true
+[ -n "$owner" ] || owner=$(dpkg-query -S "$nginx" 2>/dev/null | sed -n 's/^\([^:,]*\): .*/\1/p' | sed -n 1p) || true
 if [ -z "$owner" ]; then
     echo "$nginx belongs to no installed package: a package of the module could not depend on it." >&2
     echo "Build the module alone (make module NGINX=$nginx) and install it by hand." >&2
     exit 1
 fi
-abi=$(dpkg-query -W -f='${Provides}\n' "$owner" | tr ',' '\n' | sed -n 's/^ *\(nginx-abi-[^ ]*\).*/\1/p' | head -1)
+abi=$(dpkg-query -W -f='${Provides}\n' "$owner" | tr ',' '\n' | sed -n 's/^ *\(nginx-abi-[^ ]*\).*/\1/p' | sed -n 1p)
 owner_version=$(dpkg-query -W -f='${Version}' "$owner")
 if [ -n "$abi" ]; then
     nginx_dep=$abi
@@ -58,7 +59,7 @@ work=$(realpath -m "${MODULE_WORK_DIR:-$root/target/nginx-$version}")
 ld_opt=$(DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get LDFLAGS)
 MODULE_LD_OPT=$ld_opt MODULE_WORK_DIR=$work NGINX=$nginx scripts/build-for-nginx.sh >/dev/null
 
-upstream=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+upstream=$(sed -n 's/^version = "\(.*\)"/\1/p;T;q' Cargo.toml)
 # The nginx it is built for is part of the version, so that builds for two
 # nginx versions are two versions of the package.
 # nginx-abi-1.22.1-7 gives 0.1.0+nginx1.22.1.abi7-1.
@@ -69,10 +70,14 @@ arch=$(dpkg --print-architecture)
 maintainer="${DEBFULLNAME:-ngx_http_esper_module developers} <${DEBEMAIL:-dev@esper.invalid}>"
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-unstable}")
 # Reproducible: SOURCE_DATE_EPOCH, else the date of the commit built, else now.
+# The copyright years start at the first commit's year. Under pipefail, no
+# pipeline here may end before its writer does: `git log | head -1` killed
+# git with SIGPIPE on a long history (make: Error 141, with no message).
 first_year=""
-if [ -z "${SOURCE_DATE_EPOCH:-}" ] && command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1; then
-    SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
-    first_year=$(git log --reverse --format=%cd --date=format:%Y | head -1)
+if command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1; then
+    [ -n "${SOURCE_DATE_EPOCH:-}" ] || SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
+    # The root commits (a shallow clone: its oldest), the earliest year.
+    first_year=$(git log --max-parents=0 --format=%cd --date=format:%Y HEAD | sort -n | sed -n 1p)
 fi
 epoch=${SOURCE_DATE_EPOCH:-$(date +%s)}
 date=$(date -R -d "@$epoch")
@@ -92,33 +97,9 @@ install -m 644 "$work/$so" "$stage$modules_path/$so"
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$stage$modules_path/$so"
 echo "load_module modules/$so;" >"$stage/usr/share/nginx/modules-available/$mod.conf"
 
-cat >"$stage/usr/share/doc/$name/copyright" <<COPYRIGHT
-Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
-Upstream-Name: ngx_http_esper_module
-Comment: The module is written in Rust; the Rust libraries it is built from
- (listed in the source's Cargo.lock) are linked into it statically. Each is
- published under the MIT or the Apache-2.0 license, or a choice of them.
-
-Files: *
-Copyright: $years ngx_http_esper_module developers
-License: Apache-2.0
-
-License: Apache-2.0
- Licensed under the Apache License, Version 2.0 (the "License");
- you may not use this file except in compliance with the License.
- You may obtain a copy of the License at
- .
- https://www.apache.org/licenses/LICENSE-2.0
- .
- Unless required by applicable law or agreed to in writing, software
- distributed under the License is distributed on an "AS IS" BASIS,
- WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
- See the License for the specific language governing permissions and
- limitations under the License.
- .
- On Debian systems, the complete text of the Apache License version 2.0
- can be found in "/usr/share/common-licenses/Apache-2.0".
-COPYRIGHT
+# From the licenses of what is really linked: every crate of Cargo.lock the
+# module's code depends on, and nginx's generated module file.
+scripts/licenses.pl copyright "$years" >"$stage/usr/share/doc/$name/copyright"
 
 cat <<CHANGELOG | gzip -9n >"$stage/usr/share/doc/$name/changelog.Debian.gz"
 $name ($pkg_version) $codename; urgency=medium

@@ -164,12 +164,16 @@ pub struct Field {
 pub struct LocConf {
     /// `esper`
     pub enable: ngx_flag_t,
+    /// `esper_metrics` is in this very location, which is then never judged.
+    metrics: bool,
     /// File and line of the `esper on` in effect, for error messages.
     enabled_at: Option<String>,
     /// `esper_api_url`
     api_url: Option<ApiUrl>,
-    /// `esper_api_key`
+    /// `esper_api_key`, or the key `esper_api_key_file` read
     api_key: Option<String>,
+    /// Which of the two set the key at this level (they exclude each other).
+    api_key_directive: Option<&'static str>,
     /// `esper_timeout`
     pub timeout: ngx_msec_t,
     /// `esper_failure_action`, as set (an index into FAILURE_ACTIONS).
@@ -231,9 +235,11 @@ impl LocConf {
     fn unset() -> LocConf {
         LocConf {
             enable: UNSET_FLAG,
+            metrics: false,
             enabled_at: None,
             api_url: None,
             api_key: None,
+            api_key_directive: None,
             timeout: UNSET_MSEC,
             failure_action_index: UNSET_UINT,
             mode_index: UNSET_UINT,

@@ -1,5 +1,5 @@
-//! Counters of decisions, results, errors, pending calls, open breakers and
-//! decision latency, kept in an nginx shared memory zone so that every worker
+//! Counters of decisions, results, errors, pending calls, open breakers,
+//! proof verifications, pass cookies issued and decision latency, kept in an nginx shared memory zone so that every worker
 //! adds to the same numbers and a reload keeps them; and `esper_metrics`, the
 //! location that serves them in Prometheus' text format.
 
@@ -8,11 +8,14 @@ use std::ptr::null_mut;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
+use esper_protocol::challenge_metrics::{
+    self, proof_outcome_index, ChallengeSnapshot, PROOF_OUTCOMES,
+};
 use esper_protocol::metrics::{
     self as names, action_index, enforced_index, error_index, latency_bucket, EsperResult,
     Snapshot, ZoneSnapshot, ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
 };
-use esper_protocol::{Action, Failure};
+use esper_protocol::{Action, Failure, ProofCheck};
 use ngx::ffi::{
     ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
     NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
@@ -37,6 +40,8 @@ struct Counters {
     open_breakers: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     latency_sum_ms: AtomicU64,
+    proofs: [AtomicU64; PROOF_OUTCOMES.len()],
+    passes_issued: AtomicU64,
 }
 
 const ZONE_SIZE: usize = 64 * 1024;
@@ -91,6 +96,16 @@ pub fn count_rate_limited() {
     add(|c| &c.rate_limited, 1);
 }
 
+/// A challenge proof's verification came back (or failed).
+pub fn count_proof(check: &Result<ProofCheck, Failure>) {
+    add(|c| &c.proofs[proof_outcome_index(check)], 1);
+}
+
+/// A pass cookie was issued.
+pub fn count_pass_issued() {
+    add(|c| &c.passes_issued, 1);
+}
+
 pub fn observe_latency(ms: u64) {
     add(|c| &c.latency_buckets[latency_bucket(ms)], 1);
     add(|c| &c.latency_sum_ms, ms);
@@ -125,6 +140,14 @@ fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
         open_breakers: read(&c.open_breakers),
         latency_buckets: c.latency_buckets.each_ref().map(read),
         latency_sum_ms: read(&c.latency_sum_ms),
+    }
+}
+
+fn challenge_snapshot(c: &Counters) -> ChallengeSnapshot {
+    let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    ChallengeSnapshot {
+        proofs: c.proofs.each_ref().map(read),
+        passes_issued: read(&c.passes_issued),
     }
 }
 
@@ -185,7 +208,10 @@ extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
         }
         let zones = Module::main_conf(request).map_or(&[][..], |main| &main.zones[..]);
-        let body = names::render(&counters().map(|c| snapshot(c, zones)).unwrap_or_default());
+        let mut body = names::render(&counters().map(|c| snapshot(c, zones)).unwrap_or_default());
+        body.push_str(&challenge_metrics::render(
+            &counters().map(challenge_snapshot).unwrap_or_default(),
+        ));
         response::send_body(
             request,
             200,

@@ -10,13 +10,14 @@ my $t = EsperTest->new;
 my $dir = $t->dir;
 my (undef, $cert, $key) = $t->make_certificates;
 $t->write_file('etc/esper-pass.key', ('0123456789abcdef' x 4) . "\n");
+$t->write_file('etc/esper-api.key', "YOUR_ESPER_API_KEY\n");
 $t->write_file('etc/tls/site.pem', $t->read_file('leaf.pem'));
 $t->write_file('etc/tls/site.key', $t->read_file('leaf.key'));
 my $module = EsperTest::module_path();
 my $nginx = EsperTest::nginx_binary();
 
 my @configs = sort glob("$EsperTest::ROOT/nginx-conf/*.conf");
-cmp_ok(scalar @configs, '>=', 6, 'the ready configurations are there');
+cmp_ok(scalar @configs, '>=', 10, 'the ready configurations are there');
 for my $path (@configs) {
     my $name = basename($path);
     my $conf = EsperTest::slurp($path) or die "cannot read $path\n";

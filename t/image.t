@@ -58,7 +58,7 @@ my ($version) = `${\ EsperTest::nginx_binary()} -v 2>&1` =~ m{nginx/([\d.]+)};
 like($output, qr{nginx version: nginx/\Q$version\E}, 'the base\'s nginx, of the vendored version');
 like($output, qr{^load_module modules/ngx_http_esper_module\.so;$}m, 'nginx.conf loads the module first');
 like($output, qr{^ngx_http_esper_module\.so$}m, 'the module is in the modules directory');
-like($output, qr/esper_api_key \$\{ESPER_API_KEY\};/, 'the key is a template variable, filled at start');
+like($output, qr/esper_api_key_file \$\{ESPER_API_KEY_FILE\};/, 'the key is read from a file named at start');
 
 # Where the container's root file system is on the host.
 sub root_of {
@@ -128,7 +128,7 @@ sub free_welcome_port {
 my $pid = start($ctr, "$dir/nokey.out");
 my $exit = wait_exit($pid);
 ok($exit > 0, 'no key: the container exits with an error');
-like($t->read_file('nokey.out'), qr/set ESPER_API_KEY/, 'saying what to set');
+like($t->read_file('nokey.out'), qr/set ESPER_API_KEY_FILE \(a mounted secret\) or ESPER_API_KEY/, 'saying what to set');
 
 # The image as built: Esper in front of the welcome page, logs on stdout.
 # The containers share the host's network.
@@ -144,7 +144,9 @@ my $r = $t->get('/');
 is($r->{status}, 200, 'allow: the welcome page');
 like($r->{body}, qr/nginx is running/, 'through the default upstream');
 is($t->last_call->{headers}{'x-esper-api-key'}, $key, 'Esper is asked with the key from the environment');
-$r = $t->get('/?mock_action=block');
+# Another client (realip believes 127.0.0.1): the enforcement zone
+# remembers a blocked one.
+$r = $t->get('/?mock_action=block', headers => [['X-Forwarded-For', '203.0.113.10']]);
 is($r->{status}, 403, 'block');
 $r = $t->get('/?mock_action=challenge&mock_redirect=https://challenge.esperr.test/c');
 is($r->{status}, 302, 'challenge');

@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod breaker;
+pub mod challenge_metrics;
 pub mod config;
 pub mod enforcement;
 pub mod entity_table;

@@ -226,8 +226,40 @@ fn set_string(
     Ok(())
 }
 
+/// The key is set once per level, by `esper_api_key` or by
+/// `esper_api_key_file`, never by both.
+fn claim_api_key(conf: &mut LocConf, directive: &'static str) -> SetResult {
+    match conf.api_key_directive {
+        Some(set) if set == directive => Err(SetError::Duplicate),
+        Some(set) => Err(format!("\"{directive}\" and \"{set}\" cannot both be set here").into()),
+        None => {
+            conf.api_key_directive = Some(directive);
+            Ok(())
+        }
+    }
+}
+
 directive_handler!(set_api_key, |_cf, conf, args| {
+    claim_api_key(conf, "esper_api_key")?;
     set_string(&mut conf.api_key, &args[1], values::check_api_key)
+});
+
+// `esper_api_key_file FILE;`: the key is the file's first line, trimmed,
+// read now, so that neither nginx.conf nor `nginx -T` shows it. No message
+// repeats what the file holds.
+directive_handler!(set_api_key_file, |cf, conf, args| {
+    claim_api_key(conf, "esper_api_key_file")?;
+    let path = cf.full_name(args[1])?;
+    let content = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
+    let line = content.split(|&b| b == b'\n').next().unwrap_or_default();
+    let key = std::str::from_utf8(line.trim_ascii())
+        .map_err(|_| format!("invalid API key in \"{path}\": it is not valid UTF-8"))?;
+    if key.is_empty() {
+        return Err(format!("no API key in \"{path}\": its first line is empty").into());
+    }
+    values::check_api_key(key).map_err(|e| format!("{e} (in \"{path}\")"))?;
+    conf.api_key = Some(key.to_owned());
+    Ok(())
 });
 
 directive_handler!(set_block_status, |_cf, conf, args| {
@@ -326,7 +358,9 @@ directive_handler!(set_circuit_breaker, |_cf, conf, args| {
     Ok(())
 });
 
-directive_handler!(set_metrics, |cf, _conf, _args| {
+directive_handler!(set_metrics, |cf, conf, _args| {
+    once(conf.metrics)?;
+    conf.metrics = true;
     crate::metrics::set_handler(cf)
         .map_err(|()| SetError::Invalid("cannot set the metrics handler".to_owned()))
 });

@@ -34,6 +34,11 @@ pub extern "C" fn merge_loc_conf(
             unsafe { (&*cf, &*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
         inherit_settings(prev, conf);
         inherit_values(prev, conf);
+        if conf.metrics {
+            // A scrape is never sent to Esper, whatever the location inherits
+            // or says: monitoring must not depend on Esper, nor cost calls.
+            conf.enable = 0;
+        }
         match resolve(cf, conf) {
             Ok(()) => NGX_CONF_OK,
             Err(message) => {
@@ -117,7 +122,9 @@ fn resolve(cf: &ngx_conf_t, conf: &mut LocConf) -> Result<(), String> {
     }
     let at = conf.enabled_at.clone().unwrap_or_default();
     let Some(key) = conf.api_key.clone() else {
-        return Err(format!("\"esper on\" needs \"esper_api_key\" in {at}"));
+        return Err(format!(
+            "\"esper on\" needs \"esper_api_key\" or \"esper_api_key_file\" in {at}"
+        ));
     };
     for (zero, name) in [
         (conf.timeout == 0, "esper_timeout"),

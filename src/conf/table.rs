@@ -64,7 +64,7 @@ static mut MODES: [ngx_conf_enum_t; 3] = [
     ngx_conf_enum_t { name: ngx_str_t::empty(), value: 0 },
 ];
 
-pub static mut COMMANDS: [ngx_command_t; 28] = [
+pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(
         ngx_string!("esper"),
         NGX_CONF_FLAG,
@@ -74,6 +74,7 @@ pub static mut COMMANDS: [ngx_command_t; 28] = [
     ),
     command(ngx_string!("esper_api_url"), NGX_CONF_TAKE1, set_api_url, 0, null_mut()),
     command(ngx_string!("esper_api_key"), NGX_CONF_TAKE1, set_api_key, 0, null_mut()),
+    command(ngx_string!("esper_api_key_file"), NGX_CONF_TAKE1, set_api_key_file, 0, null_mut()),
     command(
         ngx_string!("esper_timeout"),
         NGX_CONF_TAKE1,

@@ -69,6 +69,9 @@ pub fn resumed(
 ) -> Step {
     // The connection log adds the client and the request to each line.
     let log = request.log();
+    if let Answer::Proof(check) = &answer {
+        metrics::count_proof(check);
+    }
     match answer {
         Answer::Proof(Ok(ProofCheck::Verified { lifetime })) => {
             debug!(request, "esper: challenge proof verified");
@@ -233,6 +236,7 @@ fn pass_and_return(request: &mut Request, conf: &LocConf, lifetime: Option<Durat
     let max_age = lifetime.map_or(pass.ttl, |l| l.min(pass.ttl));
     let now = SystemTime::now();
     let value = pass.key.issue(now, now + max_age, &request::pass_scope(request, pass));
+    metrics::count_pass_issued();
     let cookie = pass.cookie.set_cookie(&value, max_age, request::is_https(request));
     // A relative path that stays on this site, whatever `absolute_redirect`
     // makes of it: never `//host/...`.

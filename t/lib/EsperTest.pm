@@ -51,10 +51,14 @@ sub module_path {
 
 sub mock_binary { target_dir() . '/release/esper-mock' }
 
+# Test objects made in this process: each gets a directory of its own, so
+# that one never removes another's (and the pid file of its nginx).
+my $made = 0;
+
 sub new {
     my ($class, %args) = @_;
     my $name = $args{name} || ($0 =~ m{([^/]+)\.t$})[0] || 'test';
-    my $dir = "$ROOT/t/tmp/$name-$$";
+    my $dir = "$ROOT/t/tmp/$name-$$" . ($made++ ? "-$made" : '');
     remove_tree($dir);
     make_path("$dir/html", "$dir/logs");
     my $self = bless { dir => $dir, pids => [] }, $class;
@@ -172,7 +176,12 @@ sub start_nginx_file {
     my $deadline = time + 5;
     while (time < $deadline) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->{port});
-        return $self->{port} if $s;
+        next unless $s;
+        # The master's pid is kept, so that it is stopped even if its pid
+        # file goes away.
+        $self->{nginx} = $self->nginx_pid || 1;
+        return $self->{port};
+    } continue {
         sleep 0.02;
     }
     die "nginx does not listen on $self->{port}\n";
@@ -200,6 +209,7 @@ sub stop_nginx {
     my ($self) = @_;
     return unless $self->{nginx};
     my $pid = $self->nginx_pid;
+    $pid = $self->{nginx} if !$pid && $self->{nginx} > 1;
     delete $self->{nginx};
     return unless $pid;
     kill 'QUIT', $pid;

@@ -62,6 +62,16 @@ package() {
     echo "[$suite] /usr/sbin/nginx is $owner $(dpkg-query -W -f='${Version}' "$owner"), which provides $abi"
     check "Depends: on $abi" sh -c "dpkg-deb -f '$deb' Depends | tr ',' '\\n' | grep -qx ' *$abi'"
 
+    # The copyright file: from the real licenses of what is linked.
+    local copyright=target/copyright
+    dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/doc/$name/copyright >"$copyright"
+    check "copyright: ring under Apache-2.0 AND ISC" grep -q '^License: Apache-2.0 AND ISC$' "$copyright"
+    check "copyright: subtle under BSD-3-Clause" grep -A2 -q 'cargo-registry/subtle-' "$copyright"
+    check "copyright: the Unicode-3.0 crates and nginx's BSD-2-Clause file" \
+        sh -c "grep -q '^License: Unicode-3.0\$' '$copyright' && grep -q '^License: BSD-2-Clause\$' '$copyright'"
+    check "copyright: the years come from the clone's history" \
+        grep -q "^Copyright: $(git log --max-parents=0 --format=%cd --date=format:%Y HEAD | sort -n | sed -n 1p)" "$copyright"
+
     # lintian: every tag is either gone or overridden with its reason.
     lintian --info --display-info --pedantic "$deb" >target/lintian.log 2>&1 || true
     sed 's/^/[lintian] /' target/lintian.log

@@ -7,8 +7,9 @@
 #
 #   distro-chroot.sh make SUITE [--rebuild]   make it, or keep the one there
 #   distro-chroot.sh run SUITE COMMAND...     run COMMAND inside, as root, in
-#                                             /build/esper (a copy of this
-#                                             repository's tracked files)
+#                                             /build/esper (a git clone of this
+#                                             repository, with the working
+#                                             tree's files)
 #
 # `run` mounts /proc and /dev, and binds the host's Rust toolchain (rustup's
 # and cargo's directories, the toolchain read-only) so that cargo builds
@@ -37,7 +38,7 @@ packages=(
     "$nginx_pkg" nginx-dev
     build-essential libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config
     perl curl procps openssl ca-certificates
-    dpkg-dev lintian
+    dpkg-dev lintian git
 )
 rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
@@ -67,11 +68,8 @@ mount_all() {
     mount --bind "$cargo_home" "$root/root/.cargo"
 }
 
-# The copy inside has no git history: the packages take their date from here.
-epoch=$(git log -1 --format=%ct 2>/dev/null || date +%s)
-
 in_chroot() {
-    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb SOURCE_DATE_EPOCH="$epoch" \
+    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         DEBIAN_FRONTEND=noninteractive "$@"
 }
@@ -136,12 +134,18 @@ make_chroot() {
 
 in_chroot_version() { chroot "$root" /usr/sbin/nginx -v 2>&1; }
 
-# The repository's tracked (and new, unignored) files into /build/esper,
-# modification times kept so that cargo rebuilds only what changed.
+# A real clone of the repository in /build/esper, with its whole history,
+# as a user's `git clone` has it (`make deb` reads it), then the working
+# tree's tracked (and new, unignored) files over it, modification times kept
+# so that cargo rebuilds only what changed.
 copy_repository() {
     local dest=$root/build/esper
     mkdir -p "$dest"
     find "$dest" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
+    git clone -q --no-checkout "$repo" "$root/build/esper.clone"
+    mv "$root/build/esper.clone/.git" "$dest/.git"
+    rm -rf "$root/build/esper.clone"
+    git -C "$dest" reset -q
     git ls-files -z --cached --others --exclude-standard |
         while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
         tar --null -T - -cf - | tar -xf - -C "$dest"
