@@ -5,7 +5,7 @@
 CARGO ?= cargo
 NGINX ?= /usr/sbin/nginx
 
-.PHONY: all deps deps-build build run test unit integration external licenses browser check-packages module deb docker-check bench fuzz sanitize clean
+.PHONY: all deps deps-build build run test unit integration external licenses browser layers check-packages module deb docker-check bench fuzz sanitize clean
 
 all: build
 
@@ -61,6 +61,11 @@ check-packages: build
 # and run (also part of `integration`).
 docker-check: build
 	prove t/image.t
+
+# The shape of src/: no import cycle among its modules, no file over 500
+# lines (reports what a refactor has still to do).
+layers:
+	prove t/tools/check-layers.pl
 
 # The module for the nginx you run: make module NGINX=/usr/sbin/nginx
 module: deps-build

@@ -1,4 +1,6 @@
-# The shape of src/, kept true: no import cycle among its top-level modules
+#!/usr/bin/perl
+# The shape of src/ (make layers; not yet part of make test: src/ still has
+# the import cycle it reports, issue 25):  no import cycle among its top-level modules
 # (a folder counts as one module; lib.rs, the crate root that only
 # registers the module, is left out), read from the code's own `crate::`
 # paths; and no source file over 500 lines.
