@@ -289,6 +289,10 @@ mod tests {
             assert!(check_cookie_name(prefixed).is_err(), "{prefixed}");
         }
         assert!(check_cookie_name("__Securex").is_ok());
+        assert!(check_cookie_name(&"c".repeat(128)).is_ok(), "128 bytes");
+        assert!(check_cookie_name(&"c".repeat(129)).is_err(), "129 bytes");
+        assert!(check_name("source", &"s".repeat(128)).is_ok(), "128 bytes");
+        assert!(check_name("source", &"s".repeat(129)).is_err(), "129 bytes");
         assert!(check_api_key("sk_live_123").is_ok());
         assert!(check_api_key("a\nb").is_err());
         assert!(!check_api_key("bad key").unwrap_err().to_string().contains("bad key"));

@@ -585,9 +585,11 @@ mod tests {
     fn proofs_are_bounded_per_entry_and_never_lift_a_block() {
         let mut m = Memory::new(4);
         let mut t = m.table();
+        assert!(t.is_empty());
         assert!(t.admit_proof(&key(1), 0), "no entry: verified as any proof");
         t.remember(&key(1), &challenge("https://c.example/a"), 1000, 0);
         t.remember(&key(2), &block("d"), 1000, 0);
+        assert!(!t.is_empty());
         for n in 0..MAX_PROOFS_PER_ENTRY {
             assert!(t.admit_proof(&key(1), 1), "proof {n} under a challenge");
         }

@@ -493,6 +493,11 @@ mod tests {
             embedded.set_cookie("v", max_age, false),
             "__Secure-esper_challenge=v; Path=/; Max-Age=900; HttpOnly; SameSite=None; Secure; Partitioned"
         );
+        let partitioned = PassCookie { partitioned: true, ..plain.clone() };
+        assert!(partitioned.secure(false), "Partitioned alone needs Secure");
+        let none = PassCookie { same_site: SameSite::None, ..plain.clone() };
+        assert!(none.secure(false), "SameSite=None alone needs Secure");
+        assert!(!plain.secure(false) && plain.secure(true));
         let strict = PassCookie { same_site: SameSite::Strict, ..plain.clone() };
         assert!(strict.set_cookie("v", max_age, false).ends_with("; SameSite=Strict"));
         assert_eq!(
