@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use crate::origin::lock;
+use crate::transport::lock;
 use crate::resolve::Resolver;
 use crate::stream::Unvectored;
 

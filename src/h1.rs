@@ -17,7 +17,7 @@ use esper_protocol::Failure;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use crate::origin::{lock, transport, Body};
+use crate::transport::{self, lock, Body};
 use crate::stream::Unvectored;
 
 /// When no call is in progress, the most recently used idle HTTP/1.1
@@ -122,7 +122,7 @@ pub async fn handshake(io: Unvectored) -> Result<Sender, Failure> {
         .max_buf_size(MAX_HEAD_BYTES)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(transport)?;
+        .map_err(transport::failure)?;
     tokio::spawn(connection);
     Ok(sender)
 }

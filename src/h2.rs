@@ -20,7 +20,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::origin::{lock, transport, Body};
+use crate::transport::{self, lock, Body};
 use crate::stream::{Unvectored, ASSUMED_STREAM_LIMIT};
 
 /// An HTTP/2 connection is pinged after this long without a frame from
@@ -209,7 +209,7 @@ pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>),
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(transport)?;
+        .map_err(transport::failure)?;
     tokio::spawn(connection);
     Ok((sender, limit))
 }

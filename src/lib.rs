@@ -31,6 +31,7 @@ mod state;
 mod steps;
 mod stream;
 mod tls;
+mod transport;
 mod variables;
 mod worker;
 

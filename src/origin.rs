@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
@@ -25,13 +25,12 @@ use crate::conf::{ClientProfile, Http2};
 use crate::connect::{Connected, Connector, Host};
 use crate::h2::NotOpened;
 use crate::resolve::Resolver;
+use crate::transport::{self, Body};
 use crate::{h1, h2};
 
 const API_KEY_HEADER: &str = "x-esper-api-key";
 const USER_AGENT_VALUE: &str = concat!("ngx_http_esper_module/", env!("CARGO_PKG_VERSION"));
 const ALPN_H2: &[u8] = b"h2";
-
-pub type Body = Full<Bytes>;
 
 /// What a call reads of Esper's HTTP answer.
 pub struct RawResponse {
@@ -63,12 +62,6 @@ pub struct Origin {
     chosen: Arc<AtomicU8>,
     h1: Arc<h1::Pool>,
     h2: Arc<h2::Pool>,
-}
-
-/// The data behind `mutex`, also after a panic elsewhere left it poisoned
-/// (the data stays consistent: every change is one push, pop or drain).
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How one attempt of a call ended: `Err` when it proves Esper never
@@ -320,7 +313,7 @@ fn unsent_or_failed(
     let never_written = error.take_message().is_some();
     let error = error.into_error();
     let again = never_written || unsent(&error);
-    let failure = transport(error);
+    let failure = transport::failure(error);
     if again {
         Err(failure)
     } else {
@@ -370,7 +363,7 @@ async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
         body: Vec::with_capacity(announced),
     };
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(transport)?.into_data() else {
+        let Ok(data) = frame.map_err(transport::failure)?.into_data() else {
             continue;
         };
         if raw.body.len() + data.len() > MAX_ANSWER_BYTES {
@@ -379,15 +372,4 @@ async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
         raw.body.extend_from_slice(&data);
     }
     Ok(raw)
-}
-
-/// The reason of a transport error, down to its root cause.
-pub fn transport(error: hyper::Error) -> Failure {
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason = format!("{reason}: {cause}");
-        source = cause.source();
-    }
-    Failure::Transport(reason)
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use esper_protocol::Failure;
 use tokio::sync::watch;
 
+use crate::transport::lock;
+
 /// How long looked-up addresses are used before they are looked up again
 /// (getaddrinfo gives no TTL).
 const LIFETIME: Duration = Duration::from_secs(30);
@@ -48,7 +50,7 @@ impl Resolver {
     pub async fn addresses(self: &Arc<Self>) -> Result<Arc<[SocketAddr]>, Failure> {
         let mut changed = self.looked_up.subscribe();
         {
-            let mut state = crate::origin::lock(&self.state);
+            let mut state = lock(&self.state);
             let current = state.until.is_some_and(|until| Instant::now() < until);
             if current {
                 if let Some(addresses) = &state.addresses {
@@ -65,7 +67,7 @@ impl Resolver {
         }
         // The lookup task always bumps the counter once it ends.
         let _ = changed.changed().await;
-        let state = crate::origin::lock(&self.state);
+        let state = lock(&self.state);
         match (&state.addresses, &state.failure) {
             (Some(addresses), _) => Ok(addresses.clone()),
             (None, Some(failure)) => Err(resolve_failure(&self.name, failure)),
@@ -78,7 +80,7 @@ impl Resolver {
             .await
             .map(|found| found.collect::<Vec<_>>());
         {
-            let mut state = crate::origin::lock(&self.state);
+            let mut state = lock(&self.state);
             state.looking_up = false;
             match found {
                 Ok(found) if !found.is_empty() => {
