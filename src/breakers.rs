@@ -5,7 +5,7 @@ use esper_protocol::breaker::Transition;
 use ngx::ffi::NGX_LOG_WARN;
 
 use crate::conf::Target;
-use crate::log::log_error;
+use crate::log::{cycle_log, log_error};
 use crate::metrics;
 
 /// One warning per change of a breaker's state, and the shared gauge.
@@ -28,5 +28,5 @@ pub fn log_transition(target: &Target, transition: Option<Transition>) {
             format!("esper circuit breaker open again for {url}: the probe failed")
         }
     };
-    log_error(NGX_LOG_WARN, ngx::log::ngx_cycle_log().as_ptr(), &message);
+    log_error(NGX_LOG_WARN, cycle_log(), &message);
 }

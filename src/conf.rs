@@ -23,6 +23,7 @@ use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::ApiUrl;
 use esper_protocol::pass::{PassCookie, PassKey, Project};
 use esper_protocol::response::JsonMode;
+use rustls::pki_types::CertificateDer;
 use ngx::ffi::{
     ngx_array_t, ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
     ngx_uint_t, time_t,
@@ -127,9 +128,13 @@ pub struct ClientProfile {
     pub http2: Http2,
     pub verify: bool,
     pub ca_file: Option<String>,
-    /// The bundle as read at configuration time, so workers never touch the file.
-    pub ca_pem: Option<Arc<Vec<u8>>>,
+    /// The file's certificates as read at configuration time, so workers
+    /// never touch the file.
+    pub ca_certs: Option<Certificates>,
 }
+
+/// The certificates of an `esper_ssl_trusted_certificate` file.
+pub type Certificates = Arc<Vec<CertificateDer<'static>>>;
 
 /// Where and how a location asks Esper; shared by its requests.
 pub struct Target {
@@ -195,7 +200,7 @@ pub struct LocConf {
     /// `esper_send_cookies`
     pub send_cookies: ngx_flag_t,
     /// `esper_ssl_trusted_certificate`
-    ssl_trusted_certificate: Option<(String, Arc<Vec<u8>>)>,
+    ssl_trusted_certificate: Option<(String, Certificates)>,
     /// `esper_ssl_verify`
     ssl_verify: ngx_flag_t,
     /// `esper_http2`, as set (an index into HTTP2_MODES).

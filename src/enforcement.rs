@@ -18,7 +18,7 @@ use ngx::ffi::{
     NGX_LOG_WARN, NGX_OK,
 };
 
-use crate::log::{guard, log_error};
+use crate::log::{cycle_log, guard, log_error};
 use crate::nginx_conf::ConfExt;
 
 /// Smallest zone accepted, as nginx's own zones (eight pages).
@@ -133,7 +133,7 @@ impl Zone {
                 if left_out > 0 { format!(" ({left_out} more since)") } else { String::new() };
             log_error(
                 NGX_LOG_WARN,
-                crate::worker::cycle_log(),
+                cycle_log(),
                 &format!(
                     "esper_enforcement_zone \"{}\" is full: the least recently used entry went{more}",
                     self.name

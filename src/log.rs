@@ -1,6 +1,7 @@
 //! Logging from the module, and the guard that keeps a panic from unwinding
 //! into nginx.
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT};
@@ -31,16 +32,25 @@ pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let log = ngx::log::ngx_cycle_log().as_ptr();
-            log_error(NGX_LOG_ALERT, log, &format!("esper: internal error: {what}"));
+            let what = panic_reason(&*panic);
+            log_error(NGX_LOG_ALERT, cycle_log(), &format!("esper: internal error: {what}"));
             fallback
         }
     }
+}
+
+/// What a panic said, as `panic!` was given it.
+pub fn panic_reason(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// The log of the cycle this process runs (its `error_log`).
+pub fn cycle_log() -> *mut ngx_log_t {
+    ngx::log::ngx_cycle_log().as_ptr()
 }
 
 /// Writes one line to an nginx log at `level` (an `NGX_LOG_*` value).

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::client::Answer;
 use crate::connect::HANDSHAKES;
+use crate::log::panic_reason;
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
@@ -110,14 +111,7 @@ pub async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
     std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
         Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
         Ok(Poll::Pending) => Poll::Pending,
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".to_owned());
-            Poll::Ready(Err(reason))
-        }
+        Err(panic) => Poll::Ready(Err(panic_reason(&*panic))),
     })
     .await
 }

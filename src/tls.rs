@@ -5,17 +5,10 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::conf::{ClientProfile, Http2};
-
-/// The certificates of a PEM bundle; an error when a block is malformed
-/// (checked at `nginx -t`, read again by each worker).
-pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
-}
 
 /// The client configuration of `profile`. Certificates come from
 /// `esper_ssl_trusted_certificate` only, or else from the system's store
@@ -47,9 +40,9 @@ pub fn client_config(profile: &ClientProfile) -> Result<Arc<ClientConfig>, Strin
 
 fn roots(profile: &ClientProfile) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    if let Some(pem) = &profile.ca_pem {
-        for cert in certificates(pem)? {
-            roots.add(cert).map_err(|e| format!("TLS: trusted certificate: {e}"))?;
+    if let Some(certs) = &profile.ca_certs {
+        for cert in certs.iter() {
+            roots.add(cert.clone()).map_err(|e| format!("TLS: trusted certificate: {e}"))?;
         }
         return Ok(roots);
     }

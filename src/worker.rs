@@ -37,7 +37,7 @@ use crate::breakers::log_transition;
 use crate::client::{exchange, Answer, Call};
 use crate::conf::{MainConf, Target};
 use crate::ffi::now_ms;
-use crate::log::{guard, log_error};
+use crate::log::{cycle_log, guard, log_error};
 use crate::metrics;
 use crate::origin::Origin;
 use crate::runtime::{self, catching, Completions, Job};
@@ -174,10 +174,6 @@ pub fn start(cycle: &ngx_cycle_t) {
         // Made now rather than by the first request; a failure is logged there.
         clients_of(main);
     }
-}
-
-pub fn cycle_log() -> *mut ngx::ffi::ngx_log_t {
-    ngx::log::ngx_cycle_log().as_ptr()
 }
 
 fn build() -> Result<Worker, String> {

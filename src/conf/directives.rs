@@ -9,6 +9,7 @@ use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::{self as values, ApiUrl};
 use esper_protocol::pass::PassKey;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use rustls::pki_types::pem::PemObject;
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 
 use super::*;
@@ -299,12 +300,13 @@ directive_handler!(set_trusted_certificate, |cf, conf, args| {
     once(conf.ssl_trusted_certificate.is_some())?;
     let path = cf.full_name(args[1])?;
     let pem = std::fs::read(&path).map_err(|e| format!("cannot read \"{path}\": {e}"))?;
-    match crate::tls::certificates(&pem) {
-        Ok(certs) if !certs.is_empty() => {}
-        Ok(_) => return Err(format!("no certificate found in \"{path}\"").into()),
-        Err(e) => return Err(format!("cannot load \"{path}\": {e}").into()),
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot load \"{path}\": {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate found in \"{path}\"").into());
     }
-    conf.ssl_trusted_certificate = Some((path, Arc::new(pem)));
+    conf.ssl_trusted_certificate = Some((path, Arc::new(certs)));
     Ok(())
 });
 

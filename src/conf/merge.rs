@@ -170,7 +170,7 @@ fn target(conf: &LocConf, main: &mut MainConf, key: &str) -> Result<Target, Stri
         },
         verify: conf.ssl_verify == 1,
         ca_file: conf.ssl_trusted_certificate.as_ref().map(|(path, _)| path.clone()),
-        ca_pem: conf.ssl_trusted_certificate.as_ref().map(|(_, pem)| pem.clone()),
+        ca_certs: conf.ssl_trusted_certificate.as_ref().map(|(_, certs)| certs.clone()),
     };
     let same_profile = |p: &ClientProfile| {
         p.http2 == profile.http2 && p.verify == profile.verify && p.ca_file == profile.ca_file
