@@ -12,27 +12,27 @@ mod table;
 pub use merge::merge_loc_conf;
 pub use table::COMMANDS;
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::ptr::null_mut;
+use std::ptr::{null_mut, NonNull};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::ApiUrl;
+use esper_protocol::entity_table::Layout;
 use esper_protocol::pass::{PassCookie, PassKey, Project};
 use esper_protocol::response::JsonMode;
-use rustls::pki_types::CertificateDer;
 use ngx::ffi::{
-    ngx_array_t, ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_int_t, ngx_msec_t,
-    ngx_uint_t, time_t,
+    ngx_array_t, ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_http_handler_pt, ngx_int_t,
+    ngx_msec_t, ngx_shm_zone_t, ngx_uint_t, time_t,
 };
+use rustls::pki_types::CertificateDer;
 
-use crate::enforcement::Zone;
 use crate::log::guard;
 use crate::nginx_conf::ConfExt;
-use crate::worker::ConfClients;
 
 const FAILURE_ALLOW: ngx_uint_t = 0;
 const FAILURE_BLOCK: ngx_uint_t = 1;
@@ -80,6 +80,10 @@ const DEFAULT_MAX_PENDING: ngx_int_t = 1024;
 const DEFAULT_PASS_TTL_SECS: time_t = 15 * 60;
 const DEFAULT_SOURCE: &str = "nginx";
 const DEFAULT_ENFORCEMENT_TTL_SECS: u64 = 60;
+/// The smallest `esper_enforcement_zone`, as nginx's own zones: eight pages
+/// that hold at least eight entries.
+const MIN_ZONE_PAGES: usize = 8;
+const MIN_ZONE_ENTRIES: usize = 8;
 
 /// Server-wide state gathered while the configuration is read.
 #[derive(Default)]
@@ -95,11 +99,31 @@ pub struct MainConf {
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
     /// made once per configuration (so shared by all workers, new on reload).
     random_pass_key: Option<Arc<PassKey>>,
-    /// This configuration's HTTP clients and breakers in this process, made
-    /// on first use after the fork (`worker::clients_of`).
-    pub clients: RefCell<Option<Rc<ConfClients>>>,
+    /// What the runtime makes of this configuration in each process (its
+    /// HTTP clients and circuit breakers, `worker::ConfClients`), made on
+    /// first use after the fork. Its type is the runtime's; it is kept here
+    /// to live and die with this configuration.
+    pub clients: RefCell<Option<Rc<dyn Any>>>,
     /// `esper_enforcement_zone`s, in order.
-    pub zones: Vec<Rc<Zone>>,
+    pub zones: Vec<Rc<EnforcementZone>>,
+    /// The content handler `esper_metrics` gives its location, set before
+    /// the directives are read (the handler is the entry layer's).
+    pub metrics_handler: ngx_http_handler_pt,
+}
+
+/// The shared memory zone of the module's counters; no
+/// `esper_enforcement_zone` may take its name.
+pub const METRICS_ZONE: &str = "ngx_http_esper_module";
+
+/// One `esper_enforcement_zone`: the shared memory zone nginx maps for it,
+/// and where the table lies in it. `enforcement` reads and writes the table.
+pub struct EnforcementZone {
+    pub name: String,
+    /// `ttl=`: the longest an entry lives.
+    pub ttl: Duration,
+    pub shm: NonNull<ngx_shm_zone_t>,
+    /// The largest table the zone holds.
+    pub layout: Layout,
 }
 
 impl MainConf {
@@ -229,7 +253,7 @@ pub struct LocConf {
     /// `esper_enforcement`: the zone's name and where it was named; `Some(None)` is `off`.
     enforcement: Option<Option<(String, String)>>,
     /// The zone `esper_enforcement` names, resolved at merge time where `esper on`.
-    pub zone: Option<Rc<Zone>>,
+    pub zone: Option<Rc<EnforcementZone>>,
     /// Built at merge time where `esper on`.
     pub target: Option<Arc<Target>>,
     /// Built at merge time where `esper on`.

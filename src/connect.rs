@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use crate::transport::lock;
 use crate::resolve::Resolver;
 use crate::stream::Unvectored;
+use crate::transport::lock;
 
 /// RFC 8305's recommended delay before the next address is tried while
 /// the previous attempt is still in progress.

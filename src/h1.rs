@@ -17,8 +17,8 @@ use esper_protocol::Failure;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use crate::transport::{self, lock, Body};
 use crate::stream::Unvectored;
+use crate::transport::{self, lock, Body};
 
 /// When no call is in progress, the most recently used idle HTTP/1.1
 /// connection is closed after this long unused (a quiet site keeps one

@@ -20,8 +20,8 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::transport::{self, lock, Body};
 use crate::stream::{Unvectored, ASSUMED_STREAM_LIMIT};
+use crate::transport::{self, lock, Body};
 
 /// An HTTP/2 connection is pinged after this long without a frame from
 /// Esper, and closed when the ping is not answered in time: one a middlebox

@@ -32,7 +32,7 @@ use crate::log::{debug, guard};
 use crate::response::Step;
 use crate::state::{attach, find, Stage};
 use crate::steps::{self, DECLINED, DONE, SERVER_ERROR};
-use crate::{metrics, request, Module};
+use crate::{enforcement, metrics, request, Module};
 
 /// Registers the access-phase handler, looks up `$request_id` and adds the
 /// metrics zone (postconfiguration).
@@ -54,7 +54,9 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
                 };
                 *slot = Some(access_handler);
                 Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
-                metrics::add_zone(cf).ok()
+                metrics::add_zone(cf).ok()?;
+                enforcement::init_zones(&Module::main_conf(cf)?.zones);
+                Some(())
             })
             .is_some();
         if registered {

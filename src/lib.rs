@@ -21,12 +21,14 @@ mod handler;
 mod headers;
 mod log;
 mod metrics;
+mod metrics_page;
 mod nginx_conf;
 mod origin;
 mod request;
 mod resolve;
 mod response;
 mod runtime;
+mod shm;
 mod state;
 mod steps;
 mod stream;
@@ -39,7 +41,8 @@ use std::ffi::c_void;
 use std::ptr::addr_of;
 
 use ngx::ffi::{
-    ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_HTTP_MODULE,
+    ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_ERROR,
+    NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
@@ -63,7 +66,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: Some(variables::register),
+    preconfiguration: Some(preconfiguration),
     postconfiguration: Some(handler::register),
     create_main_conf: Some(conf::create_main_conf),
     init_main_conf: None,
@@ -89,6 +92,23 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
+
+/// Before the directives are read: the variables, and the handlers the
+/// configuration hands out.
+extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    log::guard(NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes its live http configuration context, whose
+        // main configurations are already created.
+        let cf = unsafe { &mut *cf };
+        let registered = Module::main_conf_mut(cf)
+            .map(|main| main.metrics_handler = Some(metrics_page::handler))
+            .and_then(|()| variables::register(cf).ok());
+        match registered {
+            Some(()) => ngx::ffi::NGX_OK as ngx_int_t,
+            None => NGX_ERROR as ngx_int_t,
+        }
+    })
+}
 
 /// Never fails: nginx does not respawn a worker whose `init_process` fails,
 /// so a runtime that cannot start is logged and leaves the failure action.

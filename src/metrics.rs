@@ -1,32 +1,28 @@
 //! Counters of decisions, results, errors, pending calls, open breakers,
-//! proof verifications, pass cookies issued and decision latency, kept in an nginx shared memory zone so that every worker
-//! adds to the same numbers and a reload keeps them; and `esper_metrics`, the
-//! location that serves them in Prometheus' text format.
+//! proof verifications, pass cookies issued and decision latency, kept in an
+//! nginx shared memory zone so that every worker adds to the same numbers and
+//! a reload keeps them. `metrics_page` serves them.
 
 use std::ffi::c_void;
 use std::ptr::null_mut;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use esper_protocol::challenge_metrics::{
-    self, proof_outcome_index, ChallengeSnapshot, PROOF_OUTCOMES,
-};
+use esper_protocol::challenge_metrics::{proof_outcome_index, ChallengeSnapshot, PROOF_OUTCOMES};
 use esper_protocol::metrics::{
-    self as names, action_index, enforced_index, error_index, latency_bucket, EsperResult,
-    Snapshot, ZoneSnapshot, ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
+    action_index, enforced_index, error_index, latency_bucket, EsperResult, Snapshot, ZoneSnapshot,
+    ENFORCED_ACTIONS, ERROR_REASONS, LATENCY_BUCKETS_MS, RESULTS,
 };
 use esper_protocol::{Action, Failure, ProofCheck};
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
-    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
-    NGX_OK,
+    ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
-use crate::enforcement::Zone;
+use crate::conf::{EnforcementZone, METRICS_ZONE};
+use crate::enforcement::ZoneTable;
 use crate::log::guard;
 use crate::nginx_conf::ConfExt;
-use crate::{response, Module};
+use crate::shm;
 
 /// The counters as they lie in shared memory.
 #[repr(C)]
@@ -121,7 +117,14 @@ pub fn breakers_changed(opened: u64, closed: u64) {
     sub(|c| &c.open_breakers, closed);
 }
 
-fn snapshot(c: &Counters, zones: &[Rc<Zone>]) -> Snapshot {
+/// The counters now, with the entries and evictions of `zones`; `None`
+/// before nginx mapped the counters' zone.
+pub fn snapshot(zones: &[Rc<EnforcementZone>]) -> Option<(Snapshot, ChallengeSnapshot)> {
+    let c = counters()?;
+    Some((counter_snapshot(c, zones), challenge_snapshot(c)))
+}
+
+fn counter_snapshot(c: &Counters, zones: &[Rc<EnforcementZone>]) -> Snapshot {
     let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
     Snapshot {
         actions: c.actions.each_ref().map(read),
@@ -151,14 +154,11 @@ fn challenge_snapshot(c: &Counters) -> ChallengeSnapshot {
     }
 }
 
-/// The counters' shared zone; no `esper_enforcement_zone` may take its name.
-pub const ZONE_NAME: &str = "ngx_http_esper_module";
-
-/// Adds the shared zone to the configuration (postconfiguration).
+/// Adds the counters' shared zone to the configuration (postconfiguration).
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
-    cf.add_shared_zone(ZONE_NAME, ZONE_SIZE, Some(init_zone), std::ptr::null_mut())
-        .map(drop)
-        .map_err(|message| cf.emerg(&message))
+    let zone = shm::add(cf, METRICS_ZONE, ZONE_SIZE).map_err(|message| cf.emerg(&message))?;
+    shm::set_init(zone, Some(init_zone), std::ptr::null_mut());
+    Ok(())
 }
 
 /// Zone initialization: new counters, or those of the previous configuration
@@ -190,33 +190,5 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, previous: *mut c_void) -> ngx
         };
         COUNTERS.store(data.cast(), Ordering::Relaxed);
         NGX_OK as ngx_int_t
-    })
-}
-
-/// `esper_metrics;`: this location answers with the counters.
-pub fn set_handler(cf: &ngx_conf_t) -> Result<(), ()> {
-    let clcf = NgxHttpCoreModule::location_conf_mut(cf).ok_or(())?;
-    clcf.handler = Some(metrics_handler);
-    Ok(())
-}
-
-extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
-        // SAFETY: nginx calls content handlers with a live request on its thread.
-        let request = unsafe { Request::from_ngx_http_request(r) };
-        if request.as_ref().method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-        }
-        let zones = Module::main_conf(request).map_or(&[][..], |main| &main.zones[..]);
-        let mut body = names::render(&counters().map(|c| snapshot(c, zones)).unwrap_or_default());
-        body.push_str(&challenge_metrics::render(
-            &counters().map(challenge_snapshot).unwrap_or_default(),
-        ));
-        response::send_body(
-            request,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            body.as_bytes(),
-        )
     })
 }

@@ -2,20 +2,14 @@
 //! directive handlers and the merge: the directive's arguments and position,
 //! file names, compiled values, errors.
 
-use std::ffi::c_void;
 use std::mem::zeroed;
-use std::ptr::NonNull;
 
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_full_name, ngx_conf_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
-    ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG, NGX_OK,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t,
+    NGX_LOG_EMERG, NGX_OK,
 };
-use ngx::http::HttpModule;
-
-use crate::ffi::borrowed_str;
-use crate::Module;
 
 pub trait ConfExt {
     /// The directive's words, its name first.
@@ -33,18 +27,6 @@ pub trait ConfExt {
     fn pool(&self) -> Pool;
     /// An `emerg` line, with the file and line of the directive.
     fn emerg(&self, message: &str);
-    /// Adds this module's shared memory zone `name` to the configuration,
-    /// for nginx to map and hand to `init` with `data`. nginx keeps `name`
-    /// without a copy. Fails when nginx refuses the zone or this
-    /// configuration has already added it. The zone lives as long as the
-    /// configuration.
-    fn add_shared_zone(
-        &self,
-        name: &str,
-        size: usize,
-        init: ngx_shm_zone_init_pt,
-        data: *mut c_void,
-    ) -> Result<NonNull<ngx_shm_zone_t>, String>;
 }
 
 impl ConfExt for ngx_conf_t {
@@ -100,33 +82,6 @@ impl ConfExt for ngx_conf_t {
     fn pool(&self) -> Pool {
         // SAFETY: the configuration pool lives as long as the configuration.
         unsafe { Pool::from_ngx_pool(self.pool) }
-    }
-
-    fn add_shared_zone(
-        &self,
-        name: &str,
-        size: usize,
-        init: ngx_shm_zone_init_pt,
-        data: *mut c_void,
-    ) -> Result<NonNull<ngx_shm_zone_t>, String> {
-        let mut zone_name = borrowed_str(name.as_bytes());
-        let cf = (self as *const ngx_conf_t).cast_mut();
-        let tag = (Module::module() as *const ngx::ffi::ngx_module_t).cast_mut().cast();
-        // SAFETY: a live configuration context; nginx keeps the zone with the
-        // cycle and returns it, not yet mapped, for us to fill in. Nothing
-        // else holds a reference to it while it is filled in here: nginx
-        // reads it only when it maps the zones, after the configuration is read.
-        unsafe {
-            let zone = NonNull::new(ngx_shared_memory_add(cf, &mut zone_name, size, tag))
-                .ok_or("cannot add the shared memory zone")?;
-            let fields = &mut *zone.as_ptr();
-            if !fields.data.is_null() || fields.init.is_some() {
-                return Err(format!("duplicate zone \"{name}\""));
-            }
-            fields.init = init;
-            fields.data = data;
-            Ok(zone)
-        }
     }
 
     fn emerg(&self, message: &str) {

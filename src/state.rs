@@ -20,6 +20,7 @@ use ngx::http::{HttpModule, Request};
 
 use crate::client::{Answer, CallKind};
 use crate::conf::LocConf;
+use crate::enforcement::ZoneTable;
 use crate::ffi::now_ms;
 use crate::log::{debug_log, guard};
 use crate::worker::{self, CallId, Waiter};

@@ -31,23 +31,18 @@ const VARIABLES: [(ngx_str_t, Variable); 5] = [
 ];
 
 /// Adds the variables (preconfiguration).
-pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
-    guard(NGX_ERROR as ngx_int_t, || {
-        for (index, (name, _)) in VARIABLES.iter().enumerate() {
-            let mut name = *name;
-            // SAFETY: nginx passes its live configuration context; the name
-            // is static; a non-null result is nginx's slot for the variable.
-            let var = unsafe {
-                ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _).as_mut()
-            };
-            let Some(var) = var else {
-                return NGX_ERROR as ngx_int_t;
-            };
-            var.get_handler = Some(get);
-            var.data = index;
-        }
-        NGX_OK as ngx_int_t
-    })
+pub fn register(cf: &mut ngx_conf_t) -> Result<(), ()> {
+    for (index, (name, _)) in VARIABLES.iter().enumerate() {
+        let mut name = *name;
+        // SAFETY: a live configuration context; the name is static; a
+        // non-null result is nginx's slot for the variable.
+        let var =
+            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _).as_mut() };
+        let var = var.ok_or(())?;
+        var.get_handler = Some(get);
+        var.data = index;
+    }
+    Ok(())
 }
 
 /// The value of `variable` for the request; `None` is "not found" (logged

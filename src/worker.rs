@@ -213,9 +213,8 @@ fn build() -> Result<Worker, String> {
 /// TLS settings that cannot be made (a broken trust store) are said once,
 /// at `alert`; calls to https URLs then get the failure action.
 fn clients_of(main: &MainConf) -> Rc<ConfClients> {
-    let mut slot = main.clients.borrow_mut();
-    if let Some(made) = &*slot {
-        return made.clone();
+    if let Some(made) = made_clients(main) {
+        return made;
     }
     let any_https = main.endpoints.iter().any(|url| url.scheme() == "https");
     let tls: Vec<_> = if any_https {
@@ -236,8 +235,13 @@ fn clients_of(main: &MainConf) -> Rc<ConfClients> {
         breakers: RefCell::new(main.endpoints.iter().map(|_| Breaker::default()).collect()),
         retry_gates: RefCell::new(vec![RetryGate::default(); main.endpoints.len()]),
     });
-    *slot = Some(made.clone());
+    *main.clients.borrow_mut() = Some(made.clone());
     made
+}
+
+/// The clients and breakers of `main` in this process, if made yet.
+fn made_clients(main: &MainConf) -> Option<Rc<ConfClients>> {
+    main.clients.borrow().clone()?.downcast::<ConfClients>().ok()
 }
 
 /// Puts `fd` into nginx's event loop with [`on_wake`] as its read handler
@@ -471,7 +475,7 @@ pub fn stop(cycle: &ngx_cycle_t) {
     };
     // Pending calls are cancelled; their requests are gone with the process.
     // Take this worker's part out of the shared gauges.
-    if let Some(conf) = Module::main_conf(cycle).and_then(|m| m.clients.borrow().clone()) {
+    if let Some(conf) = Module::main_conf(cycle).and_then(made_clients) {
         let open = conf.breakers.borrow().iter().filter(|b| b.is_open()).count() as u64;
         metrics::breakers_changed(0, open);
     }

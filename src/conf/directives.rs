@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::{self as values, ApiUrl};
+use esper_protocol::entity_table::Layout;
 use esper_protocol::pass::PassKey;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use rustls::pki_types::pem::PemObject;
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use rustls::pki_types::pem::PemObject;
 
 use super::*;
-use crate::enforcement::{self, Zone};
 use crate::ffi::borrowed_str;
 use crate::log::guard;
 use crate::nginx_conf::ConfExt;
+use crate::{shm, Module};
 
 /// Why a directive was refused; `nginx -t` prints it with the file and line.
 enum SetError {
@@ -142,10 +144,11 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
                 return Err(format!("invalid zone name \"{arg}\""));
             }
             let size = size_bytes(size).ok_or_else(|| format!("invalid zone size \"{arg}\""))?;
-            if size < 8 * crate::ffi::page_size() || enforcement::layout_for(size).is_none() {
-                return Err(format!("zone \"{name}\" is too small"));
-            }
-            zone = Some((name.to_owned(), size));
+            let layout = (size >= MIN_ZONE_PAGES * crate::ffi::page_size())
+                .then(|| Layout::fitting(shm::usable_bytes(size), MIN_ZONE_ENTRIES))
+                .flatten()
+                .ok_or_else(|| format!("zone \"{name}\" is too small"))?;
+            zone = Some((name.to_owned(), size, layout));
         } else if let Some(value) = arg.strip_prefix("ttl=") {
             let ms = time_ms(value).filter(|&ms| ms >= 1000).ok_or_else(invalid)?;
             ttl = Duration::from_millis(ms);
@@ -153,8 +156,19 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
             return Err(invalid());
         }
     }
-    let (name, size) = zone.ok_or("\"zone\" parameter is missing")?;
-    main.zones.push(Zone::add(cf, &name, size, ttl)?);
+    let (name, size, layout) = zone.ok_or("\"zone\" parameter is missing")?;
+    if name == METRICS_ZONE {
+        return Err(format!("the zone name \"{name}\" is the module's own"));
+    }
+    if main.zones.iter().any(|z| z.name == name) {
+        return Err(format!("duplicate zone \"{name}\""));
+    }
+    let mut zone = Rc::new(EnforcementZone { name, ttl, shm: NonNull::dangling(), layout });
+    // nginx keeps the name without a copy: it lies in the zone's settings,
+    // which live as long as the configuration.
+    let shm = shm::add(cf, &zone.name, size)?;
+    Rc::get_mut(&mut zone).expect("not shared yet").shm = shm;
+    main.zones.push(zone);
     Ok(())
 }
 
@@ -363,8 +377,13 @@ directive_handler!(set_circuit_breaker, |_cf, conf, args| {
 directive_handler!(set_metrics, |cf, conf, _args| {
     once(conf.metrics)?;
     conf.metrics = true;
-    crate::metrics::set_handler(cf)
-        .map_err(|()| SetError::Invalid("cannot set the metrics handler".to_owned()))
+    let handler = Module::main_conf(cf).and_then(|main| main.metrics_handler);
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf);
+    match (handler, clcf) {
+        (Some(handler), Some(clcf)) => clcf.handler = Some(handler),
+        _ => return Err(SetError::Invalid("cannot set the metrics handler".to_owned())),
+    }
+    Ok(())
 });
 
 /// An nginx time ("500ms", "10s", "1m") in milliseconds, more than zero.

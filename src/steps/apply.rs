@@ -20,6 +20,7 @@ use super::judge::{judge_without_proof, return_scope};
 use super::{DECLINED, SERVER_ERROR};
 use crate::client::Answer;
 use crate::conf::{FailureAction, LocConf, Mode};
+use crate::enforcement::ZoneTable;
 use crate::headers::{add_header_in, add_pooled_header_in, DECISION_ID_HEADER, HYBRID_KEY_HEADER};
 use crate::log::{debug, log_error};
 use crate::response::{Denial, Step};

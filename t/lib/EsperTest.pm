@@ -173,6 +173,7 @@ sub start_nginx_file {
     my $output = `$bin -p $self->{dir}/ -c $file 2>&1`;
     die "nginx did not start: $output" if $?;
     $self->{nginx} = 1;
+    my $single = slurp($file) =~ /^\s*master_process\s+off/m;
     my $deadline = time + 5;
     while (time < $deadline) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->{port});
@@ -180,6 +181,9 @@ sub start_nginx_file {
         # The master's pid is kept, so that it is stopped even if its pid
         # file goes away.
         $self->{nginx} = $self->nginx_pid || 1;
+        # The master listens before it forks its workers: wait for them, so
+        # that worker_pids() sees them.
+        sleep 0.02 while !$single && !$self->worker_pids && time < $deadline;
         return $self->{port};
     } continue {
         sleep 0.02;
