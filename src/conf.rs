@@ -106,8 +106,8 @@ pub struct MainConf {
     pub clients: RefCell<Option<Rc<dyn Any>>>,
     /// `esper_enforcement_zone`s, in order.
     pub zones: Vec<Rc<EnforcementZone>>,
-    /// The content handler `esper_metrics` gives its location, set before
-    /// the directives are read (the handler is the entry layer's).
+    /// The content handler `esper_metrics` gives its location (the entry
+    /// layer's, handed in when this configuration is created).
     pub metrics_handler: ngx_http_handler_pt,
 }
 
@@ -122,6 +122,7 @@ pub struct EnforcementZone {
     /// `ttl=`: the longest an entry lives.
     pub ttl: Duration,
     pub shm: NonNull<ngx_shm_zone_t>,
+    pub size: usize,
     /// The largest table the zone holds.
     pub layout: Layout,
 }
@@ -300,8 +301,9 @@ impl LocConf {
     }
 }
 
-pub extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    create(cf, MainConf::default)
+/// The main configuration; `esper_metrics` gives its location `metrics_handler`.
+pub fn create_main_conf(cf: *mut ngx_conf_t, metrics_handler: ngx_http_handler_pt) -> *mut c_void {
+    create(cf, || MainConf { metrics_handler, ..MainConf::default() })
 }
 
 pub extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {

@@ -13,8 +13,8 @@ use esper_protocol::entity_table::{EntityKey, Meta, Remembered, Slot, Stored, Ta
 use esper_protocol::throttle::LogThrottle;
 use ngx::core::SlabPool;
 use ngx::ffi::{
-    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc_locked, ngx_slab_pool_t, NGX_ERROR, NGX_LOG_WARN,
-    NGX_OK,
+    ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc_locked, ngx_slab_pool_t, NGX_ERROR,
+    NGX_LOG_WARN, NGX_OK,
 };
 
 use crate::conf::EnforcementZone;
@@ -24,10 +24,12 @@ use crate::shm;
 
 /// Gives each zone the handler that lays its table out once nginx maps it
 /// (at postconfiguration: the zones were named while the directives were read).
-pub fn init_zones(zones: &[Rc<EnforcementZone>]) {
+pub fn init_zones(cf: &ngx_conf_t, zones: &[Rc<EnforcementZone>]) -> Result<(), String> {
     for zone in zones {
-        shm::set_init(zone.shm, Some(init_zone), Rc::as_ptr(zone).cast_mut().cast());
+        let data = Rc::as_ptr(zone).cast_mut().cast();
+        shm::add(cf, &zone.name, zone.size, Some(init_zone), data)?;
     }
+    Ok(())
 }
 
 /// The table operations on a configured zone.

@@ -29,6 +29,7 @@ use ngx::ngx_string;
 use crate::conf::Mode;
 use crate::headers::{remove_headers_in, ESPER_REQUEST_HEADERS};
 use crate::log::{debug, guard};
+use crate::nginx_conf::ConfExt;
 use crate::response::Step;
 use crate::state::{attach, find, Stage};
 use crate::steps::{self, DECLINED, DONE, SERVER_ERROR};
@@ -55,8 +56,8 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
                 *slot = Some(access_handler);
                 Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
                 metrics::add_zone(cf).ok()?;
-                enforcement::init_zones(&Module::main_conf(cf)?.zones);
-                Some(())
+                let zones = &Module::main_conf(cf)?.zones;
+                enforcement::init_zones(cf, zones).map_err(|message| cf.emerg(&message)).ok()
             })
             .is_some();
         if registered {

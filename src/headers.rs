@@ -54,7 +54,7 @@ pub fn set_location(request: &mut Request, value: &[u8]) -> Option<()> {
 }
 
 /// `value` copied into the request pool, which frees it with the request.
-fn pool_copy(request: &Request, value: &[u8]) -> Option<ngx_str_t> {
+pub fn pool_copy(request: &Request, value: &[u8]) -> Option<ngx_str_t> {
     // SAFETY: the live request's own pool.
     unsafe { ngx_str_t::from_bytes(request.as_ref().pool, value) }
 }

@@ -41,7 +41,7 @@ use std::ffi::c_void;
 use std::ptr::addr_of;
 
 use ngx::ffi::{
-    ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_ERROR,
+    ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
     NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
@@ -66,15 +66,21 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: Some(preconfiguration),
+    preconfiguration: Some(variables::register),
     postconfiguration: Some(handler::register),
-    create_main_conf: Some(conf::create_main_conf),
+    create_main_conf: Some(create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(conf::create_loc_conf),
     merge_loc_conf: Some(conf::merge_loc_conf),
 };
+
+/// The main configuration, given the handlers the configuration hands out:
+/// `esper_metrics`' content handler.
+extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    conf::create_main_conf(cf, Some(metrics_page::handler))
+}
 
 // The module list a dynamic module exports. nginx's own build system
 // (`config`) generates its own, so it builds without this feature.
@@ -92,23 +98,6 @@ pub static mut ngx_http_esper_module: ngx_module_t = ngx_module_t {
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
-
-/// Before the directives are read: the variables, and the handlers the
-/// configuration hands out.
-extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    log::guard(NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx passes its live http configuration context, whose
-        // main configurations are already created.
-        let cf = unsafe { &mut *cf };
-        let registered = Module::main_conf_mut(cf)
-            .map(|main| main.metrics_handler = Some(metrics_page::handler))
-            .and_then(|()| variables::register(cf).ok());
-        match registered {
-            Some(()) => ngx::ffi::NGX_OK as ngx_int_t,
-            None => NGX_ERROR as ngx_int_t,
-        }
-    })
-}
 
 /// Never fails: nginx does not respawn a worker whose `init_process` fails,
 /// so a runtime that cannot start is logged and leaves the failure action.

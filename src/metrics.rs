@@ -156,9 +156,9 @@ fn challenge_snapshot(c: &Counters) -> ChallengeSnapshot {
 
 /// Adds the counters' shared zone to the configuration (postconfiguration).
 pub fn add_zone(cf: &ngx_conf_t) -> Result<(), ()> {
-    let zone = shm::add(cf, METRICS_ZONE, ZONE_SIZE).map_err(|message| cf.emerg(&message))?;
-    shm::set_init(zone, Some(init_zone), std::ptr::null_mut());
-    Ok(())
+    shm::add(cf, METRICS_ZONE, ZONE_SIZE, Some(init_zone), std::ptr::null_mut())
+        .map(drop)
+        .map_err(|message| cf.emerg(&message))
 }
 
 /// Zone initialization: new counters, or those of the previous configuration

@@ -19,6 +19,7 @@ use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, Req
 
 use crate::conf::{LocConf, MainConf, PassSettings};
 use crate::ffi::borrowed_str;
+use crate::headers::pool_copy;
 
 /// Builds the JSON body of the decision call.
 pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
@@ -51,7 +52,9 @@ pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
     // HTTP/3 carries the host only as `:authority`, which nginx does not turn
     // into a Host header (it does for HTTP/2): send it as one, so Esper sees
     // the same headers whatever the protocol.
-    let authority = authority_without_host_header(request).map(|a| (&b"host"[..], a));
+    let no_host_header = request.as_ref().headers_in.host.is_null();
+    let authority = no_host_header.then(|| client_authority(request)).flatten();
+    let authority = authority.map(|a| (&b"host"[..], a));
     let mut body = Vec::with_capacity(1024);
     build_payload(&view, headers(request).chain(authority), &settings, &mut body);
     body
@@ -70,13 +73,12 @@ pub fn return_url<'r>(request: &'r Request, conf: &LocConf) -> Option<&'r [u8]> 
     }
     let origin = origin(request);
     if wants_json(conf.json_response, headers(request)) {
-        // SAFETY: a non-null header entry of a live request lives as long as it.
-        let referer = unsafe { request.as_ref().headers_in.referer.as_ref() };
-        if let Some(page) = referer.and_then(|r| same_origin_page(r.value.as_bytes(), &origin)) {
+        let referer = headers(request).find(|(name, _)| name.eq_ignore_ascii_case(b"referer"));
+        if let Some(page) = referer.and_then(|(_, value)| same_origin_page(value, &origin)) {
             return Some(page);
         }
     }
-    let url = pool_str(request, &request_url(&origin, request.as_ref().unparsed_uri.as_bytes()))?;
+    let url = pool_copy(request, &request_url(&origin, request.as_ref().unparsed_uri.as_bytes()))?;
     // SAFETY: made in the request pool, which lives as long as the request.
     Some(unsafe { std::slice::from_raw_parts(url.data, url.len) })
 }
@@ -90,22 +92,27 @@ fn origin(request: &Request) -> Origin<'_> {
         [] => NgxHttpCoreModule::server_conf(request).map_or(&[][..], |s| s.server_name.as_bytes()),
         server => server,
     };
-    // SAFETY: a non-null header entry of a live request lives as long as it.
-    let host_header = unsafe { req.headers_in.host.as_ref() }.map(|h| h.value.as_bytes());
-    let authority = host_header.or_else(|| authority_without_host_header(request));
-    Origin { https: is_https(request), host, port: authority.and_then(authority_port) }
+    Origin {
+        https: is_https(request),
+        host,
+        port: client_authority(request).and_then(authority_port),
+    }
 }
 
-/// The request's `:authority` (or absolute-form host) when it has no Host
-/// header.
-fn authority_without_host_header(request: &Request) -> Option<&[u8]> {
+/// The authority the client named: its `Host` header, else its
+/// `:authority` (or the host of an absolute-form request line).
+fn client_authority(request: &Request) -> Option<&[u8]> {
     let req = request.as_ref();
-    if !req.headers_in.host.is_null() || req.host_start.is_null() {
-        return None;
-    }
-    // SAFETY: nginx sets host_start and host_end together, around the host
-    // in the request's own buffer, which lives as long as the request.
+    // SAFETY: a non-null header entry of a live request lives as long as it;
+    // nginx sets host_start and host_end together, around the host in the
+    // request's own buffer, which lives as long as the request.
     unsafe {
+        if let Some(host) = req.headers_in.host.as_ref() {
+            return Some(host.value.as_bytes());
+        }
+        if req.host_start.is_null() {
+            return None;
+        }
         let len = req.host_end.offset_from(req.host_start).max(0) as usize;
         Some(std::slice::from_raw_parts(req.host_start, len))
     }
@@ -187,14 +194,14 @@ fn replace_without_proof(
             &clean.target,
             req.http_protocol.as_bytes(),
         );
-        let line = pool_str(request, &line)?;
-        let target = pool_str(request, &clean.target)?;
+        let line = pool_copy(request, &line)?;
+        let target = pool_copy(request, &clean.target)?;
         let req = request.as_mut();
         req.request_line = line;
         req.unparsed_uri = target;
     }
     if let Some(proof) = from_args {
-        request.as_mut().args = pool_str(request, &proof.rest)?;
+        request.as_mut().args = pool_copy(request, &proof.rest)?;
     }
     Some(())
 }
@@ -279,12 +286,6 @@ pub fn bypassed(request: &mut Request, predicates: *mut ngx_array_t) -> Option<b
 pub fn is_https(request: &Request) -> bool {
     // As nginx's `$https`: HTTP/2 and HTTP/3 streams share their connection's.
     !connection(request).ssl.is_null()
-}
-
-/// A copy of `data` in the request pool.
-fn pool_str(request: &Request, data: &[u8]) -> Option<ngx_str_t> {
-    // SAFETY: the request pool lives as long as the request.
-    unsafe { ngx_str_t::from_bytes(request.as_ref().pool, data) }
 }
 
 /// The request's headers, as name and value bytes.

@@ -66,7 +66,9 @@ impl Shown {
 /// `esper_hybrid_key` expression that names one): it reads `shown`, which
 /// that borrow does not cover, and the state writes `shown` only through
 /// short-lived references of its own.
+#[repr(C)]
 struct Attached {
+    /// First, so that a pointer to the `Attached` is one to its state.
     state: RequestState,
     shown: Shown,
 }
@@ -306,25 +308,18 @@ pub fn attach(request: &mut Request) -> Option<NonNull<RequestState>> {
 /// The state of the request's main request, if it has been judged here;
 /// it lives until the main request's pool cleanup.
 pub fn find(request: &Request) -> Option<NonNull<RequestState>> {
-    let attached = find_attached(request)?.as_ptr();
-    // SAFETY: a field of a live allocation, reached without a reference.
-    NonNull::new(unsafe { &raw mut (*attached).state })
+    // `state` is the first field of the `#[repr(C)]` `Attached`.
+    Some(find_attached(request)?.cast::<RequestState>())
 }
 
 /// What `$esper_*` show of the request's main request, if it has been
-/// judged here. Never a reference into its state (see `Attached`).
-///
-/// # Safety
-///
-/// For variable getters only: the result must be dropped before the module
-/// changes what is shown (`RequestState::show`), which a getter, called
-/// from inside nginx, always is.
-pub unsafe fn shown(request: &Request) -> Option<&Shown> {
-    let attached = find_attached(request)?.as_ptr();
-    // SAFETY: `shown` lives until the main request's pool cleanup, so as
-    // long as the request; the caller drops the reference before it is
-    // written again.
-    Some(unsafe { &(*attached).shown })
+/// judged here: a pointer, never a reference into its state (see
+/// `Attached`). It lives until the main request's pool cleanup, so as long
+/// as the request; `RequestState::show` writes it.
+pub fn shown(request: &Request) -> Option<NonNull<Shown>> {
+    let attached = find_attached(request)?;
+    let shown = attached.as_ptr().wrapping_byte_add(std::mem::offset_of!(Attached, shown));
+    NonNull::new(shown.cast::<Shown>())
 }
 
 fn find_attached(request: &Request) -> Option<NonNull<Attached>> {

@@ -10,7 +10,7 @@ use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_string;
 
 use crate::log::guard;
-use crate::state::shown;
+use crate::state::{shown, Shown};
 use crate::{request, Module};
 
 #[derive(Clone, Copy)]
@@ -31,28 +31,34 @@ const VARIABLES: [(ngx_str_t, Variable); 5] = [
 ];
 
 /// Adds the variables (preconfiguration).
-pub fn register(cf: &mut ngx_conf_t) -> Result<(), ()> {
-    for (index, (name, _)) in VARIABLES.iter().enumerate() {
-        let mut name = *name;
-        // SAFETY: a live configuration context; the name is static; a
-        // non-null result is nginx's slot for the variable.
-        let var =
-            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _).as_mut() };
-        let var = var.ok_or(())?;
-        var.get_handler = Some(get);
-        var.data = index;
-    }
-    Ok(())
+pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+    guard(NGX_ERROR as ngx_int_t, || {
+        for (index, (name, _)) in VARIABLES.iter().enumerate() {
+            let mut name = *name;
+            // SAFETY: nginx passes its live configuration context; the name
+            // is static; a non-null result is nginx's slot for the variable.
+            let var = unsafe {
+                ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _).as_mut()
+            };
+            let Some(var) = var else {
+                return NGX_ERROR as ngx_int_t;
+            };
+            var.get_handler = Some(get);
+            var.data = index;
+        }
+        NGX_OK as ngx_int_t
+    })
 }
 
 /// The value of `variable` for the request; `None` is "not found" (logged
 /// as `-`). Borrowed values live as long as the request (statics, what
 /// the request state shows, the request pool), so nginx can point at them
 /// without a copy.
-fn value(request: &Request, variable: Variable) -> Option<&[u8]> {
-    // SAFETY: a getter runs inside an nginx call, and `state` is dropped
-    // when it returns; nginx copies the value before the module changes it.
-    let state = unsafe { shown(request) };
+fn value<'r>(
+    request: &'r Request,
+    state: Option<&'r Shown>,
+    variable: Variable,
+) -> Option<&'r [u8]> {
     let conf = Module::location_conf(request);
     match variable {
         Variable::Action => state?.action.map(|a| a.as_str().as_bytes()),
@@ -78,9 +84,16 @@ extern "C" fn get(
 ) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx evaluates variables with a live request and a value
-        // slot of its own, on its thread.
-        let (request, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
-        let Some(value) = VARIABLES.get(data).and_then(|&(_, var)| value(request, var)) else {
+        // slot of its own, on its thread. What the request's state shows is
+        // read while nginx runs this getter, in which the module writes it
+        // through no reference; nginx copies the value before the module
+        // runs again and may change it.
+        let (request, v, shown) = unsafe {
+            let request = Request::from_ngx_http_request(r);
+            (&*request, &mut *v, shown(request).map(|s| &*s.as_ptr()))
+        };
+        let Some(value) = VARIABLES.get(data).and_then(|&(_, var)| value(request, shown, var))
+        else {
             v.set_not_found(1);
             return NGX_OK as ngx_int_t;
         };

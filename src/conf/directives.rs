@@ -163,10 +163,11 @@ fn parse_enforcement_zone(cf: &ngx_conf_t, main: &mut MainConf) -> Result<(), St
     if main.zones.iter().any(|z| z.name == name) {
         return Err(format!("duplicate zone \"{name}\""));
     }
-    let mut zone = Rc::new(EnforcementZone { name, ttl, shm: NonNull::dangling(), layout });
+    let mut zone = Rc::new(EnforcementZone { name, ttl, shm: NonNull::dangling(), size, layout });
     // nginx keeps the name without a copy: it lies in the zone's settings,
-    // which live as long as the configuration.
-    let shm = shm::add(cf, &zone.name, size)?;
+    // which live as long as the configuration. `enforcement::init_zones`
+    // says what fills the zone.
+    let shm = shm::add(cf, &zone.name, size, None, std::ptr::null_mut())?;
     Rc::get_mut(&mut zone).expect("not shared yet").shm = shm;
     main.zones.push(zone);
     Ok(())
