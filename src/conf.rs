@@ -26,8 +26,8 @@ use esper_protocol::entity_table::Layout;
 use esper_protocol::pass::{PassCookie, PassKey, Project};
 use esper_protocol::response::JsonMode;
 use ngx::ffi::{
-    ngx_array_t, ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_http_handler_pt, ngx_int_t,
-    ngx_msec_t, ngx_shm_zone_t, ngx_uint_t, time_t,
+    ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_http_handler_pt, ngx_int_t, ngx_msec_t,
+    ngx_shm_zone_t, ngx_uint_t, time_t,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -72,8 +72,6 @@ const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 const UNSET_INT: ngx_int_t = -1;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_TIME: time_t = -1;
-/// nginx's NGX_CONF_UNSET_PTR, which `ngx_http_set_predicate_slot` expects.
-const UNSET_PTR: *mut ngx_array_t = usize::MAX as *mut ngx_array_t;
 const DEFAULT_TIMEOUT_MS: ngx_msec_t = 300;
 const DEFAULT_PASS_COOKIE: &str = "esper_challenge";
 const DEFAULT_MAX_PENDING: ngx_int_t = 1024;
@@ -94,8 +92,8 @@ pub struct MainConf {
     /// Distinct Esper endpoints (decision URLs); each worker keeps one circuit
     /// breaker per entry.
     pub endpoints: Vec<url::Url>,
-    /// Index of `$request_id`, the idempotency key.
-    pub request_id_index: ngx_uint_t,
+    /// `$request_id`, the idempotency key, compiled at postconfiguration.
+    pub request_id: Option<&'static ngx_http_complex_value_t>,
     /// Signs pass cookies where no `esper_pass_secret_file` is set: random,
     /// made once per configuration (so shared by all workers, new on reload).
     random_pass_key: Option<Arc<PassKey>>,
@@ -245,8 +243,8 @@ pub struct LocConf {
     /// `esper_forward_decision_id`
     pub forward_decision_id: ngx_flag_t,
     /// `esper_bypass`: compiled values, any of them neither empty nor "0"
-    /// lets the request through unasked; null when unset.
-    pub bypass: *mut ngx_array_t,
+    /// lets the request through unasked.
+    pub bypass: Option<Vec<&'static ngx_http_complex_value_t>>,
     /// `esper_json_response`, as set (an index into JSON_RESPONSES).
     json_response_index: ngx_uint_t,
     /// `esper_json_response`, resolved at merge time.
@@ -290,7 +288,7 @@ impl LocConf {
             pass_secret: None,
             hybrid_key: None,
             forward_decision_id: UNSET_FLAG,
-            bypass: UNSET_PTR,
+            bypass: None,
             json_response_index: UNSET_UINT,
             json_response: JsonMode::Auto,
             enforcement: None,

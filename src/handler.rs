@@ -18,10 +18,9 @@
 
 use esper_protocol::metrics::EsperResult;
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_http_finalize_request, ngx_http_get_variable_index,
-    ngx_http_handler_pt, ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_int_t,
-    ngx_uint_t, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    ngx_array_push, ngx_conf_t, ngx_http_finalize_request, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
@@ -35,26 +34,24 @@ use crate::state::{attach, find, Stage};
 use crate::steps::{self, DECLINED, DONE, SERVER_ERROR};
 use crate::{enforcement, metrics, request, Module};
 
-/// Registers the access-phase handler, looks up `$request_id` and adds the
+/// Registers the access-phase handler, compiles `$request_id` and adds the
 /// metrics zone (postconfiguration).
 pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard(NGX_ERROR as ngx_int_t, || {
-        let mut name = ngx_string!("request_id");
         let registered = Some(())
             .and_then(|()| {
                 // SAFETY: nginx passes its live http configuration context;
-                // the access phase's array holds handler pointers; the
-                // variable's name is static.
-                let (cf, slot, index) = unsafe {
+                // the access phase's array holds handler pointers.
+                let (cf, slot) = unsafe {
                     let cf = &mut *cf;
                     let cmcf = NgxHttpCoreModule::main_conf_mut(cf)?;
                     let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
                     let slot = ngx_array_push(&mut phase.handlers).cast::<ngx_http_handler_pt>();
-                    let index = ngx_http_get_variable_index(cf, &mut name);
-                    (&*cf, slot.as_mut()?, index)
+                    (&*cf, slot.as_mut()?)
                 };
                 *slot = Some(access_handler);
-                Module::main_conf_mut(cf)?.request_id_index = ngx_uint_t::try_from(index).ok()?;
+                let request_id = cf.compile(ngx_string!("$request_id")).ok()?;
+                Module::main_conf_mut(cf)?.request_id = Some(request_id);
                 metrics::add_zone(cf).ok()?;
                 let zones = &Module::main_conf(cf)?.zones;
                 enforcement::init_zones(cf, zones).map_err(|message| cf.emerg(&message)).ok()
@@ -71,17 +68,17 @@ pub extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
         // SAFETY: nginx calls access handlers with a live main request on its
-        // thread; nothing else holds a Rust reference to it meanwhile.
-        let request = unsafe { Request::from_ngx_http_request(r) };
-        match access(request) {
-            Step::Phase(rc) => rc,
-            Step::Sent(rc) => {
-                // SAFETY: `access` has returned, so no reference into the
-                // request or its state is left; finalizing may free both.
-                // The phase engine stops at NGX_DONE and never touches the
-                // request again.
-                unsafe { ngx_http_finalize_request(r, rc) };
-                NGX_DONE as ngx_int_t
+        // thread; nothing else holds a Rust reference to it meanwhile. It is
+        // finalized only once `access` has returned, so no reference into
+        // the request or its state is left when finalizing frees them; the
+        // phase engine stops at NGX_DONE and never touches it again.
+        unsafe {
+            match access(Request::from_ngx_http_request(r)) {
+                Step::Phase(rc) => rc,
+                Step::Sent(rc) => {
+                    ngx_http_finalize_request(r, rc);
+                    NGX_DONE as ngx_int_t
+                }
             }
         }
     })

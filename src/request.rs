@@ -11,9 +11,7 @@ use esper_protocol::response::wants_json;
 use esper_protocol::return_url::{authority_port, request_url, same_origin_page, Origin};
 use esper_protocol::{build_payload, PayloadSettings, RequestView};
 use ngx::ffi::{
-    ngx_array_t, ngx_http_complex_value_t, ngx_http_get_indexed_variable, ngx_http_request_t,
-    ngx_http_test_predicates, ngx_http_variable_t, ngx_int_t, ngx_list_t, ngx_str_t,
-    ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_OK,
+    ngx_http_complex_value_t, ngx_http_variable_t, ngx_list_t, ngx_str_t, ngx_table_elt_t,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, Request};
 
@@ -23,7 +21,7 @@ use crate::headers::pool_copy;
 
 /// Builds the JSON body of the decision call.
 pub fn payload(request: &Request, conf: &LocConf, main: &MainConf) -> Vec<u8> {
-    let request_id = indexed_variable(request, main.request_id_index);
+    let request_id = evaluate(request, main.request_id).unwrap_or_default();
     let return_url = return_url(request, conf);
     let fields: Vec<(&str, &[u8])> = conf
         .fields
@@ -268,18 +266,14 @@ fn connection(request: &Request) -> &ngx::ffi::ngx_connection_t {
 
 /// Whether `esper_bypass` lets the request through unasked: some value is
 /// neither empty nor "0". `None` when a value cannot be evaluated.
-pub fn bypassed(request: &mut Request, predicates: *mut ngx_array_t) -> Option<bool> {
-    if predicates.is_null() {
-        return Some(false);
+pub fn bypassed(request: &Request, values: &[&ngx_http_complex_value_t]) -> Option<bool> {
+    for value in values {
+        let value = request.get_complex_value(value)?.as_bytes();
+        if !value.is_empty() && value != b"0" {
+            return Some(true);
+        }
     }
-    let r: *mut ngx_http_request_t = request.as_mut();
-    // SAFETY: `predicates` is the location's compiled `esper_bypass` array
-    // (merge_loc_conf), alive as long as the configuration.
-    match unsafe { ngx_http_test_predicates(r, predicates) } {
-        rc if rc == NGX_DECLINED as ngx_int_t => Some(true),
-        rc if rc == NGX_OK as ngx_int_t => Some(false),
-        _ => None,
-    }
+    Some(false)
 }
 
 /// True when the client connection is TLS.
@@ -331,20 +325,4 @@ pub fn evaluate_in_pool(
     };
     let value = request.get_complex_value(cv).ok_or(())?;
     Ok(Some(borrowed_str(value.as_bytes())))
-}
-
-/// Value of an indexed nginx variable, empty when not found.
-fn indexed_variable(request: &Request, index: ngx_uint_t) -> &[u8] {
-    // nginx may cache the value in the request, as `get_complex_value` does.
-    let r = (request as *const Request).cast_mut().cast::<ngx_http_request_t>();
-    // SAFETY: `index` was obtained for this configuration; a non-null value
-    // and its data live as long as the request.
-    unsafe {
-        match ngx_http_get_indexed_variable(r, index).as_ref() {
-            Some(v) if v.not_found() == 0 && !v.data.is_null() => {
-                std::slice::from_raw_parts(v.data, v.len() as usize)
-            }
-            _ => &[],
-        }
-    }
 }

@@ -74,11 +74,13 @@ struct Attached {
 }
 
 /// What the module knows about one main request.
+#[repr(C)]
 pub struct RequestState {
-    request: *mut ngx_http_request_t,
     /// Fires at `esper_timeout` even if the background runtime stalls, or
-    /// at the end of a hold.
+    /// at the end of a hold. First, so that a pointer to it is one to the
+    /// state.
     deadline: ngx_event_t,
+    request: *mut ngx_http_request_t,
     pub stage: Stage,
     started: u64,
     /// How long the call took, in milliseconds.
@@ -217,35 +219,48 @@ impl RequestState {
         // The pointer `attach` made (the deadline's data), not one taken
         // from this borrow, which the handler's step outlives.
         let state = self.deadline.data.cast::<RequestState>();
-        Box::new(move |answer| {
-            // SAFETY: the worker calls a waiter only while its call is
-            // registered, and the state forgets its call (`abandon`, from
-            // `cleanup`) before it is freed; the state is a separate
-            // allocation from the request, and nothing else refers to it
-            // while the worker runs on the nginx thread.
-            let state = unsafe { &mut *state };
-            if let Stage::Waiting { call, .. } = state.stage {
-                debug_log!(state.deadline.log, "esper: call {call} answered");
-            }
-            state.arrived(answer);
-            resume(state.request);
-        })
+        Box::new(move |answer| wake(state, Wake::Answered(answer)))
     }
 }
 
 /// The deadline timer's handler.
 extern "C" fn on_deadline(ev: *mut ngx_event_t) {
-    guard((), || {
-        // SAFETY: the timer's data is its RequestState, alive while armed.
-        let state = unsafe { &mut *(*ev).data.cast::<RequestState>() };
-        // A hold simply ends: the access phase answers the block.
-        debug_log!(state.deadline.log, "esper: deadline reached");
-        if let Stage::Waiting { call, kind } = state.stage {
-            worker::expire(call);
-            state.arrived(kind.failed(Failure::Timeout));
+    // The timer is the first field of its `#[repr(C)]` state.
+    guard((), || wake(ev.cast::<RequestState>(), Wake::Deadline))
+}
+
+/// What woke a request waiting in the access phase.
+enum Wake {
+    Answered(Answer),
+    Deadline,
+}
+
+/// Gives the state what woke it, and runs the request's phases again.
+fn wake(state: *mut RequestState, wake: Wake) {
+    // SAFETY: `state` is the pointer `attach` made, and the state is alive:
+    // the worker calls a waiter only while its call is registered and the
+    // timer fires only while armed, and the state forgets its call
+    // (`abandon`) and disarms its timer before `cleanup` frees it. The state
+    // is a separate allocation from the request, and nothing else refers to
+    // it while the nginx thread runs this.
+    let state = unsafe { &mut *state };
+    match wake {
+        Wake::Answered(answer) => {
+            if let Stage::Waiting { call, .. } = state.stage {
+                debug_log!(state.deadline.log, "esper: call {call} answered");
+            }
+            state.arrived(answer);
         }
-        resume(state.request);
-    })
+        Wake::Deadline => {
+            // A hold simply ends: the access phase answers the block.
+            debug_log!(state.deadline.log, "esper: deadline reached");
+            if let Stage::Waiting { call, kind } = state.stage {
+                worker::expire(call);
+                state.arrived(kind.failed(Failure::Timeout));
+            }
+        }
+    }
+    resume(state.request);
 }
 
 /// Runs the phases of a request waiting in the access phase again. It takes

@@ -480,15 +480,17 @@ pub fn stop(cycle: &ngx_cycle_t) {
         metrics::breakers_changed(0, open);
     }
     metrics::pending_changed(0, worker.pending.len() as u64);
-    if worker.hand_off.posted() != 0 {
-        // SAFETY: the event is in nginx's posted queue, which must not keep
-        // it once it is freed.
-        unsafe { ngx_delete_posted_event(&mut *worker.hand_off) };
+    // SAFETY: a posted event is in nginx's posted queue, which must not keep
+    // it once it is freed (with `worker`); the notifier connection was
+    // opened by `watch` in this process, and is closed once, here.
+    unsafe {
+        if worker.hand_off.posted() != 0 {
+            ngx_delete_posted_event(&mut *worker.hand_off);
+        }
+        ngx_close_connection(worker.notifier);
     }
     // The dispatcher ends when its channel closes, and the thread with it.
     drop(worker.dispatch);
     let _ = worker.thread.join();
     log_error(NGX_LOG_NOTICE, cycle_log(), &runtime::report(worker.next_id));
-    // SAFETY: the notifier connection was opened by `watch` in this process.
-    unsafe { ngx_close_connection(worker.notifier) };
 }

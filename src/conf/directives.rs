@@ -345,6 +345,16 @@ directive_handler!(set_pass_secret_file, |cf, conf, args| {
     Ok(())
 });
 
+directive_handler!(set_bypass, |cf, conf, args| {
+    // Like nginx's own predicates (`proxy_no_cache`): the values of every
+    // `esper_bypass` of the block.
+    let values = conf.bypass.get_or_insert_with(Vec::new);
+    for value in &args[1..] {
+        values.push(cf.compile(*value)?);
+    }
+    Ok(())
+});
+
 directive_handler!(set_hybrid_key, |cf, conf, args| {
     once(conf.hybrid_key.is_some())?;
     conf.hybrid_key = Some(cf.compile(args[1])?);

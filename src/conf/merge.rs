@@ -3,7 +3,6 @@
 //! endpoint), the pass settings and the enforcement zone.
 
 use std::ffi::{c_char, c_void};
-use std::ptr::null_mut;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +111,7 @@ fn inherit_values(prev: &LocConf, conf: &mut LocConf) {
     inherit_clone(&mut conf.pass_secret, &prev.pass_secret);
     inherit_clone(&mut conf.hybrid_key, &prev.hybrid_key);
     inherit_clone(&mut conf.enforcement, &prev.enforcement);
-    inherit(&mut conf.bypass, prev.bypass, UNSET_PTR, null_mut());
+    inherit_clone(&mut conf.bypass, &prev.bypass);
 }
 
 /// Where `esper on`: checks what must be set and builds what requests use.

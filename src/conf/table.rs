@@ -8,11 +8,10 @@ use std::ptr::{addr_of, null_mut};
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
-    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot, ngx_conf_t,
-    ngx_http_set_predicate_slot, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_CONF_TAKE3,
-    NGX_CONF_TAKE4, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_sec_slot, ngx_conf_t, ngx_str_t,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_CONF_TAKE4, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
 };
 use ngx::ngx_string;
 
@@ -194,13 +193,7 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
         offset: 0,
         post: null_mut(),
     },
-    command(
-        ngx_string!("esper_bypass"),
-        NGX_CONF_1MORE,
-        ngx_http_set_predicate_slot,
-        offset_of!(LocConf, bypass),
-        null_mut(),
-    ),
+    command(ngx_string!("esper_bypass"), NGX_CONF_1MORE, set_bypass, 0, null_mut()),
     command(
         ngx_string!("esper_json_response"),
         NGX_CONF_TAKE1,

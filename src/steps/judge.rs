@@ -28,7 +28,7 @@ pub fn judge(request: &mut Request, conf: &LocConf, state: &mut RequestState) ->
     let Some(pass) = conf.pass.as_ref() else {
         return DECLINED;
     };
-    match request::bypassed(request, conf.bypass) {
+    match request::bypassed(request, conf.bypass.as_deref().unwrap_or_default()) {
         None => return SERVER_ERROR,
         Some(true) => {
             // Never verified, but never passed on either.
