@@ -1,13 +1,13 @@
 //! ngx_http_esper_module: asks Esper's runtime decision API about each request
 //! at nginx's access phase and applies the answer (allow, challenge, block).
 //!
-//! This file only registers the module; each concern has its own file:
-//! `conf` (directives), `handler` (the access phase), `response` (the
-//! redirects, blocks and JSON answers it makes), `worker` (the background
-//! runtime and its event-loop wake-up), `request` (reading the request),
-//! `enforcement` (`esper_enforcement_zone`), `variables` ($esper_*),
-//! `metrics` (shared counters and `esper_metrics`), `headers` (header-list
-//! surgery), `log` (logging and the panic guard), `ffi` (nginx strings).
+//! This file only registers the module. The other files form layers, each
+//! importing only from its own and lower ones (CONTRIBUTING.md draws them,
+//! t/layers.t checks them): entry points (`handler`, `variables`,
+//! `metrics_page`), request steps (`steps`, `state`, `request`,
+//! `response`), the runtime (`worker` and the Esper client below it,
+//! `enforcement`, `metrics`), the configuration (`conf`) and nginx glue
+//! (`nginx_conf`, `shm`, `headers`, `log`, `ffi`).
 
 mod breakers;
 mod client;
