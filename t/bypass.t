@@ -1,7 +1,7 @@
-# esper_bypass: the README's "Exceptions" example run exactly as written
-# there (only the listen port, the key, the log path and the upstream are
-# filled in), then its interplay with the enforcement zone, monitor mode,
-# internal redirects and inheritance.
+# esper_bypass: the example of docs/exceptions.md ("An example") run exactly
+# as written there (only the listen port, the key, the log path and the
+# upstream are filled in), then its interplay with the enforcement zone,
+# monitor mode, internal redirects and inheritance.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -12,8 +12,8 @@ my $t = EsperTest->new;
 $t->start_mock('--api-key', 'k');
 my $app = EsperTest::free_port();
 
-my $readme = EsperTest::slurp("$EsperTest::ROOT/README.md");
-my ($example) = $readme =~ /^## Exceptions\n.*?^```nginx\n(.*?)^```$/ms or BAIL_OUT('no Exceptions example in README.md');
+my $doc = EsperTest::slurp("$EsperTest::ROOT/docs/exceptions.md");
+my ($example) = $doc =~ /^## An example\n.*?^```nginx\n(.*?)^```$/ms or BAIL_OUT('no example in docs/exceptions.md');
 $example =~ s/listen 80;/listen 127.0.0.1:%%PORT%%;/ or die;
 $example =~ s/esper_api_key YOUR_API_KEY;/esper_api_key k; esper_api_url http:\/\/%%MOCK%%;/ or die;
 $example =~ s{/var/log/nginx/esper\.log}{%%DIR%%/logs/esper.log} or die;
@@ -31,7 +31,7 @@ $example
             return 200 "uri=\$request_uri hybrid=\$http_x_esper_hybrid_key\\n";
         }
     }
-    # Beside the README: the zone, monitor mode, internal redirects.
+    # Beside the example: the zone, monitor mode, internal redirects.
     server {
         listen 127.0.0.1:%%PORT%%;
         server_name more;
@@ -53,7 +53,7 @@ $t->write_file("html/$_", "ok\n") for qw(plain/p monitor/p judged/index.html);
 $t->start_nginx($conf);
 sub calls { $t->mock_count }
 
-# The README's exceptions: none of these asks Esper, whatever it would say.
+# The example's exceptions: none of these asks Esper, whatever it would say.
 my @bypassed = (
     ['the office network',  '/page?mock_action=block', [['X-Real-IP', '192.0.2.44']]],
     ['the uptime monitor, by its address', '/page?mock_action=block', [['X-Real-IP', '198.51.100.7']]],
