@@ -11,10 +11,8 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
@@ -103,24 +101,9 @@ fn with_signals_blocked<T>(start_thread: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Runs `future`; a panic while it is polled ends it with the panic's
-/// message instead of unwinding through the runtime.
-pub async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
-    let mut future = pin!(future);
-    std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-        Ok(Poll::Pending) => Poll::Pending,
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".to_owned());
-            Poll::Ready(Err(reason))
-        }
-    })
-    .await
-}
+/// Runs a call; a panic ends it with the panic's message (unit-tested in
+/// esper-protocol, which knows no nginx).
+pub use esper_protocol::unwind::catching;
 
 /// What a worker that made `calls` calls says of its connections to Esper
 /// as it exits: once per worker and reload.
