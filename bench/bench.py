@@ -797,31 +797,34 @@ SURPLUS_IDLE_S = 5
 SAMPLE_EVERY_S = 0.5
 
 
-def connections_check(workers_conns, client_conns, pending, limit=R_STREAMS):
+def connections_check(workers_conns, client_conns, pending, in_main, sampled_at, limit=R_STREAMS):
     """Issue 23's bound, per worker and sample: its connections to Esper at
     most ceil(its calls in flight / limit) + 1, its calls in flight being the
     most it had over the last SURPLUS_IDLE_S (a surplus closes after that
     long idle). The calls in flight are sampled for all workers
     (esper_pending); a worker's part is its share of the client connections
-    in the same sample (each client has at most one request in flight)."""
-    back = int(SURPLUS_IDLE_S / SAMPLE_EVERY_S)
+    in the same sample (each client has at most one request in flight).
+    Only the samples of the measured part (`in_main`) are judged; the
+    warm-up's count for the window before them."""
     per_worker = []
-    for conns, clients, total in zip(workers_conns, client_conns, pending):
+    for clients, total in zip(client_conns, pending):
         n = sum(clients) or 1
         per_worker.append([total * c / n for c in clients])
-    over, worst, worst_excess = 0, None, -10**9
-    for i, conns in enumerate(workers_conns[:len(per_worker)]):
-        window = per_worker[max(0, i - back):i + 1]
+    over, judged, worst, worst_excess = 0, 0, None, -10**9
+    for i, conns in enumerate(workers_conns):
+        if not in_main[i]:
+            continue
+        window = [x for x, at in zip(per_worker[:i + 1], sampled_at) if at >= sampled_at[i] - SURPLUS_IDLE_S]
         for w, c in enumerate(conns):
             calls = max(x[w] for x in window)
             target = -(-int(round(calls)) // limit) + 1
             excess = c - target
+            judged += 1
             over += excess > 0
             if excess > worst_excess:
                 worst_excess, worst = excess, {"worker": w, "connections": c, "target": target,
                                                "calls_in_flight": round(calls), "sample": i}
-    return {"ok": over == 0, "over": over, "samples": len(per_worker) * len(workers_conns[0] if workers_conns else []),
-            "worst": worst, "worst_excess": worst_excess}
+    return {"ok": over == 0, "over": over, "samples": judged, "worst": worst, "worst_excess": worst_excess}
 
 
 def far(seconds, runs, clients=R_CONNECTIONS):
@@ -857,28 +860,36 @@ def far(seconds, runs, clients=R_CONNECTIONS):
             for k, (rtt, mode) in cases.items():
                 url = f"{base}/{k.lower()}/index.html"
                 relay_port = relays[(rtt, mode)][1]
-                conns, workers_conns, client_conns, pending, cpu = [], [], [], [], {}
+                conns, workers_conns, client_conns, pending, in_main, sampled_at, cpu = [], [], [], [], [], [], {}
                 stop = threading.Event()
 
                 def sample():
-                    # Only while the measured part runs (h2load's ending
-                    # closes its connections).
-                    end = time.time() + seconds - 0.2
-                    while not stop.wait(0.5) and time.time() < end:
+                    # From the warm-up's start (the calls in flight of the
+                    # last SURPLUS_IDLE_S before a measured sample count),
+                    # until the measured part ends (h2load's ending closes
+                    # its connections); `measured` marks the measured part.
+                    end = time.time() + R_FAR_WARM_UP_S + seconds - 0.3
+                    while not stop.wait(SAMPLE_EVERY_S) and time.time() < end:
                         by_pid = connections_by_pid(relay_port)
-                        conns.append(sum(by_pid.values()))
+                        clients_by_pid = connections_by_pid(nginx.port, local=True)
+                        calls = metrics(nginx).get("esper_pending", 0)
+                        if not sum(clients_by_pid.values()):
+                            continue
+                        pending.append(calls)
                         workers_conns.append([by_pid.get(p, 0) for p in nginx.workers])
-                        by_pid = connections_by_pid(nginx.port, local=True)
-                        client_conns.append([by_pid.get(p, 0) for p in nginx.workers])
-                        pending.append(metrics(nginx).get("esper_pending", 0))
+                        client_conns.append([clients_by_pid.get(p, 0) for p in nginx.workers])
+                        in_main.append(bool(cpu))
+                        sampled_at.append(time.time())
+                        if cpu:
+                            conns.append(sum(by_pid.values()))
 
                 t = threading.Thread(target=sample)
 
                 def on_main():
                     cpu.update(workers=nginx.cpu_seconds(), terminator=terminator.cpu_seconds(),
                                relay=proc_cpu_seconds(relays[(rtt, mode)][0].pid), metrics=metrics(nginx))
-                    t.start()
 
+                t.start()
                 r = h2load(url, clients, seconds, R_FAR_WARM_UP_S, on_main=on_main)
                 stop.set()
                 t.join()
@@ -896,7 +907,9 @@ def far(seconds, runs, clients=R_CONNECTIONS):
                 r["esper_connections_by_worker"] = workers_conns
                 r["client_connections_by_worker"] = client_conns
                 r["pending"] = pending
-                r["connections_check"] = connections_check(workers_conns, client_conns, pending)
+                r["in_main"] = in_main
+                r["sampled_at"] = sampled_at
+                r["connections_check"] = connections_check(workers_conns, client_conns, pending, in_main, sampled_at)
                 raw[k].append(r)
                 print(f"run {i + 1}/{runs} {k}: {r['rps']:,.0f} requests/s, p99 "
                       f"{r['latency_us']['99'] / 1000:.1f} ms, {max(conns or [0])} connections to Esper, "
@@ -927,7 +940,7 @@ def far(seconds, runs, clients=R_CONNECTIONS):
         m["connections_within_target"] = all(c["ok"] for c in checks)
         m["connections_samples_over"] = sum(c["over"] for c in checks)
         m["connections_samples"] = sum(c["samples"] for c in checks)
-        m["pending_max"] = max((p for r in rs for p in r["pending"]), default=0)
+        m["pending_max"] = max((p for r in rs for p, main in zip(r["pending"], r["in_main"]) if main), default=0)
         worst = max(checks, key=lambda c: c["worst_excess"])
         m["connections_worst"] = worst["worst"]
         out[k] = m
