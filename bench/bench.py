@@ -5,8 +5,10 @@ and with a plain proxy_pass of the same call.
 One nginx binary (the vendored one, built with auth_request), one worker, one
 mock Esper (compiled, --no-record), one load generator (wrk), loopback only.
 For the TLS cases a second nginx (the same binary) terminates TLS with a test
-CA in front of the mock. Case R runs a third nginx with two workers. Every case
-runs in this one invocation; the cases of INTERLEAVED run several times,
+CA in front of the mock. Case R runs a third nginx with two workers, and, at a
+distance (R20-*, R100-*), a fourth with two workers behind delaying relays
+(esper-relay) to a TLS terminator that speaks HTTP/2, loaded by h2load. Every
+case runs in this one invocation; the cases of INTERLEAVED run several times,
 interleaved, and the medians are reported. Writes bench/results.md,
 bench/results.json and bench/latency.png (not with --only).
 """
@@ -211,6 +213,75 @@ http {{
 """
 
 
+# Case R at a distance: Esper over TLS behind a delaying relay
+# (`esper-relay`, a second binary of esper-mock), a server allowing
+# R_STREAMS streams per HTTP/2 connection. The chain is
+# nginx -> relay (the RTT) -> TLS terminator (nginx, h2 and http/1.1 by
+# ALPN) -> mock, so that the RTT applies to the TCP connect and the TLS
+# handshake too. One relay per case (its port counts the case's
+# connections), one terminator and one mock for all.
+R_RTTS_MS = (20, 100)
+R_STREAMS = 100
+R_FAR_MODES = ("auto", "on", "off", "P")
+R_FAR_WARM_UP_S = 2
+
+FAR_TERMINATOR_CONF = """
+worker_processes 1;
+worker_rlimit_nofile 30000;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    upstream mock {{ server 127.0.0.1:{mock}; keepalive 4096; }}
+    ssl_session_cache shared:bench_far:10m;
+    ssl_session_timeout 1h;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    http2_max_concurrent_streams {streams};
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=8192;
+        http2 on;
+        ssl_certificate {prefix}/leaf.pem;
+        ssl_certificate_key {prefix}/leaf.key;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+FAR_CONF = """
+load_module {module};
+worker_processes {workers};
+worker_rlimit_nofile 30000;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    esper_api_key bench-key;
+    esper_ssl_trusted_certificate {tls_dir}/ca.pem;
+    # A decision fails (and is counted, 403) only after 5 s: over a new
+    # HTTP/1.1 connection at 100 ms a call takes 3 RTT (connect, TLS, call),
+    # and the cold start of 1,000 of them at once takes seconds of CPU on a
+    # busy 2-core machine (each run of `off` starts from a pool that the
+    # other cases' runs left idle).
+    esper_timeout 5s;
+    esper_failure_action block;
+    keepalive_requests 10000000;
+{upstreams}
+    server {{
+        listen 127.0.0.1:{port} backlog=8192;
+        location = /esper-metrics {{ esper_metrics; }}
+{locations}
+    }}
+}}
+"""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -291,14 +362,15 @@ class Nginx:
             time.sleep(0.05)
 
 
-def make_certificates(d):
-    """A test CA and a leaf for 127.0.0.1 (as t/lib/EsperTest.pm makes them)."""
+def make_certificates(d, leaf_key="rsa:2048"):
+    """A test CA and a leaf for 127.0.0.1 (as t/lib/EsperTest.pm makes them;
+    `leaf_key` as openssl req -newkey takes it)."""
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "leaf.ext"), "w") as f:
         f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
     for cmd in (
         f"openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=esper-bench-ca -keyout {d}/ca.key -out {d}/ca.pem",
-        f"openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {d}/leaf.key -out {d}/leaf.csr",
+        f"openssl req -newkey {leaf_key} -nodes -subj /CN=127.0.0.1 -keyout {d}/leaf.key -out {d}/leaf.csr",
         f"openssl x509 -req -in {d}/leaf.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 2 "
         f"-extfile {d}/leaf.ext -out {d}/leaf.pem",
     ):
@@ -350,6 +422,42 @@ def wrk(url, connections, seconds, body=None, user_agent=None, threads=1):
     result = json.loads(line[5:])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
+
+
+def h2load(url, connections, seconds, warm_up, on_main=None, threads=2):
+    """An HTTP/1.1 load of `connections` clients (one request at a time
+    each) for `warm_up` + `seconds`, by h2load, whose clients keep their
+    connections from the warm-up into the measured part; the result, in
+    wrk()'s shape, counts only the requests that ended in the measured
+    `seconds`. `on_main` is called when the measured part starts."""
+    log = os.path.join(TMP, "h2load.log")
+    proc = subprocess.Popen(["h2load", "--h1", f"-t{threads}", f"-c{connections}", f"-D{seconds}",
+                             f"--warm-up-time={warm_up}", f"--log-file={log}", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start = time.time()
+    if on_main:
+        time.sleep(warm_up)
+        on_main()
+    out = proc.communicate()[0]
+    if proc.returncode != 0:
+        sys.exit(f"h2load failed: {out}")
+    main_from = (start + warm_up) * 1e6
+    main_to = main_from + seconds * 1e6
+    latencies, failed = [], 0
+    with open(log) as f:
+        for line in f:
+            started, status, took = line.split("\t")[:3]
+            end = int(started) + int(took)
+            if main_from <= end < main_to:
+                latencies.append(int(took))
+                failed += not status.startswith("2")
+    latencies.sort()
+    n = len(latencies)
+    pct = lambda q: latencies[min(n - 1, int(n * q / 100))] if n else 0
+    return {"requests": n, "duration_us": seconds * 1e6, "rps": n / seconds,
+            "errors": {"connect": 0, "read": 0, "write": 0, "status": failed, "timeout": 0},
+            "latency_us": {q: pct(float(q)) for q in ("50", "75", "90", "99", "99.9", "99.99")},
+            "max_us": latencies[-1] if n else 0, "mean_us": sum(latencies) / n if n else 0}
 
 
 def measured(nginx, url, connections, seconds, user_agent=None, handshakes=None, threads=1):
@@ -636,6 +744,209 @@ def production(seconds, runs, clients=R_CONNECTIONS):
     return out, raw
 
 
+def far_case(rtt, mode):
+    return f"R{rtt}-{mode}"
+
+
+def far_locations(relays, tls_dir):
+    """nginx's upstreams and locations for case R at a distance, one per
+    case, each to its own relay."""
+    upstreams, locations = [], []
+    for (rtt, mode), (_, port) in relays.items():
+        name = far_case(rtt, mode).lower()
+        if mode == "P":
+            upstreams.append(f"    upstream {name} {{ server 127.0.0.1:{port}; keepalive 1024; }}")
+            locations.append(f"""        location /{name}/ {{
+            rewrite ^ /api/v1/runtime/mitigation break;
+            proxy_pass https://{name};{PROXY_CALL.format(payload=PAYLOAD)}{PROXY_TLS.format(tls_dir=tls_dir)}
+        }}""")
+        else:
+            locations.append(f"        location /{name}/ {{ esper on; esper_http2 {mode}; "
+                             f"esper_api_url https://127.0.0.1:{port}; alias {TMP}/html/; }}")
+    return "\n".join(upstreams), "\n".join(locations)
+
+
+def start_relay(to_port, rtt_ms):
+    proc = subprocess.Popen([os.path.join(ROOT, "target/release/esper-relay"), "--to", f"127.0.0.1:{to_port}",
+                             "--rtt-ms", str(rtt_ms)], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
+
+
+def connections_by_pid(port, local=False):
+    """Established TCP connections to (or, with `local`, at) 127.0.0.1:`port`,
+    counted by the process that holds them."""
+    side = "sport" if local else "dport"
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True).stdout
+    counts = {}
+    for line in out.splitlines():
+        for pid in set(re.findall(r"pid=(\d+)", line)):
+            counts[int(pid)] = counts.get(int(pid), 0) + 1
+    return counts
+
+
+def proc_cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+# The HTTP/2 pool closes a connection beyond a worker's first after this
+# long without a call (src/h2.rs SURPLUS_IDLE_TIMEOUT): a burst's surplus
+# may stay that long.
+SURPLUS_IDLE_S = 5
+SAMPLE_EVERY_S = 0.5
+
+
+def connections_check(workers_conns, client_conns, pending, in_main, sampled_at, limit=R_STREAMS):
+    """Issue 23's bound, per worker and sample: its connections to Esper at
+    most ceil(its calls in flight / limit) + 1, its calls in flight being the
+    most it had over the last SURPLUS_IDLE_S (a surplus closes after that
+    long idle). The calls in flight are sampled for all workers
+    (esper_pending); a worker's part is its share of the client connections
+    in the same sample (each client has at most one request in flight).
+    Only the samples of the measured part (`in_main`) are judged; the
+    warm-up's count for the window before them."""
+    per_worker = []
+    for clients, total in zip(client_conns, pending):
+        n = sum(clients) or 1
+        per_worker.append([total * c / n for c in clients])
+    over, judged, worst, worst_excess = 0, 0, None, -10**9
+    for i, conns in enumerate(workers_conns):
+        if not in_main[i]:
+            continue
+        window = [x for x, at in zip(per_worker[:i + 1], sampled_at) if at >= sampled_at[i] - SURPLUS_IDLE_S]
+        for w, c in enumerate(conns):
+            calls = max(x[w] for x in window)
+            target = -(-int(round(calls)) // limit) + 1
+            excess = c - target
+            judged += 1
+            over += excess > 0
+            if excess > worst_excess:
+                worst_excess, worst = excess, {"worker": w, "connections": c, "target": target,
+                                               "calls_in_flight": round(calls), "sample": i}
+    return {"ok": over == 0, "over": over, "samples": judged, "worst": worst, "worst_excess": worst_excess}
+
+
+def far(seconds, runs, clients=R_CONNECTIONS):
+    """R at a distance: for each RTT of R_RTTS_MS, the module with
+    esper_http2 auto, on and off and nginx's own proxy_pass of the same call,
+    each through a relay of its own to one TLS terminator (R_STREAMS streams
+    per HTTP/2 connection) and one mock that answers at once; `clients`
+    clients, R_WORKERS workers; the 2 x 4 cases interleaved, `runs` times,
+    each run after a 1 s warm-up of its own (so that every case starts from
+    its pool as the load leaves it, not from the 5 s idle trim). During each
+    run, the connections to the case's relay and the clients' connections
+    are sampled per worker twice a second."""
+    prefix = os.path.join(TMP, "far")
+    tls_dir = os.path.join(prefix, "tls")
+    shutil.rmtree(prefix, ignore_errors=True)
+    make_certificates(tls_dir, leaf_key="ec -pkeyopt ec_paramgen_curve:prime256v1")
+    mock, mock_port = start_mock()
+    terminator = nginx = None
+    relays = {}
+    raw = {}
+    try:
+        terminator = Nginx(FAR_TERMINATOR_CONF, tls_dir, mock=mock_port, streams=R_STREAMS)
+        for rtt in R_RTTS_MS:
+            for mode in R_FAR_MODES:
+                relays[(rtt, mode)] = start_relay(terminator.port, rtt)
+        upstreams, locations = far_locations(relays, tls_dir)
+        nginx = Nginx(FAR_CONF, prefix, workers=R_WORKERS, module=module_path(), tls_dir=tls_dir,
+                      upstreams=upstreams, locations=locations)
+        base = f"http://127.0.0.1:{nginx.port}"
+        cases = {far_case(rtt, mode): (rtt, mode) for rtt, mode in relays}
+        raw = {k: [] for k in cases}
+        for i in range(runs):
+            for k, (rtt, mode) in cases.items():
+                url = f"{base}/{k.lower()}/index.html"
+                relay_port = relays[(rtt, mode)][1]
+                conns, workers_conns, client_conns, pending, in_main, sampled_at, cpu = [], [], [], [], [], [], {}
+                stop = threading.Event()
+
+                def sample():
+                    # From the warm-up's start (the calls in flight of the
+                    # last SURPLUS_IDLE_S before a measured sample count),
+                    # until the measured part ends (h2load's ending closes
+                    # its connections); `measured` marks the measured part.
+                    end = time.time() + R_FAR_WARM_UP_S + seconds - 0.3
+                    while not stop.wait(SAMPLE_EVERY_S) and time.time() < end:
+                        by_pid = connections_by_pid(relay_port)
+                        clients_by_pid = connections_by_pid(nginx.port, local=True)
+                        calls = metrics(nginx).get("esper_pending", 0)
+                        if not sum(clients_by_pid.values()):
+                            continue
+                        pending.append(calls)
+                        workers_conns.append([by_pid.get(p, 0) for p in nginx.workers])
+                        client_conns.append([clients_by_pid.get(p, 0) for p in nginx.workers])
+                        in_main.append(bool(cpu))
+                        sampled_at.append(time.time())
+                        if cpu:
+                            conns.append(sum(by_pid.values()))
+
+                t = threading.Thread(target=sample)
+
+                def on_main():
+                    cpu.update(workers=nginx.cpu_seconds(), terminator=terminator.cpu_seconds(),
+                               relay=proc_cpu_seconds(relays[(rtt, mode)][0].pid), metrics=metrics(nginx))
+
+                t.start()
+                r = h2load(url, clients, seconds, R_FAR_WARM_UP_S, on_main=on_main)
+                stop.set()
+                t.join()
+                n = r["requests"] or 1
+                r["cpu_s_per_1k"] = (nginx.cpu_seconds() - cpu["workers"]) / n * 1000
+                r["terminator_cpu_s_per_1k"] = (terminator.cpu_seconds() - cpu["terminator"]) / n * 1000
+                r["relay_cpu_share"] = (proc_cpu_seconds(relays[(rtt, mode)][0].pid) - cpu["relay"]) / seconds
+                # The decisions' own time (the module's histogram, from the
+                # call's start on the nginx thread to its answer) over the
+                # window: the decisions in flight on average.
+                r["decisions_in_flight"] = metric_delta(cpu["metrics"], metrics(nginx),
+                                                        "esper_decision_duration_seconds_sum") / seconds
+                r["rss_kb"] = nginx.rss_kb()
+                r["esper_connections"] = conns
+                r["esper_connections_by_worker"] = workers_conns
+                r["client_connections_by_worker"] = client_conns
+                r["pending"] = pending
+                r["in_main"] = in_main
+                r["sampled_at"] = sampled_at
+                r["connections_check"] = connections_check(workers_conns, client_conns, pending, in_main, sampled_at)
+                raw[k].append(r)
+                print(f"run {i + 1}/{runs} {k}: {r['rps']:,.0f} requests/s, p99 "
+                      f"{r['latency_us']['99'] / 1000:.1f} ms, {max(conns or [0])} connections to Esper, "
+                      f"{sum(r['errors'].values())} failed, relay {r['relay_cpu_share']:.2f} core", file=sys.stderr)
+    finally:
+        for n in (nginx, terminator):
+            if n:
+                n.stop()
+        for proc, _ in [*relays.values(), (mock, mock_port)]:
+            proc.terminate()
+            proc.wait()
+    out = {}
+    for k, rs in raw.items():
+        rtt, mode = cases[k]
+        m = median_of(rs)
+        m["rtt_ms"], m["mode"], m["clients"] = rtt, mode, clients
+        m["mean_us"] = statistics.median(r["mean_us"] for r in rs)
+        m["added_p99_us"] = m["latency_us"]["99"] - rtt * 1000
+        m["in_flight"] = m["rps"] * m["mean_us"] / 1e6  # Little's law
+        m["decisions_in_flight"] = statistics.median(r["decisions_in_flight"] for r in rs)
+        m["cpu_us_per_decision"] = m["cpu_s_per_1k"] * 1000
+        m["terminator_cpu_us_per_call"] = statistics.median(r["terminator_cpu_s_per_1k"] for r in rs) * 1000
+        m["relay_cpu_share"] = statistics.median(r["relay_cpu_share"] for r in rs)
+        samples = [c for r in rs for c in r["esper_connections"]]
+        m["esper_connections_max"] = max(samples or [0])
+        m["esper_connections_median"] = statistics.median(samples or [0])
+        checks = [r["connections_check"] for r in rs]
+        m["connections_within_target"] = all(c["ok"] for c in checks)
+        m["connections_samples_over"] = sum(c["over"] for c in checks)
+        m["connections_samples"] = sum(c["samples"] for c in checks)
+        m["pending_max"] = max((p for r in rs for p, main in zip(r["pending"], r["in_main"]) if main), default=0)
+        worst = max(checks, key=lambda c: c["worst_excess"])
+        m["connections_worst"] = worst["worst"]
+        out[k] = m
+    return out, raw
+
+
 def reload_cost(nginx, handshakes, url, before_s=3, after_s=8):
     """SIGHUP to the module's nginx under load on `url` (B-TLS): 1 s wrk
     windows back to back, `before_s` before the reload and `after_s` after;
@@ -782,6 +1093,32 @@ def table(results):
                         f"{lat['99'] / 1000:.2f} | {r['added_p99_us'] / 1000:.2f} | {r['in_flight']:,.0f} | "
                         f"{r['esper_connections_max']} / {r['esper_connections_median']:.0f} | "
                         f"{r['cpu_us_per_decision']:.1f} | {r['rss_kb_max'] / 1024:.1f} |")
+    if "R-far" in results:
+        rf = results["R-far"]
+        rows += ["", f"R at a distance: Esper over TLS behind a relay of {' and '.join(map(str, R_RTTS_MS))} ms RTT "
+                 f"(half each way; a new connection is relayed onwards one RTT after its connect), a server "
+                 f"allowing {R_STREAMS} streams per HTTP/2 connection (nginx as TLS terminator, h2 and "
+                 f"http/1.1 by ALPN, in front of the mock, which answers at once), {R_CONNECTIONS:,} clients "
+                 f"(h2load -t2, HTTP/1.1, {R_FAR_WARM_UP_S} s of warm-up on the same connections before each run), "
+                 f"{R_WORKERS} workers; Esper's latency is the RTT; P is nginx's own proxy_pass "
+                 f"of the same call (HTTP/1.1, upstream keepalive 1024, proxy_ssl_session_reuse on)", "",
+                 "| case | requests/s | p50 ms | p99 ms | added p99 ms (p99 - RTT) | requests in flight (Little) "
+                 "| calls in flight (the module's decision time) "
+                 "| connections to Esper (max / median) | per worker and sample: <= ceil(its calls in flight / "
+                 f"{R_STREAMS}) + 1 | failed | worker CPU µs / decision | terminator CPU µs / call | relay CPU (cores) |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k, r in rf.items():
+            lat = r["latency_us"]
+            wst = r["connections_worst"]
+            target = "" if r["mode"] in ("off", "P") or not wst else \
+                f"{'within' if r['connections_within_target'] else 'OVER'} (closest: {wst['connections']} " \
+                f"for {wst['calls_in_flight']} calls, target {wst['target']})"
+            rows.append(f"| {k} | {r['rps']:,.0f} | {lat['50'] / 1000:.2f} | {lat['99'] / 1000:.2f} | "
+                        f"{r['added_p99_us'] / 1000:.2f} | {r['in_flight']:,.0f} | "
+                        f"{'' if r['mode'] == 'P' else format(r['decisions_in_flight'], ',.0f')} | "
+                        f"{r['esper_connections_max']} / {r['esper_connections_median']:.0f} | {target} | "
+                        f"{r['errors']} | {r['cpu_us_per_decision']:.1f} | {r['terminator_cpu_us_per_call']:.1f} | "
+                        f"{r['relay_cpu_share']:.2f} |")
     if "flood" in results:
         g = results["flood"]
         rows += ["",
@@ -905,10 +1242,39 @@ def targets_of(res):
                   r1["esper_connections_max"] <= R_CONNECTIONS))
         t.append((f"R (esper_http2 on): one connection to Esper per worker (<= {R_WORKERS})",
                   f"max {r2['esper_connections_max']}", r2["esper_connections_max"] <= R_WORKERS))
+    if "R-far" in res:
+        rf = res["R-far"]
+        for rtt in R_RTTS_MS:
+            p, h1 = rf[far_case(rtt, "P")], rf[far_case(rtt, "off")]
+            for mode in ("auto", "on"):
+                t += ratio_target(rf, f"R{rtt} (esper_http2 {mode}): HTTP/2 throughput >= 0.9 of HTTP/1.1's",
+                                  far_case(rtt, mode), far_case(rtt, "off"), 0.9)
+            for mode in ("auto", "on", "off"):
+                r = rf[far_case(rtt, mode)]
+                t.append((f"R{rtt} (esper_http2 {mode}): added p99 (p99 - {rtt} ms) <= 1.5 x proxy_pass's",
+                          f"{r['added_p99_us'] / 1000:.2f} ms vs {p['added_p99_us'] / 1000:.2f} ms "
+                          f"({r['added_p99_us'] / max(p['added_p99_us'], 1):.2f} x)",
+                          r["added_p99_us"] <= 1.5 * p["added_p99_us"]))
+            for mode in ("auto", "on"):
+                r = rf[far_case(rtt, mode)]
+                w = r["connections_worst"] or {}
+                t.append((f"R{rtt} (esper_http2 {mode}): each worker's connections to Esper within ceil(its calls "
+                          f"in flight / {R_STREAMS}) + 1 (the most in the last {SURPLUS_IDLE_S} s), every sample",
+                          f"{r['connections_samples_over']} of {r['connections_samples']} worker samples over; "
+                          f"closest: {w.get('connections')} connections for {w.get('calls_in_flight')} calls "
+                          f"(target {w.get('target')}); max {r['esper_connections_max']} in all for at most "
+                          f"{r['pending_max']:,.0f} calls in flight",
+                          r["connections_within_target"]))
+            t.append((f"R{rtt} (esper_http2 off): connections to Esper <= clients",
+                      f"max {h1['esper_connections_max']}, {h1['decisions_in_flight']:,.0f} calls in flight",
+                      h1["esper_connections_max"] <= R_CONNECTIONS))
+            t.append((f"R{rtt}: no failed decisions",
+                      ", ".join(f"{m} {rf[far_case(rtt, m)]['errors']}" for m in R_FAR_MODES),
+                      all(rf[far_case(rtt, m)]["errors"] == 0 for m in R_FAR_MODES)))
     return t
 
 
-PHASES = INTERLEAVED + ["D", "E", "F", "G", "R", "reload"]
+PHASES = INTERLEAVED + ["D", "E", "F", "G", "R", "R-far", "reload"]
 
 
 def main():
@@ -924,6 +1290,8 @@ def main():
         ap.error(f"unknown cases {sorted(unknown)}; known: {','.join(PHASES)}")
     if "G" in only:
         only.add("B")  # G's ordinary client is compared with B
+    if "R" in only:
+        only.add("R-far")  # R at a distance is part of R
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
@@ -990,6 +1358,8 @@ def main():
             results["R"], results["raw"]["R"] = production(args.seconds, args.runs)
             # the same at a load this 2-core machine can carry (informational)
             results["R-light"], results["raw"]["R-light"] = production(args.seconds, 1, R_LIGHT_CONNECTIONS)
+        if "R-far" in only:
+            results["R-far"], results["raw"]["R-far"] = far(args.seconds, args.runs)
         if "reload" in only:  # last: the module's nginx has new workers afterwards
             results["reload"] = reload_cost(nginx, handshakes, f"http://127.0.0.1:{nginx.port}/b-tls/index.html")
             print(f"reload: {results['reload']['handshakes_per_reload']:.0f} handshakes, p99 after "

@@ -2,7 +2,7 @@
 # Installs what building and testing the module needs on Debian or Ubuntu,
 # only where something is missing. Safe to run again. With --build, only what
 # building needs (the Docker image's builder); with --bench, also what
-# `make bench` needs (wrk, and matplotlib for the chart); with --browser, also
+# `make bench` needs (wrk, h2load, and matplotlib for the chart); with --browser, also
 # what `make browser` needs (Debian's Chromium, Node.js and npm, and
 # t/browser's pinned playwright-core from its package-lock.json).
 set -euo pipefail
@@ -30,7 +30,7 @@ case "$mode" in
         ;;
     *) echo "usage: $0 [--build | --bench | --browser]" >&2; exit 2 ;;
 esac
-[ "$mode" = --bench ] && packages+=(wrk)
+[ "$mode" = --bench ] && packages+=(wrk nghttp2-client)   # nghttp2-client: h2load (case R at a distance)
 if [ "$mode" = --browser ]; then
     packages+=(chromium)
     # Node.js 20 or later (playwright-core's minimum); a node installed

@@ -1,9 +1,9 @@
 //! Logging from the module, and the guard that keeps a panic from unwinding
 //! into nginx.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use esper_protocol::unwind::panic_reason;
 use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT};
 
 /// A `NGX_LOG_DEBUG_HTTP` line on the connection log of request `$r` (an
@@ -37,15 +37,6 @@ pub fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
             fallback
         }
     }
-}
-
-/// What a panic said, as `panic!` was given it.
-pub fn panic_reason(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_owned())
 }
 
 /// The log of the cycle this process runs (its `error_log`).

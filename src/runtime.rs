@@ -11,17 +11,14 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
 use crate::client::Answer;
 use crate::connect::HANDSHAKES;
-use crate::log::panic_reason;
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;
@@ -104,17 +101,9 @@ fn with_signals_blocked<T>(start_thread: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Runs `future`; a panic while it is polled ends it with the panic's
-/// message instead of unwinding through the runtime.
-pub async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
-    let mut future = pin!(future);
-    std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-        Ok(Poll::Pending) => Poll::Pending,
-        Err(panic) => Poll::Ready(Err(panic_reason(&*panic))),
-    })
-    .await
-}
+/// Runs a call; a panic ends it with the panic's message (unit-tested in
+/// esper-protocol, which knows no nginx).
+pub use esper_protocol::unwind::catching;
 
 /// What a worker that made `calls` calls says of its connections to Esper
 /// as it exits: once per worker and reload.

@@ -15,6 +15,7 @@ pub mod query;
 pub mod response;
 pub mod return_url;
 pub mod throttle;
+pub mod unwind;
 
 pub use answer::{
     parse_answer, parse_verify_answer, Action, Decision, Failure, ProofCheck, Verdict,

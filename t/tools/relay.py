@@ -3,8 +3,9 @@
 held half the round-trip time in each direction, in order, as a link of that
 RTT would (bandwidth is not limited), and a new connection's bytes start
 to flow one RTT after it is accepted, as after a TCP handshake at that
-distance. Used by t/handshakes.t and `make bench`
-case R.
+distance. Used by t/handshakes.t; `make bench` case R uses its twin in
+Rust, esper-relay (esper-mock/src/bin/esper-relay.rs), which carries a
+thousand busy connections on one thread.
 
 usage: relay.py --to HOST:PORT --rtt-ms MS [--listen IP:PORT] [--accepts FILE]
 
