@@ -528,6 +528,15 @@ mod tests {
     }
 
     #[test]
+    fn a_table_without_slots_stores_nothing() {
+        let mut m = Memory::new(0);
+        let mut t = m.table();
+        assert_eq!(t.remember(&key(1), &block("d"), 1000, 0), Stored::No);
+        assert_eq!(t.get(&key(1), 1), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn least_recently_used_goes_first() {
         let mut m = Memory::new(3);
         let mut t = m.table();
