@@ -176,6 +176,11 @@ mod tests {
         assert_eq!(call(&mut b, 1050, false), None, "the first failure left the window");
         assert_eq!(call(&mut b, 1060, false), Some(Transition::Opened));
         assert_eq!(b.admit(1400), (Admit::Refuse, None));
+        // A failure exactly one window old is still in it.
+        let mut b = Breaker::default();
+        assert_eq!(call(&mut b, 0, false), None);
+        assert_eq!(call(&mut b, 500, false), None);
+        assert_eq!(call(&mut b, 1000, false), Some(Transition::Opened));
     }
 
     #[test]
