@@ -85,8 +85,8 @@ fuzz: deps
 # scripts/install-deps.sh): every mutant of its code must make a test fail,
 # but the equivalent ones that .cargo/mutants.toml lists with their reasons.
 # A timeout (the mutant made a test hang) counts as caught; a missed mutant
-# fails. Not part of `make test`: one build and test per mutant, an hour or
-# more on two cores. One file: make mutants MUTANTS_ARGS='-f
+# fails. Not part of `make test`: one build and test per mutant, about 40
+# minutes on two cores. One file: make mutants MUTANTS_ARGS='-f
 # esper-protocol/src/entity_table.rs'. The report is in target/mutants.out.
 MUTANTS_ARGS ?=
 mutants:
