@@ -4,7 +4,8 @@
 # building needs (the Docker image's builder); with --bench, also what
 # `make bench` needs (wrk, h2load, and matplotlib for the chart); with --browser, also
 # what `make browser` needs (Debian's Chromium, Node.js and npm, and
-# t/browser's pinned playwright-core from its package-lock.json).
+# t/browser's pinned playwright-core from its package-lock.json); with
+# --mutants, what building needs and the pinned cargo-mutants (`make mutants`).
 set -euo pipefail
 
 mode=${1:-test}
@@ -17,7 +18,7 @@ packages=(
     curl              # nginx source downloads; make run prints curl lines
 )
 case "$mode" in
-    --build) ;;
+    --build | --mutants) ;;
     test | --bench | --browser)
         packages+=(
             openssl           # test certificates in t/tls.t
@@ -28,7 +29,7 @@ case "$mode" in
             python3 python3-pip   # t/http3.t's client (aioquic, installed below)
         )
         ;;
-    *) echo "usage: $0 [--build | --bench | --browser]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--build | --bench | --browser | --mutants]" >&2; exit 2 ;;
 esac
 [ "$mode" = --bench ] && packages+=(wrk nghttp2-client)   # nghttp2-client: h2load (case R at a distance)
 if [ "$mode" = --browser ]; then
@@ -57,7 +58,7 @@ fi
 
 # aioquic, the HTTP/3 client of t/http3.t (t/tools/h3client.py), at the
 # version pinned there.
-if [ "$mode" != --build ] && ! python3 -c 'import aioquic' 2>/dev/null; then
+if [ "$mode" != --build ] && [ "$mode" != --mutants ] && ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet -r "$(dirname "$0")/../t/tools/requirements.txt"
 fi
 
@@ -77,4 +78,13 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
     exit 1
+fi
+
+# cargo-mutants, at the version `make mutants` was set up with (its output and
+# .cargo/mutants.toml's list of equivalent mutants depend on it).
+if [ "$mode" = --mutants ]; then
+    mutants_version=27.1.0
+    if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $mutants_version" ]; then
+        cargo install --locked cargo-mutants --version "$mutants_version"
+    fi
 fi

@@ -176,6 +176,11 @@ mod tests {
         assert_eq!(call(&mut b, 1050, false), None, "the first failure left the window");
         assert_eq!(call(&mut b, 1060, false), Some(Transition::Opened));
         assert_eq!(b.admit(1400), (Admit::Refuse, None));
+        // A failure exactly one window old is still in it.
+        let mut b = Breaker::default();
+        assert_eq!(call(&mut b, 0, false), None);
+        assert_eq!(call(&mut b, 500, false), None);
+        assert_eq!(call(&mut b, 1000, false), Some(Transition::Opened));
     }
 
     #[test]
@@ -200,9 +205,17 @@ mod tests {
     fn an_abandoned_probe_lets_the_next_call_probe() {
         let mut b = Breaker::default();
         opened(&mut b);
-        assert!(matches!(b.admit(600), (Admit::Probe(_), Some(Transition::HalfOpened))));
+        let abandoned = ticket(&mut b, 600);
         b.abandon_probe();
-        assert!(matches!(b.admit(601), (Admit::Probe(_), Some(Transition::HalfOpened))));
+        assert_eq!(b.record(abandoned, 600, true, &S), None, "given up: its outcome is ignored");
+        let (admit, transition) = b.admit(601);
+        assert_eq!(transition, Some(Transition::HalfOpened));
+        let Admit::Probe(probe) = admit else { panic!("{admit:?}") };
+        // The abandoned probe's late outcome is not the new probe's.
+        assert_eq!(b.record(abandoned, 602, true, &S), None);
+        assert_eq!(b.record(abandoned, 602, false, &S), None);
+        assert!(b.is_open());
+        assert_eq!(b.record(probe, 603, true, &S), Some(Transition::Closed));
     }
 
     #[test]

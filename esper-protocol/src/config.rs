@@ -239,6 +239,7 @@ mod tests {
             "https://gw.example/esper/api/v1/runtime/mitigation"
         );
         assert!(ApiUrl::parse("https://gw.example").unwrap().is_https());
+        assert!(!ApiUrl::parse("http://127.0.0.1:8081/").unwrap().is_https());
         assert_eq!(
             ApiUrl::parse("https://gw.example/esper/").unwrap().verify_url(),
             "https://gw.example/esper/api/v1/challenge/proof/verify"

@@ -93,8 +93,11 @@ impl Layout {
     /// `min_entries` fit.
     pub fn fitting(bytes: usize, min_entries: usize) -> Option<Layout> {
         let buckets_offset = size_of::<Meta>().next_multiple_of(align_of::<u32>());
+        // No more entries than this fit: each takes a slot and at least one
+        // bucket head. Fewer may (the bucket heads are a power of two, and the
+        // slots aligned), so the capacity is lowered until the table fits.
         let per_entry = size_of::<Slot>() + size_of::<u32>();
-        let mut capacity = bytes.saturating_sub(buckets_offset + align_of::<Slot>()) / per_entry;
+        let mut capacity = bytes.saturating_sub(buckets_offset) / per_entry;
         loop {
             if capacity < min_entries.max(1) {
                 return None;
@@ -525,6 +528,15 @@ mod tests {
     }
 
     #[test]
+    fn a_table_without_slots_stores_nothing() {
+        let mut m = Memory::new(0);
+        let mut t = m.table();
+        assert_eq!(t.remember(&key(1), &block("d"), 1000, 0), Stored::No);
+        assert_eq!(t.get(&key(1), 1), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn least_recently_used_goes_first() {
         let mut m = Memory::new(3);
         let mut t = m.table();
@@ -694,31 +706,67 @@ mod tests {
         assert!(l.buckets >= l.capacity && l.buckets.is_power_of_two(), "{bytes}: {l:?}");
     }
 
-    /// Whether a table of `capacity` entries fits in `bytes` at all.
-    fn fits(capacity: usize, bytes: usize) -> bool {
-        let buckets_offset = size_of::<Meta>().next_multiple_of(align_of::<u32>());
-        let slots_offset = (buckets_offset + capacity.next_power_of_two() * size_of::<u32>())
-            .next_multiple_of(align_of::<Slot>());
-        slots_offset + capacity * size_of::<Slot>() <= bytes
+    /// The smallest memory a table of `capacity` entries fits in: the meta,
+    /// the bucket heads (a power of two, at least one per entry), then the
+    /// slots, aligned.
+    fn smallest_for(capacity: usize) -> usize {
+        let buckets_end = size_of::<Meta>().next_multiple_of(align_of::<u32>())
+            + capacity.next_power_of_two() * size_of::<u32>();
+        buckets_end.next_multiple_of(align_of::<Slot>()) + capacity * size_of::<Slot>()
     }
 
     #[test]
     fn every_zone_size_up_to_16_mib_gets_the_largest_sound_table() {
+        const MAX: usize = 16 << 20;
         let page = 4096;
-        let sizes = (8 * page..=16 << 20).step_by(page).chain([10 << 20, (10 << 20) - 1, 16 << 20]);
-        let mut lowered = 0;
+        // The capacity changes only where one more entry starts to fit, so
+        // those sizes (and one byte less) are all the edges there are; with
+        // them, every page multiple, and an odd stride through all the rest.
+        let most = (1..).find(|&c| smallest_for(c) > MAX).unwrap() - 1;
+        let edges = (1..=most + 1).flat_map(|c| [smallest_for(c) - 1, smallest_for(c)]);
+        let sizes = (page..=MAX).step_by(page).chain((0..=MAX).step_by(4093)).chain(edges).chain([
+            0,
+            1,
+            (10 << 20) - 1,
+            10 << 20,
+            (10 << 20) + 1,
+            MAX - 1,
+            MAX,
+            MAX + 1,
+        ]);
+        let (mut checked, mut lowered) = (0, 0);
         for bytes in sizes {
-            let l = Layout::fitting(bytes, 8).unwrap_or_else(|| panic!("{bytes}: no table"));
+            checked += 1;
+            let Some(l) = Layout::fitting(bytes, 1) else {
+                assert!(smallest_for(1) > bytes, "{bytes}: no table, yet one entry fits");
+                continue;
+            };
             assert_sound(&l, bytes);
-            assert!(!fits(l.capacity + 1, bytes), "{bytes}: {} entries would fit", l.capacity + 1);
-            // Where the first estimate did not fit, the capacity was lowered.
-            let estimate = (bytes - size_of::<Meta>().next_multiple_of(4) - align_of::<Slot>())
-                / (size_of::<Slot>() + size_of::<u32>());
-            lowered += usize::from(l.capacity < estimate);
+            assert!(smallest_for(l.capacity) <= bytes, "{bytes}: {l:?}");
+            assert!(smallest_for(l.capacity + 1) > bytes, "{bytes}: {l:?}: one more entry fits");
+            assert_eq!(l.buckets, l.capacity.next_power_of_two(), "{bytes}: {l:?}");
+            // Where a first guess from the size per entry did not fit.
+            let guess = (bytes - size_of::<Meta>()) / (size_of::<Slot>() + size_of::<u32>());
+            lowered += usize::from(l.capacity < guess);
         }
-        assert!(lowered > 0, "the lowering step ran for some sizes");
+        assert!(checked > 30_000 && lowered > 1000, "{checked} sizes, {lowered} lowered");
         let ten = Layout::fitting(10 << 20, 8).unwrap();
-        assert_eq!(ten.capacity, (8..20_000).rev().find(|&c| fits(c, 10 << 20)).unwrap());
-        assert_eq!(Layout::fitting(7 * size_of::<Slot>(), 8), None, "fewer than min_entries");
+        assert_eq!(ten.capacity, (8..20_000).rev().find(|&c| smallest_for(c) <= 10 << 20).unwrap());
+        assert_eq!(Layout::fitting(MAX, 1).unwrap().capacity, most);
+    }
+
+    #[test]
+    fn a_zone_holds_at_least_min_entries_or_no_table() {
+        for min in [1, 2, 7, 8, 9, 100] {
+            let exact = smallest_for(min);
+            assert_eq!(Layout::fitting(exact, min).map(|l| l.capacity), Some(min), "{min}");
+            assert_eq!(Layout::fitting(exact - 1, min), None, "{min}");
+            assert_eq!(
+                Layout::fitting(exact - 1, 0).map(|l| l.capacity),
+                Some(min - 1).filter(|&c| c > 0)
+            );
+        }
+        assert_eq!(Layout::fitting(smallest_for(1) - 1, 0), None, "a table has one entry at least");
+        assert_eq!(Layout::fitting(0, 0), None);
     }
 }

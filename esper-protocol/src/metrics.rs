@@ -260,6 +260,22 @@ mod tests {
     }
 
     #[test]
+    fn each_action_counts_apart() {
+        let mut s = Snapshot::default();
+        for (action, count) in [(Action::Allow, 1), (Action::Challenge, 2), (Action::Block, 3)] {
+            s.actions[action_index(action)] += count;
+        }
+        let text = render(&s);
+        for expected in [
+            "esper_decisions_total{action=\"allow\"} 1\n",
+            "esper_decisions_total{action=\"challenge\"} 2\n",
+            "esper_decisions_total{action=\"block\"} 3\n",
+        ] {
+            assert!(text.contains(expected), "{expected}\nin\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_enforcement_and_rate_limits() {
         let mut s = Snapshot::default();
         s.results[EsperResult::Enforced.index()] = 6;

@@ -507,6 +507,56 @@ mod tests {
     }
 
     #[test]
+    fn only_the_cookie_header_gives_cookies() {
+        let req = view(b"/", None);
+        let v = build(&req, &[(b"X-A", b"b=c"), (b"Cookie", b"a=1")], true);
+        assert_eq!(v["request"]["cookies"], json!({"a": "1"}));
+        assert_eq!(v["request"]["headers"]["x-a"], "b=c");
+    }
+
+    #[test]
+    fn joined_and_replaced_values_are_counted_at_their_size() {
+        // Two halves of the value limit join whole.
+        let half: &'static [u8] = Box::leak(vec![b'h'; MAX_VALUE_BYTES / 2 - 1].into_boxed_slice());
+        let v = build(&view(b"/", None), &[(b"X-A", half), (b"X-A", half)], false);
+        assert_eq!(v["request"]["headers"]["x-a"].as_str().unwrap().len(), MAX_VALUE_BYTES);
+        // A header repeated many times, then another: the map is far from
+        // full, so the other is kept.
+        let mut headers: Vec<(&'static [u8], &'static [u8])> = vec![(b"X-R", b"v"); 30];
+        headers.push((b"X-Last", b"kept"));
+        let v = build(&view(b"/", None), &headers, false);
+        assert_eq!(v["request"]["headers"]["x-last"], "kept");
+        assert_eq!(v["request"]["headers"]["x-r"], vec!["v"; 30].join(", "));
+        // A joined header takes the room it needs, no more: after it, the map
+        // fills up to its bound.
+        let (x, y): (&'static [u8], &'static [u8]) = (&[b'x'; 1000], &[b'y'; 1000]);
+        let filler: &'static [u8] = &[b'z'; 400];
+        let mut headers: Vec<(&'static [u8], &'static [u8])> = vec![(b"X-A", x), (b"X-A", y)];
+        for i in 10..70 {
+            headers.push((Box::leak(format!("x-f{i}").into_bytes().into_boxed_slice()), filler));
+        }
+        let v = build(&view(b"/", None), &headers, false);
+        let map = &v["request"]["headers"];
+        assert_eq!(map["x-a"].as_str().unwrap().len(), 2002);
+        let size = serde_json::to_string(map).unwrap().len();
+        // Each filler entry is `"x-fNN":"z…",`: 411 bytes.
+        assert!(map.as_object().unwrap().len() < MAX_ENTRIES);
+        assert!(size <= MAX_MAP_BYTES && size + 1 + 411 > MAX_MAP_BYTES, "{size}");
+        // A query parameter given many times keeps only its last value, and
+        // the replaced ones take no room from the next parameter.
+        let value = "x".repeat(MAX_VALUE_BYTES);
+        let mut uri = "/?".to_owned();
+        for _ in 0..20 {
+            uri.push_str(&format!("a={value}&"));
+        }
+        uri.push_str("b=1");
+        let uri: &'static [u8] = Box::leak(uri.into_bytes().into_boxed_slice());
+        let v = build(&view(uri, None), &[], false);
+        assert_eq!(v["request"]["query_params"]["b"], "1");
+        assert_eq!(v["request"]["query_params"]["a"], value.as_str());
+    }
+
+    #[test]
     fn fields_are_never_empty() {
         let req = view(b"/", None);
         let settings = PayloadSettings {

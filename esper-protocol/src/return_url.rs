@@ -185,5 +185,10 @@ mod tests {
         assert_eq!(page("http://[::1]:8080/p", &v6), Some("http://[::1]:8080/p"));
         assert_eq!(page("http://[::1]/p", &v6), None);
         assert_eq!(page("http://[::1]:8080/p", &http), None);
+        // An authority with a malformed port is no page of the origin, even
+        // when the host is spelled with it (a server_name may hold anything).
+        let odd = origin(false, "app.test:x", None);
+        assert_eq!(page("http://app.test:x/p", &odd), None);
+        assert_eq!(page("http://app.test:/p", &origin(false, "app.test:", None)), None);
     }
 }

@@ -1,11 +1,12 @@
 //! The edges of the answer reader that mutation testing found untested:
 //! the exact size bound, the decision id's fallback, the rounding of a
-//! `Retry-After` date and which media types count as JSON.
+//! `Retry-After` date and which media types count as JSON; and the bounds
+//! the documentation states.
 
 use std::time::{Duration, SystemTime};
 
-use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
-use esper_protocol::{parse_answer, Failure, Verdict};
+use esper_protocol::answer::contract::{self, MAX_ANSWER_BYTES};
+use esper_protocol::{entity_table, parse_answer, payload, Failure, Verdict};
 
 /// 2026-03-26T12:00:00.500Z: half a second past a whole second.
 fn now() -> SystemTime {
@@ -85,4 +86,22 @@ fn only_json_media_types_are_read() {
             "{other}"
         );
     }
+}
+
+/// The bounds the documentation gives in numbers (docs/esper-contract.md's
+/// size limits and answer table, docs/directives.md's answer head and body,
+/// docs/challenge.md and docs/security.md's largest payload): changing one
+/// changes what operators were told, so it is done here too.
+#[test]
+fn the_bounds_are_the_documented_ones() {
+    assert_eq!(MAX_ANSWER_BYTES, 64 * 1024);
+    assert_eq!(contract::MAX_HEAD_BYTES, 16 * 1024);
+    assert_eq!(contract::MAX_DECISION_ID_BYTES, 128);
+    assert_eq!(payload::MAX_NAME_BYTES, 256);
+    assert_eq!(payload::MAX_VALUE_BYTES, 2048);
+    assert_eq!(payload::MAX_ENTRIES, 64);
+    assert_eq!(payload::MAX_MAP_BYTES, 16 * 1024);
+    assert_eq!(payload::MAX_FIELDS_BYTES, 4 * 1024);
+    assert_eq!(payload::MAX_PAYLOAD_BYTES, 60_638);
+    assert_eq!(entity_table::MAX_URL_BYTES, 1024);
 }

@@ -69,6 +69,27 @@ fn quoted_values_may_hold_separators() {
     assert!(accepts(&[r#"application/json;p="say \"hi\", \\", text/html"#]));
     assert!(!accepts(&[r#"application/json;p="unterminated, application/json"#]));
     assert!(!accepts(&[r#"application/json;p="a"b""#]));
+    // qdtext: tab, space and visible characters, not other controls or DEL.
+    assert!(accepts(&["application/json;p=\"a\tb c\u{e9}\""]));
+    for control in ["\u{1}", "\n", "\u{7f}"] {
+        assert!(!accepts(&[&format!("application/json;p=\"a{control}b\"")]), "{control:?}");
+    }
+}
+
+#[test]
+fn a_half_malformed_range_is_malformed() {
+    // One side a token, the other not: the whole range is ignored.
+    for value in ["appli cation/vnd+json", "application/vnd api+json", "application/\u{e9}+json"] {
+        assert!(!accepts(&[value]), "{value:?}");
+    }
+    assert!(accepts(&["app lication/json;q=0, application/json"]), "refuses nothing");
+}
+
+#[test]
+fn only_a_bare_star_before_the_json_suffix_is_a_wildcard() {
+    assert!(!accepts(&["application/*+json"]));
+    assert!(accepts(&["application/*x+json"]));
+    assert!(accepts(&["application/x*+json"]));
 }
 
 #[test]
