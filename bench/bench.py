@@ -297,7 +297,9 @@ def nginx_binary():
 
 
 def module_path():
-    return os.path.join(ROOT, "target/release/libngx_http_esper_module.so")
+    """The module built here, or ESPER_BENCH_MODULE: another build of it for
+    the same nginx, to compare two commits with the same bench."""
+    return os.environ.get("ESPER_BENCH_MODULE") or os.path.join(ROOT, "target/release/libngx_http_esper_module.so")
 
 
 class Nginx:
