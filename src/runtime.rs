@@ -87,7 +87,8 @@ pub fn start(mut batches: mpsc::UnboundedReceiver<Vec<Job>>) -> Result<JoinHandl
 }
 
 thread_local! {
-    /// Calls running on this runtime thread.
+    /// Calls running on this runtime thread. Not tokio's count of live
+    /// tasks: each pooled connection has a task of its own, busy or idle.
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
 }
 
