@@ -26,6 +26,10 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
+/// A new connection that has not connected and finished TLS by then is
+/// given up and its socket closed: a peer that accepts and never answers
+/// holds no socket longer than this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// New connections this process made to Esper, and their TLS handshakes:
 /// reported when the worker exits (`runtime::report`).
@@ -70,12 +74,27 @@ impl Connector {
         Connector { host, port, tls, preferred: Mutex::new(None) }
     }
 
-    /// A new TCP connection, with TLS for https.
+    /// A new TCP connection, with TLS for https, within [`CONNECT_TIMEOUT`].
+    /// The address it went to is tried first next time, once TLS is done
+    /// there too.
     pub async fn connect(&self) -> Result<Connected, Failure> {
-        let tcp = self.tcp().await?;
+        let (address, connected) = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_unbounded())
+            .await
+            .map_err(|_| {
+                Failure::Transport(format!(
+                    "connect: not connected within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })??;
+        *lock(&self.preferred) = Some(address);
+        Ok(connected)
+    }
+
+    async fn connect_unbounded(&self) -> Result<(SocketAddr, Connected), Failure> {
+        let (address, tcp) = self.tcp().await?;
         HANDSHAKES.connections.fetch_add(1, Ordering::Relaxed);
         let Some((connector, name)) = &self.tls else {
-            return Ok(Connected { io: Unvectored::new(Box::new(tcp)), alpn: None });
+            return Ok((address, Connected { io: Unvectored::new(Box::new(tcp)), alpn: None }));
         };
         let tls = connector
             .connect(name.clone(), tcp)
@@ -89,7 +108,7 @@ impl Connector {
             &HANDSHAKES.full
         };
         kind.fetch_add(1, Ordering::Relaxed);
-        Ok(Connected { io: Unvectored::new(Box::new(tls)), alpn })
+        Ok((address, Connected { io: Unvectored::new(Box::new(tls)), alpn }))
     }
 
     /// The addresses in the order they are tried: the one that worked last
@@ -120,7 +139,7 @@ impl Connector {
     /// Connects to the first address that answers: the next address is
     /// tried when the previous attempt fails or after [`ATTEMPT_DELAY`],
     /// the attempts still running go on, and the first to connect wins.
-    async fn tcp(&self) -> Result<TcpStream, Failure> {
+    async fn tcp(&self) -> Result<(SocketAddr, TcpStream), Failure> {
         let mut waiting = self.addresses().await?.into_iter();
         let mut attempts = JoinSet::new();
         let mut last_error = String::new();
@@ -134,10 +153,7 @@ impl Connector {
             let more = waiting.len() > 0;
             tokio::select! {
                 done = attempts.join_next() => match done {
-                    Some(Ok((address, Ok(tcp)))) => {
-                        *lock(&self.preferred) = Some(address);
-                        return Ok(tcp);
-                    }
+                    Some(Ok((address, Ok(tcp)))) => return Ok((address, tcp)),
                     Some(Ok((address, Err(e)))) => {
                         last_error = format!("{address}: {e}");
                         if let Some(next) = waiting.next() {

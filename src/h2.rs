@@ -20,6 +20,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+use crate::connect::CONNECT_TIMEOUT;
 use crate::stream::{Unvectored, ASSUMED_STREAM_LIMIT};
 use crate::transport::{self, lock, Body};
 
@@ -32,6 +33,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection beyond the first is closed after this long without a call.
 const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// A connection takes no new calls once this many calls in a row ended
+/// without an answer on it and none came for [`UNANSWERED_FOR`]: one
+/// pinned to a slow backend, or dropped without a word, is left for a new
+/// one rather than holding every call until its ping times out.
+const UNANSWERED_TO_RETIRE: usize = 3;
+const UNANSWERED_FOR: Duration = Duration::from_secs(1);
 
 pub type Sender = http2::SendRequest<Body>;
 
@@ -59,6 +66,10 @@ pub struct Conn {
     streams: AtomicUsize,
     /// When the last call on it ended.
     idle_since: Mutex<Instant>,
+    /// Calls in a row that ended without an answer, and when the last
+    /// answer came (or the connection opened).
+    unanswered: AtomicUsize,
+    answered_at: Mutex<Instant>,
 }
 
 impl Conn {
@@ -68,6 +79,10 @@ impl Conn {
             State::Ready(sender, _) => sender.is_closed(),
             State::Failed(_) => true,
         }
+    }
+
+    fn connecting(&self) -> bool {
+        matches!(&*self.state.borrow(), State::Connecting)
     }
 
     /// Whether a new call may take a stream on it.
@@ -85,6 +100,9 @@ impl Conn {
 
     /// Tells the calls waiting for this connection how its opening ended.
     pub fn opened(&self, opened: Result<(Sender, Arc<AtomicUsize>), NotOpened>) {
+        // A spare connection's idle time starts once it can serve.
+        *lock(&self.idle_since) = Instant::now();
+        *lock(&self.answered_at) = Instant::now();
         self.state.send_replace(match opened {
             Ok((sender, limit)) => State::Ready(sender, limit),
             Err(not) => State::Failed(not),
@@ -93,9 +111,16 @@ impl Conn {
 }
 
 /// A stream taken on a connection, given back when dropped.
-pub struct Stream(Arc<Conn>);
+pub struct Stream(Arc<Conn>, bool);
 
 impl Stream {
+    /// The answer's head came: the connection serves.
+    pub fn answered(&mut self) {
+        self.1 = true;
+        self.0.unanswered.store(0, Ordering::Relaxed);
+        *lock(&self.0.answered_at) = Instant::now();
+    }
+
     /// No more calls on this stream's connection.
     pub fn retire(&self) {
         self.0.retired.store(true, Ordering::Relaxed);
@@ -118,6 +143,15 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        let conn = &self.0;
+        if !self.1 && matches!(&*conn.state.borrow(), State::Ready(..)) {
+            let unanswered = conn.unanswered.fetch_add(1, Ordering::Relaxed) + 1;
+            if unanswered >= UNANSWERED_TO_RETIRE
+                && lock(&conn.answered_at).elapsed() >= UNANSWERED_FOR
+            {
+                conn.retired.store(true, Ordering::Relaxed);
+            }
+        }
         if self.0.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
             *lock(&self.0.idle_since) = Instant::now();
         }
@@ -144,9 +178,16 @@ impl Pool {
             let limit = c.known_limit().unwrap_or(assumed);
             c.usable() && c.streams.load(Ordering::Relaxed) < limit
         };
-        let conn = conns.iter().find(free)?;
+        // One still handshaking is taken only when no open one has a
+        // stream free: a wedged handshake holds no call a healthy
+        // connection could serve.
+        let conn = conns
+            .iter()
+            .filter(|c| !c.connecting())
+            .find(free)
+            .or_else(|| conns.iter().filter(|c| c.connecting()).find(free))?;
         conn.streams.fetch_add(1, Ordering::Relaxed);
-        Some(Stream(conn.clone()))
+        Some(Stream(conn.clone(), false))
     }
 
     /// A new connection, for its opener to open (`Conn::opened`), with a
@@ -157,12 +198,14 @@ impl Pool {
             retired: AtomicBool::new(false),
             streams: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
+            unanswered: AtomicUsize::new(0),
+            answered_at: Mutex::new(Instant::now()),
         });
         lock(&self.conns).push(conn.clone());
         if !self.trimming.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().trim());
         }
-        (conn.clone(), Stream(conn))
+        (conn.clone(), Stream(conn, false))
     }
 
     /// Closes the connections beyond the first that have been idle long
@@ -179,6 +222,7 @@ impl Pool {
             let mut first = true;
             conns.retain(|c| {
                 let keep = first
+                    || c.connecting()
                     || c.streams.load(Ordering::Relaxed) > 0
                     || now.duration_since(*lock(&c.idle_since)) < SURPLUS_IDLE_TIMEOUT;
                 first = false;
@@ -197,7 +241,7 @@ impl Pool {
 /// it becomes known.
 pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>), Failure> {
     let limit = io.watch_stream_limit();
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+    let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_AFTER)
         .keep_alive_timeout(PING_TIMEOUT)
@@ -207,8 +251,10 @@ pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>),
         .initial_stream_window_size(MAX_ANSWER_BYTES as u32)
         .initial_max_send_streams(ASSUMED_STREAM_LIMIT)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .handshake(TokioIo::new(io))
+        .handshake(TokioIo::new(io));
+    let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
+        .map_err(|_| Failure::Transport("HTTP/2 handshake: no progress".to_owned()))?
         .map_err(transport::failure)?;
     tokio::spawn(connection);
     Ok((sender, limit))

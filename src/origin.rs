@@ -171,7 +171,7 @@ impl Origin {
     }
 
     async fn attempt_http2(&self, request: Request<Body>) -> Attempt {
-        let stream = match self.h2.reserve() {
+        let mut stream = match self.h2.reserve() {
             Some(stream) => stream,
             None => {
                 let (conn, stream) = self.h2.add();
@@ -194,6 +194,7 @@ impl Origin {
                 return unsent_or_failed(error, never_processed);
             }
         };
+        stream.answered();
         // The stream is held until the answer is read.
         let answer = read(response).await;
         drop(stream);
@@ -270,10 +271,12 @@ impl Opener {
     /// Opens `conn` for the HTTP/2 calls waiting on it. Should the server
     /// choose HTTP/1.1 by ALPN (`auto`), the connection goes to the HTTP/1.1
     /// pool and those calls are sent there, having sent nothing here.
+    /// Nothing of those calls was written when opening fails, so they are
+    /// sent again (to a new connection).
     async fn open_http2(self, conn: Arc<h2::Conn>) {
         let opened = match self.connector.connect().await {
             Ok(connected) if self.speaks_http2(&connected) => {
-                h2::handshake(connected.io).await.map_err(failed)
+                h2::handshake(connected.io).await.map_err(unsent)
             }
             Ok(connected) => {
                 if let Ok(sender) = h1::handshake(connected.io).await {
@@ -284,7 +287,7 @@ impl Opener {
                     unsent: true,
                 })
             }
-            Err(failure) => Err(failed(failure)),
+            Err(failure) => Err(unsent(failure)),
         };
         conn.opened(opened);
     }
@@ -292,6 +295,10 @@ impl Opener {
 
 fn failed(failure: Failure) -> NotOpened {
     NotOpened { failure, unsent: false }
+}
+
+fn unsent(failure: Failure) -> NotOpened {
+    NotOpened { failure, unsent: true }
 }
 
 impl From<NotOpened> for Attempt {

@@ -3,11 +3,12 @@
 //! nginx itself), behind a cache with a bounded lifetime.
 //!
 //! One lookup at a time per origin runs on tokio's blocking pool, in a task
-//! of its own: calls that need the addresses meanwhile wait for it, and a
-//! call that gives up does not start another. The addresses are looked up
-//! again once they are [`LIFETIME`] old, so a changed address is followed
-//! without a reload; when that lookup fails, the old addresses are used
-//! until the next one, [`RETRY_FAILED`] later.
+//! of its own, and is given up after [`LOOKUP_TIMEOUT`]. Only the first
+//! lookup is waited for: once addresses are known, calls use them while a
+//! lookup refreshes them, so a slow or dead resolver never holds a call.
+//! The addresses are looked up again once they are [`LIFETIME`] old, so a
+//! changed address is followed without a reload; when that lookup fails,
+//! the old addresses are used until the next one, [`RETRY_FAILED`] later.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,9 @@ use crate::transport::lock;
 const LIFETIME: Duration = Duration::from_secs(30);
 /// How soon a failed lookup is tried again.
 const RETRY_FAILED: Duration = Duration::from_secs(2);
+/// A lookup that has not ended by then counts as failed (getaddrinfo has
+/// no deadline of its own; its thread is left to finish).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Resolver {
     name: String,
@@ -64,6 +68,10 @@ impl Resolver {
                 state.looking_up = true;
                 tokio::spawn(self.clone().look_up());
             }
+            // Stale addresses serve while the lookup refreshes them.
+            if let Some(addresses) = &state.addresses {
+                return Ok(addresses.clone());
+            }
         }
         // The lookup task always bumps the counter once it ends.
         let _ = changed.changed().await;
@@ -76,9 +84,14 @@ impl Resolver {
     }
 
     async fn look_up(self: Arc<Self>) {
-        let found = tokio::net::lookup_host((self.name.as_str(), self.port))
-            .await
-            .map(|found| found.collect::<Vec<_>>());
+        let lookup = tokio::net::lookup_host((self.name.as_str(), self.port));
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            Ok(found) => found.map(|found| found.collect::<Vec<_>>()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
+            )),
+        };
         {
             let mut state = lock(&self.state);
             state.looking_up = false;

@@ -75,7 +75,9 @@ EOF
         "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n");
     mkdir $t->dir . '/no-certs';
     my $dir = $t->dir;
-    $t->start_nginx(<<'EOF', main => "env SSL_CERT_FILE=$bad;\nenv SSL_CERT_DIR=$dir/no-certs;");
+    $t->make_certificates;
+    my $tls = EsperTest::free_port();
+    (my $conf = <<'EOF') =~ s/%%TLS%%/$tls/g;
     esper_api_url https://%%MOCK%%;
     esper_api_key k;
     log_format r '$esper_result';
@@ -86,9 +88,20 @@ EOF
         location /closed/ { esper on; esper_failure_action block; }
         location /open/ { esper on; }
         location /plain/ { esper on; esper_api_url http://%%MOCK%%; access_log off; }
+        location /noverify/ {
+            esper on; esper_ssl_verify off; esper_failure_action block; access_log off;
+            esper_api_url https://127.0.0.1:%%TLS%%;
+        }
+    }
+    server {
+        listen 127.0.0.1:%%TLS%% ssl;
+        ssl_certificate %%DIR%%/leaf.pem;
+        ssl_certificate_key %%DIR%%/leaf.key;
+        location / { proxy_pass http://%%MOCK%%; }
     }
 EOF
-    $t->write_file("html/$_", "ok\n") for qw(closed/x closed/y open/x plain/x);
+    $t->start_nginx($conf, main => "env SSL_CERT_FILE=$bad;\nenv SSL_CERT_DIR=$dir/no-certs;");
+    $t->write_file("html/$_", "ok\n") for qw(closed/x closed/y open/x plain/x noverify/x);
     my @before = $t->worker_pids;
     is($t->get('/closed/x?mock_action=allow')->{status}, 403, 'failure action block');
     is($t->get('/open/x?mock_action=block')->{status}, 200, 'failure action allow');
@@ -102,6 +115,9 @@ EOF
     # Plain http never depends on the trust store.
     is($t->get('/plain/x?mock_action=block')->{status}, 403, 'an http Esper URL is still asked');
     is($t->mock_count, 1, 'once');
+    # No certificate is checked with esper_ssl_verify off: no trust store needed.
+    is($t->get('/noverify/x?mock_action=allow')->{status}, 200, 'esper_ssl_verify off is asked');
+    is($t->mock_count, 2, 'over https');
     $t->stop_nginx;
     like($t->read_file('logs/result.log'), qr/^error\nerror\nerror\n$/, '$esper_result is error');
 }
