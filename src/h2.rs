@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use esper_protocol::answer::contract::{MAX_ANSWER_BYTES, MAX_HEAD_BYTES};
 use esper_protocol::Failure;
-use hyper::client::conn::http2;
+use hyper::body::Incoming;
+use hyper::client::conn::{http2, TrySendError};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
@@ -111,24 +113,44 @@ impl Conn {
 }
 
 /// A stream taken on a connection, given back when dropped.
-pub struct Stream(Arc<Conn>, bool);
+pub struct Stream {
+    conn: Arc<Conn>,
+    /// Its request is out and no answer came yet: dropped so, the call
+    /// gave up waiting on this connection.
+    awaiting: bool,
+}
 
 impl Stream {
-    /// The answer's head came: the connection serves.
-    pub fn answered(&mut self) {
-        self.1 = true;
-        self.0.unanswered.store(0, Ordering::Relaxed);
-        *lock(&self.0.answered_at) = Instant::now();
+    fn new(conn: Arc<Conn>) -> Stream {
+        Stream { conn, awaiting: false }
+    }
+
+    /// Sends `request` on this stream and waits for the answer's head. An
+    /// answer of any kind shows the connection serves; a call dropped while
+    /// waiting counts against it (see [`UNANSWERED_TO_RETIRE`]).
+    pub async fn send(
+        &mut self,
+        sender: &mut Sender,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        self.awaiting = true;
+        let sent = sender.try_send_request(request).await;
+        self.awaiting = false;
+        if sent.is_ok() {
+            self.conn.unanswered.store(0, Ordering::Relaxed);
+            *lock(&self.conn.answered_at) = Instant::now();
+        }
+        sent
     }
 
     /// No more calls on this stream's connection.
     pub fn retire(&self) {
-        self.0.retired.store(true, Ordering::Relaxed);
+        self.conn.retired.store(true, Ordering::Relaxed);
     }
 
     /// The connection's sender, once it is open.
     pub async fn sender(&self) -> Result<Sender, NotOpened> {
-        let mut state = self.0.state.subscribe();
+        let mut state = self.conn.state.subscribe();
         let state = state.wait_for(|s| !matches!(s, State::Connecting)).await;
         match state.as_deref() {
             Ok(State::Ready(sender, _)) => Ok(sender.clone()),
@@ -143,8 +165,8 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let conn = &self.0;
-        if !self.1 && matches!(&*conn.state.borrow(), State::Ready(..)) {
+        let conn = &self.conn;
+        if self.awaiting {
             let unanswered = conn.unanswered.fetch_add(1, Ordering::Relaxed) + 1;
             if unanswered >= UNANSWERED_TO_RETIRE
                 && lock(&conn.answered_at).elapsed() >= UNANSWERED_FOR
@@ -152,8 +174,8 @@ impl Drop for Stream {
                 conn.retired.store(true, Ordering::Relaxed);
             }
         }
-        if self.0.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *lock(&self.0.idle_since) = Instant::now();
+        if conn.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *lock(&conn.idle_since) = Instant::now();
         }
     }
 }
@@ -187,7 +209,7 @@ impl Pool {
             .find(free)
             .or_else(|| conns.iter().filter(|c| c.connecting()).find(free))?;
         conn.streams.fetch_add(1, Ordering::Relaxed);
-        Some(Stream(conn.clone(), false))
+        Some(Stream::new(conn.clone()))
     }
 
     /// A new connection, for its opener to open (`Conn::opened`), with a
@@ -205,7 +227,7 @@ impl Pool {
         if !self.trimming.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().trim());
         }
-        (conn.clone(), Stream(conn, false))
+        (conn.clone(), Stream::new(conn))
     }
 
     /// Closes the connections beyond the first that have been idle long

@@ -183,7 +183,7 @@ impl Origin {
             Ok(sender) => sender,
             Err(not) => return not.into(),
         };
-        let response = match sender.try_send_request(request).await {
+        let response = match stream.send(&mut sender, request).await {
             Ok(response) => response,
             Err(error) => {
                 // A connection that took no request, or that Esper is
@@ -194,7 +194,6 @@ impl Origin {
                 return unsent_or_failed(error, never_processed);
             }
         };
-        stream.answered();
         // The stream is held until the answer is read.
         let answer = read(response).await;
         drop(stream);
