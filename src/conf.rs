@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use esper_client::{Certificates, ClientProfile};
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::config::ApiUrl;
 use esper_protocol::entity_table::Layout;
@@ -29,7 +30,6 @@ use ngx::ffi::{
     ngx_conf_t, ngx_flag_t, ngx_http_complex_value_t, ngx_http_handler_pt, ngx_int_t, ngx_msec_t,
     ngx_shm_zone_t, ngx_uint_t, time_t,
 };
-use rustls::pki_types::CertificateDer;
 
 use crate::log::guard;
 use crate::nginx_conf::ConfExt;
@@ -131,33 +131,6 @@ impl MainConf {
         !self.client_profiles.is_empty()
     }
 }
-
-/// `esper_http2`: which HTTP version the client speaks to Esper.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Http2 {
-    /// Over https, h2 and http/1.1 offered by ALPN and the server's choice
-    /// used; over http, HTTP/1.1.
-    Auto,
-    /// HTTP/2 only: h2 by ALPN over https, prior knowledge over http.
-    On,
-    /// HTTP/1.1 only.
-    Off,
-}
-
-/// How a location's HTTP client talks to Esper: `esper_http2`,
-/// `esper_ssl_verify` and `esper_ssl_trusted_certificate`.
-#[derive(Clone)]
-pub struct ClientProfile {
-    pub http2: Http2,
-    pub verify: bool,
-    pub ca_file: Option<String>,
-    /// The file's certificates as read at configuration time, so workers
-    /// never touch the file.
-    pub ca_certs: Option<Certificates>,
-}
-
-/// The certificates of an `esper_ssl_trusted_certificate` file.
-pub type Certificates = Arc<Vec<CertificateDer<'static>>>;
 
 /// Where and how a location asks Esper; shared by its requests.
 pub struct Target {

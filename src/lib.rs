@@ -10,30 +10,21 @@
 //! (`nginx_conf`, `shm`, `headers`, `log`, `ffi`).
 
 mod breakers;
-mod client;
 mod conf;
-mod connect;
 mod enforcement;
 mod ffi;
-mod h1;
-mod h2;
 mod handler;
 mod headers;
 mod log;
 mod metrics;
 mod metrics_page;
 mod nginx_conf;
-mod origin;
 mod request;
-mod resolve;
 mod response;
 mod runtime;
 mod shm;
 mod state;
 mod steps;
-mod stream;
-mod tls;
-mod transport;
 mod variables;
 mod worker;
 

@@ -17,10 +17,8 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use esper_client::{Answer, HANDSHAKES};
 use tokio::sync::mpsc;
-
-use crate::client::Answer;
-use crate::connect::HANDSHAKES;
 
 /// Identifies a pending call between the nginx thread and the runtime.
 pub type CallId = u64;

@@ -8,6 +8,7 @@ use std::ffi::c_void;
 use std::io::Write;
 use std::ptr::NonNull;
 
+use esper_client::{Answer, CallKind};
 use esper_protocol::enforcement::EntityKey;
 use esper_protocol::entity_table::Remembered;
 use esper_protocol::metrics::EsperResult;
@@ -18,7 +19,6 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModule, Request};
 
-use crate::client::{Answer, CallKind};
 use crate::conf::LocConf;
 use crate::enforcement::ZoneTable;
 use crate::ffi::now_ms;

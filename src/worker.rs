@@ -22,6 +22,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
+use esper_client::{exchange, Answer, Call, Origin};
 use esper_protocol::breaker::{Admit, Breaker};
 use esper_protocol::enforcement::RetryGate;
 use esper_protocol::Failure;
@@ -34,12 +35,10 @@ use ngx::http::HttpModuleMainConf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::breakers::log_transition;
-use crate::client::{exchange, Answer, Call};
 use crate::conf::{MainConf, Target};
 use crate::ffi::now_ms;
 use crate::log::{cycle_log, guard, log_error};
 use crate::metrics;
-use crate::origin::Origin;
 use crate::runtime::{self, catching, Completions, Job};
 use crate::Module;
 
@@ -218,7 +217,7 @@ fn clients_of(main: &MainConf) -> Rc<ConfClients> {
     }
     let any_https = main.endpoints.iter().any(|url| url.scheme() == "https");
     let tls: Vec<_> = if any_https {
-        main.client_profiles.iter().map(crate::tls::client_config).collect()
+        main.client_profiles.iter().map(esper_client::client_config).collect()
     } else {
         Vec::new()
     };
@@ -359,7 +358,7 @@ pub fn call(
         // cancels it (`expire`) at the deadline.
         let kind = call.kind();
         worker.batch.push(Box::pin(async move {
-            let exchange = catching(exchange(&origin, &task_target, call));
+            let exchange = catching(exchange(&origin, &task_target.api_key, call));
             let mut answer = pin!(async {
                 exchange.await.unwrap_or_else(|panic| {
                     kind.failed(Failure::Transport(format!("internal error: {panic}")))

@@ -15,8 +15,7 @@ use EsperTest;
 my @LAYERS = (
     [entry   => qw(handler variables metrics_page)],
     [steps   => qw(steps state request response)],
-    [runtime => qw(worker runtime client origin h1 h2 connect resolve stream tls transport
-                   breakers enforcement metrics)],
+    [runtime => qw(worker runtime breakers enforcement metrics)],
     [conf    => qw(conf)],
     [glue    => qw(ffi log headers nginx_conf shm)],
 );
@@ -121,6 +120,22 @@ sub cycle_text {
 is(scalar @long, 0, 'no file in src/ over 500 lines') or diag join "\n", @long;
 cmp_ok(scalar @unsafe, '<=', $UNSAFE_BUDGET, "unsafe in src/: " . scalar(@unsafe) . " of a budget of $UNSAFE_BUDGET");
 is(scalar @unexplained, 0, 'every unsafe under a SAFETY: comment') or diag join "\n", @unexplained;
+
+# The client crate knows no nginx and needs no unsafe.
+my (@client_files, @client_nginx, @client_unsafe, @client_long);
+find({ no_chdir => 1, wanted => sub {
+    return unless /\.rs$/;
+    push @client_files, $File::Find::name;
+    my $code = EsperTest::slurp($File::Find::name) =~ s{//[^\n]*}{}gr;
+    push @client_nginx, $File::Find::name if $code =~ /\b(?:ngx|nginx_sys)::/;
+    push @client_unsafe, $File::Find::name if $code =~ /\bunsafe\b/;
+    my $lines = () = $code =~ /\n/g;
+    push @client_long, $File::Find::name if $lines > 500;
+} }, "$EsperTest::ROOT/esper-client/src");
+cmp_ok(scalar @client_files, '>=', 8, 'the files of esper-client/src were read');
+is("@client_nginx", '', 'esper-client names no nginx type');
+is("@client_unsafe", '', 'esper-client has no unsafe');
+is("@client_long", '', 'no file in esper-client/src over 500 lines');
 
 # CONTRIBUTING.md draws these layers and names, per directive, the file that
 # parses it and the file that acts on it.

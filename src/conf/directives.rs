@@ -13,6 +13,7 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_time, ngx_str_t};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::*;
 use crate::ffi::borrowed_str;

@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 use std::time::Duration;
 
+use esper_client::Http2;
 use esper_protocol::breaker::BreakerSettings;
 use esper_protocol::pass::{PassCookie, PassKey, Project, MIN_KEY_BYTES};
 use esper_protocol::response::JsonMode;

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use esper_client::Answer;
 use esper_protocol::enforcement::{entry_lifetime, ReturnScope};
 use esper_protocol::entity_table::{Remembered, Stored};
 use esper_protocol::metrics::EsperResult;
@@ -18,7 +19,6 @@ use ngx::http::Request;
 
 use super::judge::{judge_without_proof, return_scope};
 use super::{DECLINED, SERVER_ERROR};
-use crate::client::Answer;
 use crate::conf::{FailureAction, LocConf, Mode};
 use crate::enforcement::ZoneTable;
 use crate::headers::{add_header_in, add_pooled_header_in, DECISION_ID_HEADER, HYBRID_KEY_HEADER};

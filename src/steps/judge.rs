@@ -3,6 +3,7 @@
 //! zone remembers (held, then answered); a pass cookie; a challenge the zone
 //! remembers for this request's return URL; else Esper's runtime decision.
 
+use esper_client::Call;
 use esper_protocol::enforcement::{EntityKey, ReturnScope};
 use esper_protocol::metrics::EsperResult;
 use esper_protocol::{verify_body, Failure, Verdict};
@@ -11,7 +12,6 @@ use ngx::http::{HttpModuleMainConf, Request};
 
 use super::apply::{enforce, proceed, resumed};
 use super::{DECLINED, DONE, SERVER_ERROR};
-use crate::client::Call;
 use crate::conf::{LocConf, Mode, PassSettings};
 use crate::log::{debug, log_error};
 use crate::request::ChallengeProof;

@@ -1,20 +1,25 @@
 //! The HTTP/2 connections to one Esper origin.
 //!
 //! A call takes a stream on the oldest connection that has one free under
-//! the server's limit (SETTINGS_MAX_CONCURRENT_STREAMS, read off the
-//! connection by `stream::Unvectored`); when every connection is at its
-//! limit, it opens another. Connections beyond the first are closed once
+//! the server's limit (SETTINGS_MAX_CONCURRENT_STREAMS, as hyper reports
+//! it); when every connection is at its limit, it opens another.
+//! Connections beyond the first are closed once
 //! they have had no call for [`SURPLUS_IDLE_TIMEOUT`], so a worker holds at
 //! most ceil(calls in flight / limit) + 1 of them, plus those a burst left
 //! for a few seconds. A connection is opened by a task of its own: one
 //! whose handshake ends after the call that opened it gave up still joins
-//! the pool for the next calls.
+//! the pool for the next calls. A connection takes no new calls once it is
+//! [`MAX_CONNECTION_AGE`] old, so that DNS changes and a load balancer's
+//! rebalancing reach it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use esper_protocol::answer::contract::{MAX_ANSWER_BYTES, MAX_HEAD_BYTES};
+use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
 use esper_protocol::Failure;
 use hyper::body::Incoming;
 use hyper::client::conn::{http2, TrySendError};
@@ -23,8 +28,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::connect::CONNECT_TIMEOUT;
-use crate::stream::{Unvectored, ASSUMED_STREAM_LIMIT};
-use crate::transport::{self, lock, Body};
+use crate::retry::NotOpened;
+use crate::stream::Unvectored;
+use crate::transport::{self, lock, Body, MAX_CONNECTION_AGE};
+
+/// Streams a new HTTP/2 connection is taken to allow until the server's
+/// SETTINGS say otherwise: the least RFC 9113 recommends a server allows
+/// (and hyper's own assumption, so neither side waits on the other).
+const ASSUMED_STREAM_LIMIT: usize = 100;
+/// The largest header list hyper decodes. Larger than the answer head the
+/// module reads (`MAX_HEAD_BYTES`, checked per call in `origin`) so that an
+/// oversized head fails its own call only: past this bound HTTP/2 can only
+/// end the whole connection (RFC 9113, section 10.5.1).
+const DECODED_HEAD_BYTES: u32 = 1024 * 1024;
 
 /// An HTTP/2 connection is pinged after this long without a frame from
 /// Esper, and closed when the ping is not answered in time: one a middlebox
@@ -44,19 +60,10 @@ const UNANSWERED_FOR: Duration = Duration::from_secs(1);
 
 pub type Sender = http2::SendRequest<Body>;
 
-/// Why a connection being opened is not there for its calls (HTTP/2 or
-/// HTTP/1.1).
-#[derive(Clone)]
-pub struct NotOpened {
-    pub failure: Failure,
-    /// True when nothing was sent: the call may go elsewhere.
-    pub unsent: bool,
-}
-
 #[derive(Clone)]
 enum State {
     Connecting,
-    Ready(Sender, Arc<AtomicUsize>),
+    Ready(Sender, Limit),
     Failed(NotOpened),
 }
 
@@ -64,6 +71,7 @@ pub struct Conn {
     state: watch::Sender<State>,
     /// Takes no new calls (Esper is closing it); kept until its streams end.
     retired: AtomicBool,
+    created: Instant,
     /// Streams taken by calls.
     streams: AtomicUsize,
     /// When the last call on it ended.
@@ -89,19 +97,22 @@ impl Conn {
 
     /// Whether a new call may take a stream on it.
     fn usable(&self) -> bool {
+        if self.created.elapsed() >= MAX_CONNECTION_AGE {
+            self.retired.store(true, Ordering::Relaxed);
+        }
         !self.retired.load(Ordering::Relaxed) && !self.closed()
     }
 
-    /// The server's stream limit, once its SETTINGS arrived.
+    /// The server's stream limit, once the connection is open (until the
+    /// server's SETTINGS arrive, [`ASSUMED_STREAM_LIMIT`]).
     fn known_limit(&self) -> Option<usize> {
         match &*self.state.borrow() {
-            State::Ready(_, limit) => Some(limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
+            State::Ready(_, limit) => Some(limit.get()),
             State::Connecting | State::Failed(_) => None,
         }
     }
 
-    /// Tells the calls waiting for this connection how its opening ended.
-    pub fn opened(&self, opened: Result<(Sender, Arc<AtomicUsize>), NotOpened>) {
+    fn opened(&self, opened: Result<(Sender, Limit), NotOpened>) {
         // A spare connection's idle time starts once it can serve.
         *lock(&self.idle_since) = Instant::now();
         *lock(&self.answered_at) = Instant::now();
@@ -109,6 +120,27 @@ impl Conn {
             Ok((sender, limit)) => State::Ready(sender, limit),
             Err(not) => State::Failed(not),
         });
+    }
+}
+
+/// A connection being opened, in the hands of its opener. Should the
+/// opener end without saying how (a panic), the calls waiting for it are
+/// told it failed rather than wait for their deadline.
+pub struct Opening(Arc<Conn>);
+
+impl Opening {
+    /// Tells the calls waiting for this connection how its opening ended.
+    pub fn opened(self, opened: Result<(Sender, Limit), NotOpened>) {
+        self.0.opened(opened);
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if self.0.connecting() {
+            let failure = Failure::Transport("connection not opened".to_owned());
+            self.0.opened(Err(NotOpened::failed(failure)));
+        }
     }
 }
 
@@ -155,10 +187,9 @@ impl Stream {
         match state.as_deref() {
             Ok(State::Ready(sender, _)) => Ok(sender.clone()),
             Ok(State::Failed(not)) => Err(not.clone()),
-            Ok(State::Connecting) | Err(_) => Err(NotOpened {
-                failure: Failure::Transport("connection not opened".to_owned()),
-                unsent: true,
-            }),
+            Ok(State::Connecting) | Err(_) => {
+                Err(NotOpened::failed(Failure::Transport("connection not opened".to_owned())))
+            }
         }
     }
 }
@@ -195,7 +226,8 @@ impl Pool {
         // A connection whose server has not said its limit yet is taken to
         // have the one another connection to the same server has, else
         // ASSUMED_STREAM_LIMIT.
-        let assumed = conns.iter().find_map(|c| c.known_limit()).unwrap_or(ASSUMED_STREAM_LIMIT);
+        let assumed =
+            conns.iter().filter_map(|c| c.known_limit()).min().unwrap_or(ASSUMED_STREAM_LIMIT);
         let free = |c: &&Arc<Conn>| {
             let limit = c.known_limit().unwrap_or(assumed);
             c.usable() && c.streams.load(Ordering::Relaxed) < limit
@@ -214,10 +246,11 @@ impl Pool {
 
     /// A new connection, for its opener to open (`Conn::opened`), with a
     /// stream taken on it.
-    pub fn add(self: &Arc<Self>) -> (Arc<Conn>, Stream) {
+    pub fn add(self: &Arc<Self>) -> (Opening, Stream) {
         let conn = Arc::new(Conn {
             state: watch::channel(State::Connecting).0,
             retired: AtomicBool::new(false),
+            created: Instant::now(),
             streams: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
             unanswered: AtomicUsize::new(0),
@@ -227,7 +260,7 @@ impl Pool {
         if !self.trimming.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().trim());
         }
-        (conn.clone(), Stream::new(conn))
+        (Opening(conn.clone()), Stream::new(conn))
     }
 
     /// Closes the connections beyond the first that have been idle long
@@ -259,10 +292,23 @@ impl Pool {
     }
 }
 
-/// HTTP/2 on a new connection: its sender, and the server's stream limit as
-/// it becomes known.
-pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>), Failure> {
-    let limit = io.watch_stream_limit();
+type Connection = http2::Connection<TokioIo<Unvectored>, Body, TokioExecutor>;
+
+/// The server's SETTINGS_MAX_CONCURRENT_STREAMS, as hyper reports it: read
+/// off the connection, which its own task drives (and drops once it ends,
+/// so that its sender reports it closed).
+#[derive(Clone)]
+pub struct Limit(Arc<Mutex<Option<Connection>>>);
+
+impl Limit {
+    fn get(&self) -> usize {
+        // Zero would leave no stream ever: one is the least.
+        lock(&self.0).as_ref().map_or(1, |c| c.current_max_send_streams().max(1))
+    }
+}
+
+/// HTTP/2 on a new connection: its sender, and the server's stream limit.
+pub async fn handshake(io: Unvectored) -> Result<(Sender, Limit), Failure> {
     let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_AFTER)
@@ -272,12 +318,23 @@ pub async fn handshake(mut io: Unvectored) -> Result<(Sender, Arc<AtomicUsize>),
         // per stream before it is read.
         .initial_stream_window_size(MAX_ANSWER_BYTES as u32)
         .initial_max_send_streams(ASSUMED_STREAM_LIMIT)
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_header_list_size(DECODED_HEAD_BYTES)
         .handshake(TokioIo::new(io));
     let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
         .map_err(|_| Failure::Transport("HTTP/2 handshake: no progress".to_owned()))?
         .map_err(transport::failure)?;
-    tokio::spawn(connection);
-    Ok((sender, limit))
+    let connection = Arc::new(Mutex::new(Some(connection)));
+    let driven = connection.clone();
+    // The runtime has one thread: the lock is never contended.
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        let mut connection = lock(&driven);
+        let Some(running) = connection.as_mut() else { return Poll::Ready(()) };
+        let polled = Pin::new(running).poll(cx);
+        if polled.is_ready() {
+            *connection = None;
+        }
+        polled.map(|_| ())
+    }));
+    Ok((sender, Limit(connection)))
 }

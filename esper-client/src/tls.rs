@@ -8,7 +8,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::conf::{ClientProfile, Http2};
+use crate::profile::{ClientProfile, Http2};
 
 /// The client configuration of `profile`. Certificates come from
 /// `esper_ssl_trusted_certificate` only, or else from the system's store

@@ -3,9 +3,8 @@
 
 use esper_protocol::answer::contract::{DECISION_ID_HEADER, RETRY_AFTER_HEADER};
 use esper_protocol::{parse_answer, parse_verify_answer, Decision, Failure, ProofCheck};
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 
-use crate::conf::Target;
 use crate::origin::Origin;
 
 /// The two calls the module makes to Esper, each with its JSON body.
@@ -71,13 +70,13 @@ impl CallKind {
 }
 
 /// One call and its answer, of the call's kind.
-pub async fn exchange(origin: &Origin, target: &Target, call: Call) -> Answer {
+pub async fn exchange(origin: &Origin, api_key: &HeaderValue, call: Call) -> Answer {
     let kind = call.kind();
     let (uri, body) = match call {
         Call::Decide(body) => (&origin.decision, body),
         Call::Verify(body) => (&origin.verify, body),
     };
-    let response = match origin.post(uri, &target.api_key, body).await {
+    let response = match origin.post(uri, api_key, body).await {
         Ok(response) => response,
         Err(failure) => return kind.failed(failure),
     };

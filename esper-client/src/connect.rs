@@ -54,8 +54,10 @@ pub struct Connector {
     pub host: Host,
     pub port: u16,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// The address that worked last: tried first.
+    /// The address where TLS last succeeded: tried first.
     preferred: Mutex<Option<SocketAddr>>,
+    /// The address where TLS last failed or stalled: tried last.
+    avoided: Mutex<Option<SocketAddr>>,
 }
 
 /// A new connection, and what TLS said about it.
@@ -71,35 +73,30 @@ impl Connector {
         port: u16,
         tls: Option<(TlsConnector, ServerName<'static>)>,
     ) -> Connector {
-        Connector { host, port, tls, preferred: Mutex::new(None) }
+        Connector { host, port, tls, preferred: Mutex::new(None), avoided: Mutex::new(None) }
     }
 
-    /// A new TCP connection, with TLS for https, within [`CONNECT_TIMEOUT`].
-    /// The address it went to is tried first next time, once TLS is done
-    /// there too.
+    /// A new TCP connection, with TLS for https, within [`CONNECT_TIMEOUT`]
+    /// for both. The address it went to is tried first next time, once TLS
+    /// is done there too; one where TLS failed or stalled is tried last.
     pub async fn connect(&self) -> Result<Connected, Failure> {
-        let (address, connected) = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_unbounded())
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let within = format!("within {} s", CONNECT_TIMEOUT.as_secs());
+        let (address, tcp) = tokio::time::timeout_at(deadline, self.tcp())
             .await
-            .map_err(|_| {
-                Failure::Transport(format!(
-                    "connect: not connected within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })??;
-        *lock(&self.preferred) = Some(address);
-        Ok(connected)
-    }
-
-    async fn connect_unbounded(&self) -> Result<(SocketAddr, Connected), Failure> {
-        let (address, tcp) = self.tcp().await?;
+            .map_err(|_| Failure::Transport(format!("connect: not connected {within}")))??;
         HANDSHAKES.connections.fetch_add(1, Ordering::Relaxed);
         let Some((connector, name)) = &self.tls else {
-            return Ok((address, Connected { io: Unvectored::new(Box::new(tcp)), alpn: None }));
+            *lock(&self.preferred) = Some(address);
+            return Ok(Connected { io: Unvectored::new(Box::new(tcp)), alpn: None });
         };
-        let tls = connector
-            .connect(name.clone(), tcp)
-            .await
-            .map_err(|e| Failure::Transport(format!("TLS handshake: {e}")))?;
+        let handshake = tokio::time::timeout_at(deadline, connector.connect(name.clone(), tcp));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(self.avoid(address, format!("TLS handshake: {e}"))),
+            Err(_) => return Err(self.avoid(address, format!("TLS handshake: not done {within}"))),
+        };
+        *lock(&self.preferred) = Some(address);
         let (_, session) = tls.get_ref();
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let kind = if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -108,7 +105,17 @@ impl Connector {
             &HANDSHAKES.full
         };
         kind.fetch_add(1, Ordering::Relaxed);
-        Ok((address, Connected { io: Unvectored::new(Box::new(tls)), alpn }))
+        Ok(Connected { io: Unvectored::new(Box::new(tls)), alpn })
+    }
+
+    /// Tries `address` last from now on, and says why.
+    fn avoid(&self, address: SocketAddr, reason: String) -> Failure {
+        let mut preferred = lock(&self.preferred);
+        if *preferred == Some(address) {
+            *preferred = None;
+        }
+        *lock(&self.avoided) = Some(address);
+        Failure::Transport(format!("{address}: {reason}"))
     }
 
     /// The addresses in the order they are tried: the one that worked last
@@ -119,11 +126,14 @@ impl Connector {
             Host::Name(resolver) => resolver.addresses().await?.to_vec(),
         };
         let preferred = *lock(&self.preferred);
-        let first = preferred.filter(|p| resolved.contains(p)).or(resolved.first().copied());
+        let avoided = lock(&self.avoided).filter(|a| resolved.len() > 1 && resolved.contains(a));
+        let first = preferred
+            .filter(|p| resolved.contains(p))
+            .or(resolved.iter().copied().find(|a| Some(*a) != avoided));
         let Some(first) = first else {
             return Err(Failure::Transport("no address".to_owned()));
         };
-        let rest = resolved.iter().copied().filter(|a| *a != first);
+        let rest = resolved.iter().copied().filter(|a| *a != first && Some(*a) != avoided);
         let (mut same, mut other): (Vec<_>, Vec<_>) =
             rest.partition(|a| a.is_ipv6() == first.is_ipv6());
         same.reverse();
@@ -133,6 +143,7 @@ impl Connector {
             ordered.extend(other.pop());
             ordered.extend(same.pop());
         }
+        ordered.extend(avoided);
         Ok(ordered)
     }
 

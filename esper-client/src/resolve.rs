@@ -84,6 +84,7 @@ impl Resolver {
     }
 
     async fn look_up(self: Arc<Self>) {
+        let _ended = LookupEnded(self.clone());
         let lookup = tokio::net::lookup_host((self.name.as_str(), self.port));
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
             Ok(found) => found.map(|found| found.collect::<Vec<_>>()),
@@ -94,7 +95,6 @@ impl Resolver {
         };
         {
             let mut state = lock(&self.state);
-            state.looking_up = false;
             match found {
                 Ok(found) if !found.is_empty() => {
                     state.addresses = Some(found.into());
@@ -111,7 +111,17 @@ impl Resolver {
                 }
             }
         }
-        self.looked_up.send_modify(|n| *n += 1);
+    }
+}
+
+/// Ends a lookup, also one whose task panicked: the next call may start
+/// another, and the calls waiting for this one are woken.
+struct LookupEnded(Arc<Resolver>);
+
+impl Drop for LookupEnded {
+    fn drop(&mut self) {
+        lock(&self.0.state).looking_up = false;
+        self.0.looked_up.send_modify(|n| *n += 1);
     }
 }
 

@@ -1,30 +1,29 @@
 //! Calls to one Esper origin (scheme, host and port) for one client profile:
-//! which HTTP version carries them (`esper_http2`), when one is sent again,
-//! and how an answer is read. The connections are in `h1` and `h2`, new
-//! ones are made by `connect`. Everything here runs on the worker's runtime
-//! thread.
+//! which HTTP version carries them (`esper_http2`), their attempts (when
+//! one is sent again is `retry`'s), and how an answer is read. The
+//! connections are in `h1` and `h2`, new ones are made by `connect`.
+//! Everything here runs on the worker's runtime thread.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use esper_protocol::answer::contract::MAX_ANSWER_BYTES;
+use esper_protocol::answer::contract::{MAX_ANSWER_BYTES, MAX_HEAD_BYTES};
 use esper_protocol::Failure;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{HeaderMap, Method, Request, Response, Uri};
 use rustls::pki_types::ServerName;
-use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use crate::conf::{ClientProfile, Http2};
 use crate::connect::{Connected, Connector, Host};
-use crate::h2::NotOpened;
+use crate::h1::OpeningSlot;
+use crate::profile::{ClientProfile, Http2};
 use crate::resolve::Resolver;
+use crate::retry::{self, Attempt, NotOpened, Sent, MAX_ATTEMPTS, MAX_SWITCHES};
 use crate::transport::{self, Body};
 use crate::{h1, h2};
 
@@ -63,10 +62,6 @@ pub struct Origin {
     h1: Arc<h1::Pool>,
     h2: Arc<h2::Pool>,
 }
-
-/// How one attempt of a call ended: `Err` when it proves Esper never
-/// received the call, so that it may be sent once more.
-type Attempt = Result<Result<RawResponse, Failure>, Failure>;
 
 impl Origin {
     /// The origin of `decision_url` and `verify_url` (one `esper_api_url`).
@@ -115,8 +110,8 @@ impl Origin {
     }
 
     /// POSTs `body` to `targets` and reads the answer, up to
-    /// [`MAX_ANSWER_BYTES`]. A call is sent once more only when its first
-    /// attempt proves that Esper never received it (see `Attempt`).
+    /// [`MAX_ANSWER_BYTES`]. A call is sent again only while its attempts
+    /// prove that Esper never processed it (`retry`).
     pub async fn post(
         &self,
         targets: &Targets,
@@ -124,9 +119,22 @@ impl Origin {
         body: Vec<u8>,
     ) -> Result<RawResponse, Failure> {
         let body = Bytes::from(body);
-        match self.attempt(targets, api_key, &body).await {
-            Ok(answer) => answer,
-            Err(_unsent) => self.attempt(targets, api_key, &body).await.unwrap_or_else(Err),
+        let (mut attempts, mut switches) = (0, 0);
+        loop {
+            let failure = match self.attempt(targets, api_key, &body).await {
+                Attempt::Done(answer) => return answer,
+                Attempt::Unsent(failure) => {
+                    attempts += 1;
+                    failure
+                }
+                Attempt::Switched(failure) => {
+                    switches += 1;
+                    failure
+                }
+            };
+            if attempts >= MAX_ATTEMPTS || switches > MAX_SWITCHES {
+                return Err(failure);
+            }
         }
     }
 
@@ -151,31 +159,31 @@ impl Origin {
 
     async fn attempt_http1(&self, request: Request<Body>) -> Attempt {
         let _counted = self.h1.in_progress();
-        let mut sender = match self.h1.take().await {
-            Some(sender) => sender,
-            None => match self.open_http1().await {
-                Ok(sender) => sender,
+        let mut conn = match self.h1.take().await {
+            Some(conn) => conn,
+            None => match self.connection_http1().await {
+                Ok(conn) => conn,
                 Err(not) => return not.into(),
             },
         };
-        let response = match sender.try_send_request(request).await {
+        let response = match conn.sender.try_send_request(request).await {
             Ok(response) => response,
-            Err(error) => return unsent_or_failed(error, |_| false),
+            Err(error) => return retry::failed_send(error, Sent::Http1 { reused: conn.reused }),
         };
         let answer = read(response).await;
         // Read to its end, the answer leaves the connection ready for the next call.
         if answer.is_ok() {
-            self.h1.put(sender);
+            self.h1.put(conn);
         }
-        Ok(answer)
+        Attempt::Done(answer)
     }
 
     async fn attempt_http2(&self, request: Request<Body>) -> Attempt {
         let mut stream = match self.h2.reserve() {
             Some(stream) => stream,
             None => {
-                let (conn, stream) = self.h2.add();
-                tokio::spawn(self.opener().open_http2(conn));
+                let (opening, stream) = self.h2.add();
+                tokio::spawn(self.opener().open_http2(opening));
                 stream
             }
         };
@@ -186,26 +194,31 @@ impl Origin {
         let response = match stream.send(&mut sender, request).await {
             Ok(response) => response,
             Err(error) => {
-                // A connection that took no request, or that Esper is
-                // closing (GOAWAY), takes no more calls; its streams finish.
-                if error.message().is_some() || went_away(error.error()) {
+                // A connection that took no request, that Esper is closing
+                // (GOAWAY), or that ended, takes no more calls.
+                if retry::connection_ending(&error) {
                     stream.retire();
                 }
-                return unsent_or_failed(error, never_processed);
+                return retry::failed_send(error, Sent::Http2);
             }
         };
         // The stream is held until the answer is read.
         let answer = read(response).await;
         drop(stream);
-        Ok(answer)
+        Attempt::Done(answer)
     }
 
-    /// A new HTTP/1.1 connection, opened by a task of its own: should the
-    /// call give up first, the connection goes to the pool.
-    async fn open_http1(&self) -> Result<h1::Sender, NotOpened> {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(self.opener().open_http1(tx));
-        rx.await.unwrap_or_else(|_| Err(failed(Failure::Transport("not opened".to_owned()))))
+    /// The first HTTP/1.1 connection to become free, a new one opened for
+    /// this call or one another call gives back meanwhile. Connections are
+    /// opened by a task of their own: should the call give up first, the
+    /// connection goes to the pool.
+    async fn connection_http1(&self) -> Result<h1::Conn, NotOpened> {
+        let waiting = self.h1.wait();
+        if let Some(slot) = waiting.open {
+            tokio::spawn(self.opener().open_http1(slot));
+        }
+        let not_opened = || NotOpened::failed(Failure::Transport("not opened".to_owned()));
+        waiting.connection.await.unwrap_or_else(|_| Err(not_opened()))
     }
 
     fn opener(&self) -> Opener {
@@ -244,120 +257,63 @@ impl Opener {
         h2
     }
 
-    /// Opens a connection for an HTTP/1.1 call. Should the server choose
-    /// HTTP/2 by ALPN, the connection goes to the HTTP/2 pool and the call
-    /// is sent there, having sent nothing here.
-    async fn open_http1(self, tx: oneshot::Sender<Result<h1::Sender, NotOpened>>) {
-        let opened = match self.connector.connect().await {
-            Ok(connected) if self.speaks_http2(&connected) => {
-                let (conn, stream) = self.h2.add();
-                conn.opened(h2::handshake(connected.io).await.map_err(failed));
-                drop(stream);
-                let _ = tx.send(Err(NotOpened {
-                    failure: Failure::Transport("the server chose HTTP/2".to_owned()),
-                    unsent: true,
-                }));
+    /// Opens HTTP/1.1 connections for the calls waiting, one at a time,
+    /// while more calls wait than are being opened. Should the server
+    /// choose HTTP/2 by ALPN, the connection goes to the HTTP/2 pool and the
+    /// calls waiting are sent there, having sent nothing here.
+    async fn open_http1(self, _slot: OpeningSlot) {
+        loop {
+            match self.connector.connect().await {
+                Ok(connected) if self.speaks_http2(&connected) => {
+                    let (opening, stream) = self.h2.add();
+                    drop(stream);
+                    self.h1.fail(NotOpened::switched("the server chose HTTP/2"));
+                    opening.opened(h2::handshake(connected.io).await.map_err(NotOpened::failed));
+                    return;
+                }
+                Ok(connected) => match h1::handshake(connected.io).await {
+                    Ok(sender) => self.h1.put(h1::Conn::new(sender)),
+                    Err(failure) => self.h1.fail(NotOpened::failed(failure)),
+                },
+                Err(failure) => self.h1.fail(NotOpened::failed(failure)),
+            }
+            if !self.h1.more_needed() {
                 return;
             }
-            Ok(connected) => h1::handshake(connected.io).await.map_err(failed),
-            Err(failure) => Err(failed(failure)),
-        };
-        if let Err(Ok(sender)) = tx.send(opened) {
-            self.h1.put(sender);
         }
     }
 
-    /// Opens `conn` for the HTTP/2 calls waiting on it. Should the server
-    /// choose HTTP/1.1 by ALPN (`auto`), the connection goes to the HTTP/1.1
-    /// pool and those calls are sent there, having sent nothing here.
-    /// Nothing of those calls was written when opening fails, so they are
-    /// sent again (to a new connection).
-    async fn open_http2(self, conn: Arc<h2::Conn>) {
+    /// Opens a connection for the HTTP/2 calls waiting on it. Should the
+    /// server choose HTTP/1.1 by ALPN (`auto`), the connection goes to the
+    /// HTTP/1.1 pool and those calls are sent there, having sent nothing
+    /// here. Nothing of those calls was written when opening fails, so
+    /// they are sent again (to a new connection).
+    async fn open_http2(self, opening: h2::Opening) {
         let opened = match self.connector.connect().await {
             Ok(connected) if self.speaks_http2(&connected) => {
-                h2::handshake(connected.io).await.map_err(unsent)
+                h2::handshake(connected.io).await.map_err(NotOpened::failed)
             }
             Ok(connected) => {
                 if let Ok(sender) = h1::handshake(connected.io).await {
-                    self.h1.put(sender);
+                    self.h1.put(h1::Conn::new(sender));
                 }
-                Err(NotOpened {
-                    failure: Failure::Transport("the server chose HTTP/1.1".to_owned()),
-                    unsent: true,
-                })
+                Err(NotOpened::switched("the server chose HTTP/1.1"))
             }
-            Err(failure) => Err(unsent(failure)),
+            Err(failure) => Err(NotOpened::failed(failure)),
         };
-        conn.opened(opened);
+        opening.opened(opened);
     }
-}
-
-fn failed(failure: Failure) -> NotOpened {
-    NotOpened { failure, unsent: false }
-}
-
-fn unsent(failure: Failure) -> NotOpened {
-    NotOpened { failure, unsent: true }
-}
-
-impl From<NotOpened> for Attempt {
-    fn from(not: NotOpened) -> Attempt {
-        if not.unsent {
-            Err(not.failure)
-        } else {
-            Ok(Err(not.failure))
-        }
-    }
-}
-
-/// A failed send: `Err` (it may be sent again) when the request was never
-/// written, or `unsent` says Esper never processed it.
-fn unsent_or_failed(
-    mut error: TrySendError<Request<Body>>,
-    unsent: impl Fn(&hyper::Error) -> bool,
-) -> Attempt {
-    let never_written = error.take_message().is_some();
-    let error = error.into_error();
-    let again = never_written || unsent(&error);
-    let failure = transport::failure(error);
-    if again {
-        Err(failure)
-    } else {
-        Ok(Err(failure))
-    }
-}
-
-/// The HTTP/2 error under a hyper error, if any.
-fn h2_error(error: &hyper::Error) -> Option<&::h2::Error> {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<::h2::Error>() {
-            return Some(h2);
-        }
-        source = cause.source();
-    }
-    None
-}
-
-/// Whether Esper's GOAWAY ended the stream: it was above the last stream id
-/// Esper said it would process, or opened after the GOAWAY.
-fn went_away(error: &hyper::Error) -> bool {
-    h2_error(error).is_some_and(|h2| h2.is_go_away() && h2.is_remote())
-}
-
-/// Whether an HTTP/2 error proves that Esper did not process the stream:
-/// refused (REFUSED_STREAM), or left out by its GOAWAY (RFC 9113, section
-/// 8.7). A stream reset for another reason, or a connection that failed,
-/// may have been processed.
-fn never_processed(error: &hyper::Error) -> bool {
-    let refused = |h2: &::h2::Error| {
-        h2.is_remote() && h2.is_reset() && h2.reason() == Some(::h2::Reason::REFUSED_STREAM)
-    };
-    went_away(error) || h2_error(error).is_some_and(refused)
 }
 
 async fn read(response: Response<Incoming>) -> Result<RawResponse, Failure> {
     let (parts, mut body) = response.into_parts();
+    // HTTP/2's decoder lets in more (`h2::DECODED_HEAD_BYTES`), so that a
+    // head over the bound fails this call only; counted as HTTP/2 counts
+    // a header list (RFC 9113, section 6.5.2).
+    let head: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+    if head > MAX_HEAD_BYTES {
+        return Err(Failure::TooLarge);
+    }
     // A Content-Length beyond the bound is refused before anything is read.
     let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
     if announced > MAX_ANSWER_BYTES {
