@@ -92,7 +92,7 @@ MUTANTS_ARGS ?=
 mutants:
 	scripts/install-deps.sh --mutants
 	PROPTEST_CASES=$${PROPTEST_CASES:-64} CARGO_PROFILE_DEV_OPT_LEVEL=1 CARGO_PROFILE_DEV_DEBUG=0 \
-		$(CARGO) mutants --package esper-protocol --jobs 1 --timeout 30 --output target $(MUTANTS_ARGS); \
+		$(CARGO) mutants --package esper-protocol --package esper-client --jobs 1 --timeout 30 --output target $(MUTANTS_ARGS); \
 	status=$$?; \
 	if [ $$status -eq 3 ] && [ ! -s target/mutants.out/missed.txt ]; then status=0; fi; \
 	exit $$status

@@ -696,7 +696,7 @@ def production(seconds, runs, clients=R_CONNECTIONS):
         for url in urls.values():
             wrk(url, clients, 2, threads=2)  # warm up pools and connections
         # The warm-up ends with its own burst of connections: the module
-        # closes such a surplus after 5 s idle (src/h1.rs, src/h2.rs), so that the
+        # closes such a surplus after 5 s idle (esper-client/src/h1.rs, esper-client/src/h2.rs), so that the
         # connections counted are those the measured load keeps open.
         time.sleep(6)
         for i in range(runs):
@@ -793,7 +793,7 @@ def proc_cpu_seconds(pid):
 
 
 # The HTTP/2 pool closes a connection beyond a worker's first after this
-# long without a call (src/h2.rs SURPLUS_IDLE_TIMEOUT): a burst's surplus
+# long without a call (esper-client/src/h2.rs SURPLUS_IDLE_TIMEOUT): a burst's surplus
 # may stay that long.
 SURPLUS_IDLE_S = 5
 SAMPLE_EVERY_S = 0.5

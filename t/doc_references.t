@@ -14,7 +14,7 @@ for my $document (@documents) {
     my $n = 0;
     for my $line (split /\n/, EsperTest::slurp($document)) {
         $n++;
-        while ($line =~ /`((?:src|esper-protocol\/src|esper-mock\/src)\/[\w\/]+\.rs)`((?:[\s,()]*(?:and\s+)?`[\w:]+`)*)/g) {
+        while ($line =~ /`((?:src|esper-protocol\/src|esper-client\/src|esper-mock\/src)\/[\w\/]+\.rs)`((?:[\s,()]*(?:and\s+)?`[\w:]+`)*)/g) {
             my ($file, $names) = ($1, $2);
             my $where = ($document =~ s{^\Q$root\E/}{}r) . ":$n";
             $pointers++;
