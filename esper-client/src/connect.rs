@@ -81,10 +81,9 @@ impl Connector {
     /// is done there too; one where TLS failed or stalled is tried last.
     pub async fn connect(&self) -> Result<Connected, Failure> {
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        let within = format!("within {} s", CONNECT_TIMEOUT.as_secs());
         let (address, tcp) = tokio::time::timeout_at(deadline, self.tcp())
             .await
-            .map_err(|_| Failure::Transport(format!("connect: not connected {within}")))??;
+            .map_err(|_| Failure::Transport(not_within("connect")))??;
         HANDSHAKES.connections.fetch_add(1, Ordering::Relaxed);
         let Some((connector, name)) = &self.tls else {
             *lock(&self.preferred) = Some(address);
@@ -94,7 +93,7 @@ impl Connector {
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return Err(self.avoid(address, format!("TLS handshake: {e}"))),
-            Err(_) => return Err(self.avoid(address, format!("TLS handshake: not done {within}"))),
+            Err(_) => return Err(self.avoid(address, not_within("TLS handshake"))),
         };
         *lock(&self.preferred) = Some(address);
         let (_, session) = tls.get_ref();
@@ -182,6 +181,11 @@ impl Connector {
             }
         }
     }
+}
+
+/// A step of connecting that did not end within [`CONNECT_TIMEOUT`].
+fn not_within(step: &str) -> String {
+    format!("{step}: not done within {} s", CONNECT_TIMEOUT.as_secs())
 }
 
 async fn attempt(address: SocketAddr) -> (SocketAddr, std::io::Result<TcpStream>) {

@@ -45,7 +45,7 @@ pub type Sender = http1::SendRequest<Body>;
 pub struct Conn {
     pub sender: Sender,
     created: Instant,
-    /// It served a call before: Esper may be closing it as it idles.
+    /// It served a call or sat idle: Esper may be closing it as idle.
     pub reused: bool,
 }
 

@@ -95,12 +95,15 @@ impl Conn {
         matches!(&*self.state.borrow(), State::Connecting)
     }
 
+    /// Takes no new calls: Esper is closing it, its calls went unanswered,
+    /// or it is [`MAX_CONNECTION_AGE`] old.
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed) || self.created.elapsed() >= MAX_CONNECTION_AGE
+    }
+
     /// Whether a new call may take a stream on it.
     fn usable(&self) -> bool {
-        if self.created.elapsed() >= MAX_CONNECTION_AGE {
-            self.retired.store(true, Ordering::Relaxed);
-        }
-        !self.retired.load(Ordering::Relaxed) && !self.closed()
+        !self.retired() && !self.closed()
     }
 
     /// The server's stream limit, once the connection is open (until the
@@ -272,7 +275,7 @@ impl Pool {
             let now = Instant::now();
             conns.retain(|c| {
                 let busy = c.streams.load(Ordering::Relaxed) > 0;
-                !c.closed() && (busy || !c.retired.load(Ordering::Relaxed))
+                !c.closed() && (busy || !c.retired())
             });
             let mut first = true;
             conns.retain(|c| {

@@ -55,12 +55,8 @@ pub struct Origin {
     authority: HeaderValue,
     pub decision: Targets,
     pub verify: Targets,
-    http2: Http2,
-    connector: Arc<Connector>,
-    /// Over https with `esper_http2 auto`: the server's last ALPN choice.
-    chosen: Arc<AtomicU8>,
-    h1: Arc<h1::Pool>,
-    h2: Arc<h2::Pool>,
+    /// The connections, shared with the tasks that open them.
+    links: Opener,
 }
 
 impl Origin {
@@ -101,11 +97,13 @@ impl Origin {
             authority: HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
             decision: targets(decision_url)?,
             verify: targets(verify_url)?,
-            http2: profile.http2,
-            connector: Arc::new(Connector::new(host, port, tls)),
-            chosen: Arc::new(AtomicU8::new(chosen)),
-            h1: Arc::default(),
-            h2: Arc::default(),
+            links: Opener {
+                http2: profile.http2,
+                connector: Arc::new(Connector::new(host, port, tls)),
+                chosen: Arc::new(AtomicU8::new(chosen)),
+                h1: Arc::default(),
+                h2: Arc::default(),
+            },
         })
     }
 
@@ -147,7 +145,7 @@ impl Origin {
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         // Until `auto` knows the server's choice, calls go the HTTP/2 way:
         // a burst then opens connections by the stream limit, not one each.
-        if self.chosen.load(Ordering::Relaxed) == CHOSEN_H1 {
+        if self.links.chosen.load(Ordering::Relaxed) == CHOSEN_H1 {
             request.headers_mut().insert(HOST, self.authority.clone());
             *request.uri_mut() = targets.h1.clone();
             self.attempt_http1(request).await
@@ -158,8 +156,8 @@ impl Origin {
     }
 
     async fn attempt_http1(&self, request: Request<Body>) -> Attempt {
-        let _counted = self.h1.in_progress();
-        let mut conn = match self.h1.take().await {
+        let _counted = self.links.h1.in_progress();
+        let mut conn = match self.links.h1.take().await {
             Some(conn) => conn,
             None => match self.connection_http1().await {
                 Ok(conn) => conn,
@@ -173,17 +171,18 @@ impl Origin {
         let answer = read(response).await;
         // Read to its end, the answer leaves the connection ready for the next call.
         if answer.is_ok() {
-            self.h1.put(conn);
+            conn.reused = true;
+            self.links.h1.put(conn);
         }
         Attempt::Done(answer)
     }
 
     async fn attempt_http2(&self, request: Request<Body>) -> Attempt {
-        let mut stream = match self.h2.reserve() {
+        let mut stream = match self.links.h2.reserve() {
             Some(stream) => stream,
             None => {
-                let (opening, stream) = self.h2.add();
-                tokio::spawn(self.opener().open_http2(opening));
+                let (opening, stream) = self.links.h2.add();
+                tokio::spawn(self.links.clone().open_http2(opening));
                 stream
             }
         };
@@ -213,29 +212,22 @@ impl Origin {
     /// opened by a task of their own: should the call give up first, the
     /// connection goes to the pool.
     async fn connection_http1(&self) -> Result<h1::Conn, NotOpened> {
-        let waiting = self.h1.wait();
+        let waiting = self.links.h1.wait();
         if let Some(slot) = waiting.open {
-            tokio::spawn(self.opener().open_http1(slot));
+            tokio::spawn(self.links.clone().open_http1(slot));
         }
         let not_opened = || NotOpened::failed(Failure::Transport("not opened".to_owned()));
         waiting.connection.await.unwrap_or_else(|_| Err(not_opened()))
     }
-
-    fn opener(&self) -> Opener {
-        Opener {
-            http2: self.http2,
-            connector: self.connector.clone(),
-            chosen: self.chosen.clone(),
-            h1: self.h1.clone(),
-            h2: self.h2.clone(),
-        }
-    }
 }
 
-/// What a task that opens a connection needs of its origin.
+/// An origin's connections and how new ones are made: what a task that
+/// opens a connection needs of its origin.
+#[derive(Clone)]
 struct Opener {
     http2: Http2,
     connector: Arc<Connector>,
+    /// Over https with `esper_http2 auto`: the server's last ALPN choice.
     chosen: Arc<AtomicU8>,
     h1: Arc<h1::Pool>,
     h2: Arc<h2::Pool>,

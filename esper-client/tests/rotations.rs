@@ -94,3 +94,21 @@ async fn http1_keepalive_close_race_is_resent() {
     // Each call after the first met the closing connection, then a new one.
     assert_eq!(seen.connections(), 5);
 }
+
+/// A peer that accepts and then never answers: the call gives up at its
+/// deadline, and its connection is closed with it (over HTTP/1.1 a
+/// connection serves one call; nothing else could use it).
+#[tokio::test]
+async fn connection_to_a_mute_peer_ends_with_its_call() {
+    let (address, accepted, closed) = fake::mute_peer().await;
+    let origin = origin(&format!("http://{address}"), Http2::Off);
+    let deadline = Duration::from_millis(200);
+    assert!(tokio::time::timeout(deadline, call(&origin, 1)).await.is_err(), "no answer");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut waited = Duration::ZERO;
+    while closed.load(std::sync::atomic::Ordering::SeqCst) == 0 && waited < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 1, "closed after {waited:?}");
+}
